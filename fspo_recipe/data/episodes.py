@@ -1,0 +1,105 @@
+"""The FSPO prompt template, byte for byte as in the paper's released code (see shared FSPO_REFERENCE)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+
+# One place for every template string.
+QUESTION_HEADER: Final = "## Question \n"
+PREFERRED_HEADER: Final = "## Preferred Response \n"
+DISPREFERRED_HEADER: Final = "## Dispreferred Response \n"
+RESPONSE_HEADER: Final = "## Response \n"
+DESCRIPTION_HEADER: Final = "## User Description\n"
+TASK_HEADER: Final = "# Task\n"
+
+INSTRUCTION_NO_SHOTS: Final = "Generate a response to the following question."
+INSTRUCTION_DISPREFERRED: Final = "Given the examples above, generate a preferred response to the following question."
+INSTRUCTION_PLAIN: Final = "Given the examples above, generate a response to the following question."
+INSTRUCTION_RATIONALE_DISPREFERRED: Final = (
+    "Generate a user description based on the examples above. Then, generate a preferred response to the "
+    "following question."
+)
+INSTRUCTION_RATIONALE_PLAIN: Final = (
+    "Generate a user description based on the examples above. Then, generate a response to the following question."
+)
+
+
+class Shot(NamedTuple):
+    """One labelled preference of the user, shown in the prompt."""
+
+    question: str
+    preferred: str
+    dispreferred: str
+
+
+@dataclass(frozen=True)
+class RenderedEpisode:
+    """The three strings of one training example: the ``src``, ``tgt_chosen`` and ``tgt_rejected`` of the JSONL."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def instruction(num_shots: int, *, include_dispreferred: bool, rationale: bool) -> str:
+    """The instruction line of the task block (FSPO_REFERENCE, "Instruction line")."""
+    if rationale:
+        return INSTRUCTION_RATIONALE_DISPREFERRED if include_dispreferred else INSTRUCTION_RATIONALE_PLAIN
+    if num_shots == 0:
+        return INSTRUCTION_NO_SHOTS
+    return INSTRUCTION_DISPREFERRED if include_dispreferred else INSTRUCTION_PLAIN
+
+
+def render_shot(index: int, shot: Shot, *, include_dispreferred: bool) -> str:
+    """One ``# Example i`` block (1-based ``index``), ending with its blank line."""
+    question, preferred, dispreferred = (s.strip() for s in shot)
+    if include_dispreferred:
+        body = f"{PREFERRED_HEADER}{preferred}\n{DISPREFERRED_HEADER}{dispreferred}\n"
+    else:
+        body = f"{RESPONSE_HEADER}{preferred}\n"
+    return f"# Example {index}\n{QUESTION_HEADER}{question}\n{body}\n"
+
+
+def render_episode(
+    shots: Sequence[Shot | tuple[str, str, str]],
+    question: str,
+    chosen: str,
+    rejected: str,
+    *,
+    include_dispreferred: bool = True,
+    rationale_chosen: str | None = None,
+    rationale_rejected: str | None = None,
+    teacher_forced: bool = False,
+) -> RenderedEpisode:
+    """Render one FSPO example: N shots of a user, then a new question of the same user and two targets.
+
+    ``shots`` are (question, preferred, dispreferred) triples. With ``rationale_chosen`` the model first writes
+    the user description: the chosen target starts with ``rationale_chosen`` (this user's description), the
+    rejected with ``rationale_rejected`` (the description of the user the rejected response was written for).
+    With ``teacher_forced`` the true description is appended to the prompt instead and the targets are the plain
+    responses under their usual header. All texts are stripped of surrounding white space. The same function renders the prompt of a new
+    user at inference time (pass empty ``chosen``/``rejected`` and use ``prompt``).
+    """
+    rationale = rationale_chosen is not None
+    if rationale and not teacher_forced and rationale_rejected is None:
+        raise ValueError("rationale_rejected is required with rationale_chosen (unless teacher_forced).")
+    if teacher_forced and not rationale:
+        raise ValueError("teacher_forced needs rationale_chosen, the description appended to the prompt.")
+
+    blocks = [render_shot(i, Shot(*shot), include_dispreferred=include_dispreferred) for i, shot in enumerate(shots, 1)]
+    line = instruction(len(shots), include_dispreferred=include_dispreferred, rationale=rationale)
+    prompt = "".join(blocks) + f"{TASK_HEADER}{line}\n{QUESTION_HEADER}{question.strip()}\n"
+
+    header = PREFERRED_HEADER if include_dispreferred else RESPONSE_HEADER
+    chosen_text = f"{header}{chosen.strip()}\n"
+    rejected_text = f"{header}{rejected.strip()}\n"
+
+    if rationale and teacher_forced:
+        prompt += f"{DESCRIPTION_HEADER}{rationale_chosen.strip()}\n"  # type: ignore[union-attr]
+        return RenderedEpisode(prompt, chosen_text, rejected_text)
+    if rationale:
+        chosen_text = f"{DESCRIPTION_HEADER}{rationale_chosen.strip()}\n{chosen_text}"  # type: ignore[union-attr]
+        rejected_text = f"{DESCRIPTION_HEADER}{rationale_rejected.strip()}\n{rejected_text}"  # type: ignore[union-attr]
+    return RenderedEpisode(prompt, chosen_text, rejected_text)

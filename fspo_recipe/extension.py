@@ -1,0 +1,49 @@
+"""Everything this plugin registers with fairseq2, in one place.
+
+fairseq2 calls :func:`setup_fspo` through the ``fairseq2.extension`` entry point at the end of
+``setup_fairseq2()``. Every registration checks ``has`` first, so running it twice is harmless.
+"""
+
+from __future__ import annotations
+
+from fairseq2.context import RuntimeContext
+from fairseq2.metrics import MetricDescriptor, format_as_float
+from fairseq2.optim import OptimizerHandler
+from fairseq2.recipes.lm import POFinetuneUnitHandler
+
+from fspo_recipe.optim import RMSPROP_OPTIMIZER, RMSpropHandler
+from fspo_recipe.presets import register_fspo_presets
+from fspo_recipe.unit import FSPO_UNIT, FspoFinetuneUnitHandler
+
+# (name, display name, priority) of the unit's metrics; names fairseq2 already knows are left to it.
+METRICS = (
+    ("fspo_loss", "FSPO Loss", 0),
+    ("criterion_loss", "Criterion Loss", 1),
+    ("nll_loss", "NLL Loss", 2),
+    ("reward_accuracy", "Reward Accuracy", 10),
+    ("reward_margin", "Reward Margin", 11),
+    ("chosen_rewards", "Chosen Rewards", 12),
+    ("rejected_rewards", "Rejected Rewards", 13),
+    ("chosen_logps", "Chosen Sequence Log Probabilities", 50),
+    ("rejected_logps", "Rejected Sequence Log Probabilities", 50),
+    ("chosen_lengths", "Chosen Sequence Length", 70),
+    ("rejected_lengths", "Rejected Sequence Length", 70),
+)
+
+
+def setup_fspo(context: RuntimeContext) -> None:
+    """Register the FSPO unit, the rmsprop optimizer, the metric names and the ``fspo_*`` presets."""
+    units = context.get_registry(POFinetuneUnitHandler)
+    if not units.has(FSPO_UNIT):
+        units.register(FSPO_UNIT, FspoFinetuneUnitHandler(context))
+
+    optimizers = context.get_registry(OptimizerHandler)
+    if not optimizers.has(RMSPROP_OPTIMIZER):
+        optimizers.register(RMSPROP_OPTIMIZER, RMSpropHandler())
+
+    descriptors = context.get_registry(MetricDescriptor)
+    for name, display_name, priority in METRICS:
+        if not descriptors.has(name):
+            descriptors.register(name, MetricDescriptor(name, display_name, priority, format_as_float))
+
+    register_fspo_presets(context)

@@ -1,0 +1,166 @@
+"""Tiny CPU assets: a random llama checkpoint, a byte-level tokenizer and their asset card, from a seed.
+
+Tests and the quick start train these in seconds on a CPU, offline. The tokenizer is a tiktoken file of the 256
+single bytes, loaded by fairseq2 as a llama 3 tokenizer: it adds 256 special tokens, so the vocabulary is 512.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+TOKENIZER_FILE = "tokenizer.model"
+CHECKPOINT_FILE = "model.pt"
+CARD_FILE = "tiny_model.yaml"
+
+# fairseq2's llama 3 tokenizer numbers its special tokens after the 256 byte tokens.
+BYTE_VOCAB_SIZE = 512
+BOS_IDX, EOS_IDX, PAD_IDX = 256, 257, 260
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """The shape of the tiny llama."""
+
+    model_dim: int = 64
+    """Width of the model."""
+
+    num_layers: int = 2
+    """Number of decoder layers."""
+
+    num_attn_heads: int = 4
+    """Number of attention heads."""
+
+    num_key_value_heads: int = 2
+    """Number of key/value heads (grouped-query attention, as in llama 3)."""
+
+    ffn_inner_dim: int = 256
+    """Inner width of the feed-forward layers."""
+
+    max_seq_len: int = 8192
+    """Longest sequence the rotary encoder is built for."""
+
+    def model_config(self) -> dict[str, object]:
+        """Return the ``LLaMAConfig`` fields that the card overrides."""
+        return {
+            "model_dim": self.model_dim,
+            "max_seq_len": self.max_seq_len,
+            "num_layers": self.num_layers,
+            "num_attn_heads": self.num_attn_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "ffn_inner_dim": self.ffn_inner_dim,
+            "ffn_inner_dim_scale": 1.0,
+            "ffn_inner_dim_multiplier": 1.0,
+            "ffn_inner_dim_to_multiple": 1,
+            "dropout_p": 0.0,
+            "vocab_info": {
+                "size": BYTE_VOCAB_SIZE,
+                "unk_idx": None,
+                "bos_idx": BOS_IDX,
+                "eos_idx": EOS_IDX,
+                "pad_idx": PAD_IDX,
+            },
+        }
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fp:
+            fp.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def byte_tokenizer_text() -> str:
+    """The tiktoken file of a byte-level vocabulary: one ``base64(byte) rank`` line per byte."""
+    return "".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256))
+
+
+def card_text(name: str, spec: TinyModelSpec) -> str:
+    """The asset card of the tiny model; paths are relative to the card's directory."""
+    import yaml
+
+    card = {
+        "name": name,
+        "model_family": "llama",
+        "model_arch": "llama3_2_1b",
+        "model_config": {"_set_": spec.model_config()},
+        "checkpoint": CHECKPOINT_FILE,
+        "tokenizer": TOKENIZER_FILE,
+        "tokenizer_family": "llama",
+        "use_v2_tokenizer": True,
+    }
+    header = "# Written by `fspo-tiny-assets`: a random tiny llama for CPU tests, not a trained model.\n"
+    return header + yaml.safe_dump(card, sort_keys=False)
+
+
+def make_tiny_state_dict(spec: TinyModelSpec, seed: int) -> dict[str, torch.Tensor]:
+    """Build the tiny llama with fairseq2's factory from ``seed`` and return its state dict (float32)."""
+    from fairseq2.models.llama import LLaMAConfig, LLaMAFactory
+    from fairseq2.utils.structured import structure
+
+    config = structure(spec.model_config(), LLaMAConfig)
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = LLaMAFactory(config).create_model()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def write_tiny_assets(out_dir: Path, *, seed: int = 0, name: str = "fspo_tiny_llama", spec: TinyModelSpec | None = None) -> Path:
+    """Write checkpoint, tokenizer and card into ``out_dir``; return the card's path. Same seed, same bytes."""
+    spec = spec or TinyModelSpec()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    _atomic_write(out_dir / TOKENIZER_FILE, byte_tokenizer_text().encode())
+
+    state_dict = make_tiny_state_dict(spec, seed)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{CHECKPOINT_FILE}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        # The trainer's own format: loads without key conversion (`fs2`).
+        torch.save({"model": state_dict, "model_key": "model", "fs2": True}, tmp)
+        os.replace(tmp, out_dir / CHECKPOINT_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+    card = out_dir / CARD_FILE
+    _atomic_write(card, card_text(name, spec).encode())
+    return card
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fspo-tiny-assets",
+        description="Write a tiny random llama checkpoint, a byte-level tokenizer and their fairseq2 asset card "
+        "into OUT_DIR (deterministic from --seed). Use them with `--config common.assets.extra_path=OUT_DIR "
+        "model.name=NAME`.",
+    )
+    parser.add_argument("out_dir", type=Path, help="directory to write into (created if missing)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the weights (default: 0)")
+    parser.add_argument("--name", default="fspo_tiny_llama", help="asset name of the model (default: fspo_tiny_llama)")
+    parser.add_argument("--model-dim", type=int, default=TinyModelSpec.model_dim, help="model width (default: 64)")
+    parser.add_argument("--num-layers", type=int, default=TinyModelSpec.num_layers, help="decoder layers (default: 2)")
+    args = parser.parse_args(argv)
+
+    spec = TinyModelSpec(model_dim=args.model_dim, num_layers=args.num_layers)
+    card = write_tiny_assets(args.out_dir, seed=args.seed, name=args.name, spec=spec)
+    print(f"wrote {card} (model '{args.name}', {spec.num_layers} layers, dim {spec.model_dim}, vocab {BYTE_VOCAB_SIZE})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,298 @@
+"""The FSPO train unit: one unit for every criterion.
+
+batch -> summed response log-probs of policy (and reference, or precomputed scores) -> criterion -> loss, metrics.
+Adding a criterion never touches this file: the unit only knows :class:`PreferenceCriterion`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final, final
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+from torcheval.metrics import Mean
+from typing_extensions import override
+
+from fairseq2.context import RuntimeContext
+from fairseq2.datasets.preference import PreferenceBatch
+from fairseq2.gang import Gang, Gangs
+from fairseq2.logging import log
+from fairseq2.models.decoder import DecoderModel
+from fairseq2.nn.utils.module import freeze_parameters
+from fairseq2.recipes.common import setup_reference_model
+from fairseq2.recipes.config import ReferenceModelSection, TrainerSection, get_config_section
+from fairseq2.recipes.lm import POCriterionSection, POFinetuneUnitHandler
+from fairseq2.recipes.metrics import SequenceMetricBag
+from fairseq2.recipes.trainer import AbstractTrainUnit, TrainUnit
+from fairseq2.typing import DataType
+from fairseq2.utils.structured import structure
+from fairseq2.utils.validation import validate
+
+from fspo_recipe.criteria import (
+    CriterionError,
+    PairLogps,
+    PreferenceCriterion,
+    chosen_nll,
+    get_criterion_entry,
+    make_criterion_config,
+    resolve_criterion_name,
+)
+from fspo_recipe.logprobs import ResponseLogpsInput, concat_pairs, enable_response_logps_forward
+
+FSPO_UNIT: Final = "fspo"
+
+
+@dataclass(kw_only=True)
+class FspoUnitConfig:
+    """``criterion.config`` of ``criterion.name=fspo``."""
+
+    loss: str = "ipo"
+    """The preference criterion: a registered name (dpo, ipo, simpo, sft, ...) or ``my.module:name``."""
+
+    loss_params: dict[str, dict[str, object]] = field(default_factory=dict)
+    """Hyper-parameters per criterion name; only the entry of ``loss`` is used, so switching ``loss`` is one
+    override (``criterion.config.loss_params.dpo.beta=0.1`` sets one). Missing entries take the defaults."""
+
+    nll_scale: float = 0.0
+    """Weight of an extra per-token NLL term on the chosen response, added to any criterion's loss."""
+
+    reference_model: ReferenceModelSection | None = None
+    """The frozen reference model. ``None`` reads ``reference_score_chosen``/``reference_score_rejected`` from the
+    data instead. Not loaded when the criterion needs no reference (sft, simpo, reference-free dpo)."""
+
+    reference_dtype: DataType = torch.bfloat16
+    """The data type of the reference model."""
+
+    def validate(self) -> None:
+        name = resolve_criterion_name(self.loss)
+        for key, params in self.loss_params.items():
+            if key == name or key == self.loss:
+                make_criterion_config(self.loss, params)
+            elif key in _known_names():
+                make_criterion_config(key, params)  # catch typos in entries kept for later switches
+        if self.nll_scale < 0.0:
+            raise CriterionError(f"criterion.config.nll_scale must be >= 0, got {self.nll_scale}.")
+
+    def build_criterion(self) -> PreferenceCriterion:
+        """Build the selected criterion with its entry of ``loss_params``."""
+        name = resolve_criterion_name(self.loss)
+        params = self.loss_params.get(self.loss, self.loss_params.get(name, {}))
+        kls, _ = get_criterion_entry(name)
+        return kls(make_criterion_config(name, params))
+
+
+def _known_names() -> set[str]:
+    from fspo_recipe.criteria import criterion_names
+
+    return set(criterion_names())
+
+
+@final
+class FspoMetricBag(SequenceMetricBag):
+    """The metrics of the FSPO unit; every value is a mean over pairs, synchronized over data-parallel ranks."""
+
+    fspo_loss: Mean
+    criterion_loss: Mean
+    nll_loss: Mean
+    reward_accuracy: Mean
+    reward_margin: Mean
+    chosen_rewards: Mean
+    rejected_rewards: Mean
+    chosen_logps: Mean
+    rejected_logps: Mean
+    chosen_lengths: Mean
+    rejected_lengths: Mean
+
+    NAMES: Final = (
+        "fspo_loss",
+        "criterion_loss",
+        "nll_loss",
+        "reward_accuracy",
+        "reward_margin",
+        "chosen_rewards",
+        "rejected_rewards",
+        "chosen_logps",
+        "rejected_logps",
+        "chosen_lengths",
+        "rejected_lengths",
+    )
+
+    def __init__(self, gang: Gang) -> None:
+        super().__init__(gang)
+        for name in self.NAMES:
+            if not hasattr(self, name):  # SequenceMetricBag already has `nll_loss`
+                self.register_metric(name, Mean(device=gang.device), persistent=False)
+
+    @torch.inference_mode()
+    def update_pairs(self, values: dict[str, Tensor]) -> None:
+        """Add per-pair values (each [batch]) to the means, weighted by the number of pairs."""
+        for name, value in values.items():
+            n = value.numel()
+            getattr(self, name).update(value.detach().float().sum() / n, weight=n)
+
+
+@final
+class FspoFinetuneUnit(AbstractTrainUnit[PreferenceBatch]):
+    """Trains a decoder on preference pairs with any :class:`PreferenceCriterion`.
+
+    Returns the loss summed over the pairs of the batch and the number of pairs; fairseq2's trainer divides the
+    gradients by the total number of pairs over gradient-accumulation steps and data-parallel ranks, so the
+    update is that of the mean per-pair loss.
+    """
+
+    def __init__(
+        self,
+        model: Module,
+        reference_model: Module | None,
+        criterion: PreferenceCriterion,
+        gangs: Gangs,
+        *,
+        nll_scale: float = 0.0,
+    ) -> None:
+        super().__init__(model)
+        enable_response_logps_forward(model)
+        if reference_model is not None:
+            enable_response_logps_forward(reference_model)
+        self._reference_model = reference_model
+        self._criterion = criterion
+        self._nll_scale = nll_scale
+        self._metric_bag = FspoMetricBag(gangs.dp)
+
+    @property
+    def criterion(self) -> PreferenceCriterion:
+        return self._criterion
+
+    def compute_logps(self, batch: PreferenceBatch) -> PairLogps:
+        """Run the policy (with grad) and the reference (without) over ``batch``; see :class:`PairLogps`."""
+        pairs = concat_pairs(batch.chosen, batch.rejected)
+        size = batch.chosen.batch_size
+
+        logps, lengths = self._model(ResponseLogpsInput(pairs))
+
+        ref_chosen: Tensor | None = None
+        ref_rejected: Tensor | None = None
+        if self._criterion.needs_reference:
+            if self._reference_model is not None:
+                with torch.no_grad():
+                    ref_logps, _ = self._reference_model(ResponseLogpsInput(pairs))
+                ref_chosen, ref_rejected = ref_logps[:size], ref_logps[size:]
+            else:
+                ref_chosen, ref_rejected = reference_scores(batch, logps.device)
+
+        return PairLogps(
+            policy_chosen=logps[:size],
+            policy_rejected=logps[size:],
+            ref_chosen=ref_chosen,
+            ref_rejected=ref_rejected,
+            chosen_lengths=lengths[:size],
+            rejected_lengths=lengths[size:],
+        )
+
+    @override
+    def __call__(self, batch: PreferenceBatch) -> tuple[Tensor, int]:
+        logps = self.compute_logps(batch)
+
+        criterion_loss = self._criterion.loss(logps)
+        nll = chosen_nll(logps)
+        loss = criterion_loss + self._nll_scale * nll if self._nll_scale else criterion_loss
+
+        with torch.no_grad():
+            chosen_rewards, rejected_rewards = self._criterion.rewards(logps)
+
+        self._metric_bag.update_pairs(
+            {
+                "fspo_loss": loss,
+                "criterion_loss": criterion_loss,
+                "nll_loss": nll,
+                "reward_accuracy": (chosen_rewards > rejected_rewards).float(),
+                "reward_margin": chosen_rewards - rejected_rewards,
+                "chosen_rewards": chosen_rewards,
+                "rejected_rewards": rejected_rewards,
+                "chosen_logps": logps.policy_chosen,
+                "rejected_logps": logps.policy_rejected,
+                "chosen_lengths": logps.chosen_lengths,
+                "rejected_lengths": logps.rejected_lengths,
+            }
+        )
+        self._metric_bag.update_batch_metrics(batch.chosen)
+
+        return loss.sum(), batch.chosen.batch_size
+
+    @property
+    @override
+    def metric_bag(self) -> FspoMetricBag:
+        return self._metric_bag
+
+
+def reference_scores(batch: PreferenceBatch, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Read ``reference_score_chosen``/``_rejected`` of every example of ``batch`` ([B] each, nats).
+
+    Read from the examples rather than ``batch.reference_score_*``: fairseq2 0.4.6's reader drops a batch's
+    scores when any score is exactly 0.0.
+
+    :raises CriterionError: when some or all examples lack scores (and no reference model is configured).
+    """
+    example = batch.chosen.example
+    if not isinstance(example, dict):
+        raise CriterionError("The batch carries no examples to read reference scores from.")
+
+    def column(key: str) -> Tensor:
+        values: Sequence[object] | Tensor | None = example.get(key)
+        if isinstance(values, Tensor):
+            return values.to(device=device, dtype=torch.float32)
+        values = list(values or [])
+        missing = [i for i, v in enumerate(values) if v is None]
+        if not values or missing:
+            ids = example.get("id") or []
+            which = [ids[i] if i < len(ids) else i for i in missing[:5]]
+            raise CriterionError(
+                f"The criterion needs reference log-probs, but `criterion.config.reference_model` is null and "
+                f"{len(missing) or 'all'} example(s) of the batch have no `{key}` (ids: {which}). Set "
+                "`criterion.config.reference_model.name`, or score the data with the reference model first."
+            )
+        return torch.tensor([float(v) for v in values], device=device)  # type: ignore[arg-type]
+
+    return column("reference_score_chosen"), column("reference_score_rejected")
+
+
+@final
+class FspoFinetuneUnitHandler(POFinetuneUnitHandler):
+    """Creates :class:`FspoFinetuneUnit` for ``criterion.name=fspo``."""
+
+    def __init__(self, context: RuntimeContext) -> None:
+        self._context = context
+
+    @override
+    def create(self, model: Module, gangs: Gangs, recipe_config: object) -> TrainUnit[PreferenceBatch]:
+        section = get_config_section(recipe_config, "criterion", POCriterionSection)
+        config = structure(section.config, FspoUnitConfig)
+        validate(config)
+
+        criterion = config.build_criterion()
+        log.info("FSPO unit: criterion {} with {}.", config.loss, criterion.config)
+
+        reference_model = None
+        if criterion.needs_reference and config.reference_model is not None:
+            trainer_section = get_config_section(recipe_config, "trainer", TrainerSection)
+            reference_model = setup_reference_model(
+                DecoderModel,
+                self._context,
+                config.reference_model.name,
+                gangs,
+                config.reference_dtype,
+                mp=False,
+                torch_compile=trainer_section.torch_compile,
+            )
+            freeze_parameters(reference_model)
+        elif criterion.needs_reference:
+            log.info("FSPO unit: no reference model; reading reference scores from the data.")
+
+        return FspoFinetuneUnit(model, reference_model, criterion, gangs, nll_scale=config.nll_scale)
+
+    @property
+    @override
+    def config_kls(self) -> type[object]:
+        return FspoUnitConfig

@@ -1,0 +1,23 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fspo-fairseq2",
+    version="0.1.0",
+    description="Few-shot preference optimization (FSPO) as a fairseq2 recipe plugin",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["fspo_recipe", "fspo_recipe.*"]),
+    python_requires=">=3.10,<3.13",
+    install_requires=["fairseq2==0.4.6", "pyyaml"],
+    extras_require={
+        "data": ["datasets", "pyarrow"],
+        "flash": ["flash-attn"],
+        "dev": ["pytest", "pytest-timeout"],
+    },
+    entry_points={
+        "fairseq2.extension": ["fspo = fspo_recipe:setup_fairseq2_extension"],
+        "console_scripts": ["fspo-tiny-assets = fspo_recipe.tiny:main"],
+    },
+)
