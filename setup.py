@@ -18,6 +18,9 @@ setup(
     },
     entry_points={
         "fairseq2.extension": ["fspo = fspo_recipe:setup_fairseq2_extension"],
-        "console_scripts": ["fspo-tiny-assets = fspo_recipe.tiny:main"],
+        "console_scripts": [
+            "fspo-tiny-assets = fspo_recipe.tiny:main",
+            "fspo-metrics = fspo_recipe.report:main",
+        ],
     },
 )

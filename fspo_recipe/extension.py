@@ -6,7 +6,11 @@ fairseq2 calls :func:`setup_fspo` through the ``fairseq2.extension`` entry point
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from fairseq2.assets import FileAssetMetadataLoader, StandardAssetMetadataFileLoader
 from fairseq2.context import RuntimeContext
+from fairseq2.utils.yaml import StandardYamlLoader
 from fairseq2.metrics import MetricDescriptor, format_as_float
 from fairseq2.optim import OptimizerHandler
 from fairseq2.recipes.lm import POFinetuneUnitHandler
@@ -47,3 +51,25 @@ def setup_fspo(context: RuntimeContext) -> None:
             descriptors.register(name, MetricDescriptor(name, display_name, priority, format_as_float))
 
     register_fspo_presets(context)
+
+    register_checkout_asset_cards(context)
+
+
+# The cards of the bundled samples live beside the package in a source checkout (`pip install -e .`).
+CHECKOUT_ASSET_CARDS = Path(__file__).resolve().parent.parent / "asset_cards"
+
+
+def register_checkout_asset_cards(context: RuntimeContext, cards: Path = CHECKOUT_ASSET_CARDS) -> None:
+    """Make the source checkout's ``asset_cards/`` (e.g. ``fspo_sample``) known by name; a no-op elsewhere.
+
+    They are added as fairseq2's own (non-user) cards, so a user's card of the same name wins.
+    """
+    store = context.asset_store
+    registered: set[Path] = store.__dict__.setdefault("_fspo_card_dirs", set())
+    if not cards.is_dir() or cards in registered:
+        return
+    loader = FileAssetMetadataLoader(
+        cards, context.file_system, StandardAssetMetadataFileLoader(StandardYamlLoader(context.file_system))
+    )
+    store.metadata_providers.append(loader.load())
+    registered.add(cards)

@@ -20,7 +20,7 @@ Effective Personalization to Real Users" (arXiv 2502.19312), and its released tr
 | criterion.config.reference_model.name | last_checkpoint@           | reference = the SFT model                      |
 | optimizer                             | rmsprop                    | the paper's optimizer                          |
 | optimizer.config.lr                   | 1e-7 (sft), 1e-6 (ipo/dpo) | the paper's learning rates                     |
-| lr_scheduler                          | 150 linear warm-up steps, then constant (polynomial_decay, power 0) |   |
+| lr_scheduler                          | 150 warm-up steps, then constant | the paper's schedule (cosine_annealing, final_lr_scale 1.0) |
 | regime.num_data_epochs                | 1                          | one epoch over the episodes                    |
 
 Stage 2 finds the SFT model through fairseq2's checkpoint cards: pass
@@ -36,7 +36,7 @@ from typing import Final
 import torch
 
 from fairseq2.context import RuntimeContext
-from fairseq2.optim.lr_scheduler import POLYNOMIAL_DECAY_LR, PolynomialDecayLRConfig
+from fairseq2.optim.lr_scheduler import COSINE_ANNEALING_LR, CosineAnnealingLRConfig
 from fairseq2.recipes.config import (
     LRSchedulerSection,
     ModelSection,
@@ -94,13 +94,15 @@ def fspo_config(loss: str, *, lr: float, model: str, reference: str | None) -> P
 
     config.optimizer = OptimizerSection(name=RMSPROP_OPTIMIZER, config=RMSpropConfig(lr=lr))
 
+    # Linear warm-up, then constant: a cosine whose final rate is the base rate (scale 1.0) is flat, whatever
+    # its cycle length; the cycle length is given so that no step count is needed.
     config.lr_scheduler = LRSchedulerSection(
-        name=POLYNOMIAL_DECAY_LR, config=PolynomialDecayLRConfig(num_warmup_steps=150, power=0.0)
+        name=COSINE_ANNEALING_LR,
+        config=CosineAnnealingLRConfig(num_warmup_steps=150, final_lr_scale=1.0, cycle_len=1_000_000),
     )
 
-    # The polynomial scheduler needs a step count; one data epoch ends the run first.
     config.regime = RegimeSection(
-        num_steps=1_000_000,
+        num_steps=None,
         num_data_epochs=1,
         checkpoint_every_n_steps=1000,
         keep_last_n_checkpoints=1,

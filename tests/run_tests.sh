@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs libsndfile1 (apt) and the project into .venv if needed,
+# then runs pytest. Extra arguments go to pytest, e.g. `bash tests/run_tests.sh -k criteria`.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export FSPO_INSTALL_APT="${FSPO_INSTALL_APT:-1}"
+source "$ROOT/setup_env.sh" || exit 1
+cd "$ROOT"
+
+exec python -m pytest -q -p no:cacheprovider --durations=10 --timeout=900 tests "$@"
