@@ -12,7 +12,8 @@ setup(
     python_requires=">=3.10,<3.13",
     install_requires=["fairseq2==0.4.6", "pyyaml"],
     extras_require={
-        "data": ["datasets", "pyarrow"],
+        # fairseq2 0.4.6 pins numpy 1.x: pyarrow 22+ needs numpy 2, and datasets 5 needs pyarrow 24+.
+        "data": ["datasets>=3,<5", "pyarrow>=15,<22"],
         "flash": ["flash-attn"],
         "dev": ["pytest", "pytest-timeout"],
     },

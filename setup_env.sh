@@ -41,7 +41,7 @@ _fspo_setup() {
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         echo "fspo: installing the project and fairseq2 0.4.6 into $_fspo_venv (a few minutes the first time)"
         "$_fspo_venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-        if ! "$_fspo_venv/bin/python" -m pip install -q -e "$_fspo_root[dev]" 2> >(grep -v '^WARNING: Location' >&2); then
+        if ! "$_fspo_venv/bin/python" -m pip install -q -e "$_fspo_root[data,dev]" 2> >(grep -v '^WARNING: Location' >&2); then
             echo "fspo: pip install failed (see above)." >&2
             return 1
         fi

@@ -36,6 +36,7 @@ from fspo_recipe.criteria import (
     PairLogps,
     PreferenceCriterion,
     chosen_nll,
+    criterion_names,
     get_criterion_entry,
     make_criterion_config,
     resolve_criterion_name,
@@ -68,11 +69,13 @@ class FspoUnitConfig:
 
     def validate(self) -> None:
         name = resolve_criterion_name(self.loss)
+        known = set(criterion_names())
         for key, params in self.loss_params.items():
-            if key == name or key == self.loss:
+            if key in (name, self.loss):
                 make_criterion_config(self.loss, params)
-            elif key in _known_names():
-                make_criterion_config(key, params)  # catch typos in entries kept for later switches
+            elif key in known:
+                make_criterion_config(key, params)  # catch bad values in entries kept for later switches
+            # Other keys belong to criteria of modules this run does not import; they are kept as they are.
         if self.nll_scale < 0.0:
             raise CriterionError(f"criterion.config.nll_scale must be >= 0, got {self.nll_scale}.")
 
@@ -82,12 +85,6 @@ class FspoUnitConfig:
         params = self.loss_params.get(self.loss, self.loss_params.get(name, {}))
         kls, _ = get_criterion_entry(name)
         return kls(make_criterion_config(name, params))
-
-
-def _known_names() -> set[str]:
-    from fspo_recipe.criteria import criterion_names
-
-    return set(criterion_names())
 
 
 @final

@@ -121,3 +121,19 @@ def test_user_module_criterion_by_one_name(monkeypatch) -> None:
     assert "hinge" in criterion_names()
     with pytest.raises(CriterionError, match="cannot import module 'no_such_module'"):
         resolve_criterion_name("no_such_module:hinge")
+
+
+def test_unit_config_builds_selected_criterion_and_checks_all_entries() -> None:
+    from fspo_recipe.unit import FspoUnitConfig
+
+    config = FspoUnitConfig(loss="dpo", loss_params={"dpo": {"beta": 0.3}, "ipo": {"beta": 0.01}})
+    config.validate()
+    crit = config.build_criterion()
+    assert type(crit).__name__ == "DpoCriterion" and crit.config.beta == 0.3
+
+    with pytest.raises(CriterionError, match="'ipo': beta must be > 0"):
+        FspoUnitConfig(loss="dpo", loss_params={"ipo": {"beta": 0.0}}).validate()
+    with pytest.raises(CriterionError, match="nll_scale must be >= 0"):
+        FspoUnitConfig(loss="dpo", nll_scale=-1.0).validate()
+    with pytest.raises(CriterionError, match="Unknown criterion 'dop'"):
+        FspoUnitConfig(loss="dop").validate()

@@ -1,0 +1,48 @@
+"""The tiny CPU assets are deterministic; fspo-metrics reads a run and names bad files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fspo_recipe.report import last_metrics, main as metrics_main
+from fspo_recipe.tiny import BYTE_VOCAB_SIZE, write_tiny_assets
+
+
+def test_same_seed_same_assets(tmp_path) -> None:
+    a, b, c = (write_tiny_assets(tmp_path / d, seed=s).parent for d, s in (("a", 0), ("b", 0), ("c", 1)))
+    for name in ("tiny_model.yaml", "tokenizer.model"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    sd = [torch.load(d / "model.pt", weights_only=True)["model"] for d in (a, b, c)]
+    assert all(torch.equal(sd[0][k], sd[1][k]) for k in sd[0])
+    assert not all(torch.equal(sd[0][k], sd[2][k]) for k in sd[0])
+    assert sd[0]["decoder_frontend.embed.weight"].shape[0] == BYTE_VOCAB_SIZE
+    assert not list(a.glob("*.tmp"))
+
+
+def test_tiny_tokenizer_is_byte_level(tmp_path) -> None:
+    from fairseq2.data.text.tokenizers.llama import LLaMA3Tokenizer
+
+    write_tiny_assets(tmp_path, seed=0)
+    tok = LLaMA3Tokenizer(tmp_path / "tokenizer.model")
+    text = "## Question \nWhat is rain?\n"
+    ids = tok.create_encoder(mode="prompt_response")(text).tolist()
+    assert ids == [*text.encode(), 257]
+    assert tok.vocab_info.size == BYTE_VOCAB_SIZE and tok.vocab_info.pad_idx == 260
+
+
+def test_metrics_report(tmp_path, capsys) -> None:
+    (tmp_path / "metrics").mkdir()
+    path = tmp_path / "metrics" / "train.jsonl"
+    path.write_text(json.dumps({"Step": 1, "FSPO Loss": 2.0}) + "\n" + json.dumps({"Step": 2, "FSPO Loss": 1.5}) + "\n")
+    assert last_metrics(tmp_path)["FSPO Loss"] == 1.5
+    assert metrics_main([str(tmp_path)]) == 0
+    assert "FSPO Loss" in capsys.readouterr().out
+
+    path.write_text('{"Step": 1}\n{"Step": 2, "FSPO\n')
+    with pytest.raises(ValueError, match=r"train.jsonl, line 2: not valid JSON"):
+        last_metrics(tmp_path)
+    assert metrics_main([str(tmp_path / "nowhere")]) == 1
+    assert "does not exist: is" in capsys.readouterr().err
