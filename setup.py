@@ -13,7 +13,7 @@ setup(
     install_requires=["fairseq2==0.4.6", "pyyaml"],
     extras_require={
         # fairseq2 0.4.6 pins numpy 1.x: pyarrow 22+ needs numpy 2, and datasets 5 needs pyarrow 24+.
-        "data": ["datasets>=3,<5", "pyarrow>=15,<22"],
+        "data": ["datasets>=3,<5", "pyarrow>=15,<22", "orjson"],
         "flash": ["flash-attn"],
         "dev": ["pytest", "pytest-timeout"],
     },
@@ -22,6 +22,7 @@ setup(
         "console_scripts": [
             "fspo-tiny-assets = fspo_recipe.tiny:main",
             "fspo-metrics = fspo_recipe.report:main",
+            "fspo-prepare = fspo_recipe.data.prepare:main",
         ],
     },
 )

@@ -17,7 +17,10 @@ _fspo_setup() {
         return 1
     fi
 
-    if ! ldconfig -p 2>/dev/null | grep -q 'libsndfile\.so\.1'; then
+    # (no `ldconfig | grep -q`: under `set -o pipefail` grep's early exit would fail the pipe)
+    local libs
+    libs="$(ldconfig -p 2>/dev/null || true)"
+    if [[ "$libs" != *libsndfile.so.1* ]]; then
         if [ "${FSPO_INSTALL_APT:-0}" = 1 ] && command -v apt-get >/dev/null; then
             echo "fspo: installing libsndfile1 (needed by fairseq2) with apt-get"
             local sudo=""

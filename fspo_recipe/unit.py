@@ -286,6 +286,8 @@ class FspoFinetuneUnitHandler(POFinetuneUnitHandler):
             freeze_parameters(reference_model)
         elif criterion.needs_reference:
             log.info("FSPO unit: no reference model; reading reference scores from the data.")
+        else:
+            log.info("FSPO unit: criterion {} needs no reference; no reference model is loaded.", config.loss)
 
         return FspoFinetuneUnit(model, reference_model, criterion, gangs, nll_scale=config.nll_scale)
 

@@ -38,6 +38,22 @@ def tiny_assets(tmp_path_factory) -> Path:
     return out
 
 
+def test_prepared_cards_load_by_name(tiny_assets, tmp_path) -> None:
+    """`fspo-prepare` output is found by `dataset.name=<card>` (here beside the tiny model, one extra_path)."""
+    from fspo_recipe.data.build import EpisodeOptions
+    from fspo_recipe.data.prepare import prepare
+
+    assets = tmp_path / "assets"
+    shutil.copytree(tiny_assets, assets)
+    prepare("roleplay", [str(REPO / "datasets" / "samples" / "roleplay")], assets, name="rp",
+            options=EpisodeOptions(num_shots=2), progress=False)
+    out = tmp_path / "run"
+    run(out, "fspo_sft", f"common.assets.extra_path={assets}", "model.name=fspo_tiny_llama", "dataset.name=rp_test",
+        *CPU_TINY)
+    assert [r["Step"] for r in metrics(out)] == [1, 2, 3]
+    assert yaml.safe_load((out / "config.yaml").read_text())["dataset"]["_set_"]["name"] == "rp_test"
+
+
 def run(out: Path, preset: str, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cmd = [FAIRSEQ2, "lm", "preference_finetune", str(out), "--preset", preset, "--no-sweep-dir", "--config", *overrides]
     full_env = {**os.environ, "FAIRSEQ2_EXTENSION_TRACE": "1", "TIKTOKEN_CACHE_DIR": "", **(env or {})}
@@ -65,6 +81,7 @@ def test_fspo_ipo_trains_on_cpu(tiny_assets, tmp_path) -> None:
     run(out, "fspo_ipo", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama",
         "criterion.config.reference_model.name=fspo_tiny_llama", "dataset.name=fspo_sample", *CPU_TINY)
     rows = metrics(out)
+    assert (out / "logs" / "rank_0.log").read_text().count("Loading 'fspo_tiny_llama' model") == 2  # + reference
     assert [r["Step"] for r in rows] == [1, 2, 3]
     for row in rows:
         assert row["FSPO Loss"] == pytest.approx(row["Criterion Loss"])  # nll_scale is 0 in the preset
@@ -92,12 +109,16 @@ def test_sft_then_ipo_from_the_sft_checkpoint(tiny_assets, tmp_path) -> None:
 
 
 def test_one_override_switches_the_loss(tiny_assets, tmp_path) -> None:
-    out = tmp_path / "dpo"
+    out = tmp_path / "simpo"
     run(out, "fspo_ipo", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama",
-        "criterion.config.reference_model.name=fspo_tiny_llama", "criterion.config.loss=simpo", *CPU_TINY)
-    assert "SimpoCriterion" not in (out / "config.yaml").read_text()
-    assert "loss: simpo" in (out / "config.yaml").read_text()
-    assert metrics(out)[0]["FSPO Loss"] > 0.0
+        "criterion.config.reference_model.name=fspo_tiny_llama", *CPU_TINY, "criterion.config.loss=simpo")
+    log = (out / "logs" / "rank_0.log").read_text()
+    assert "criterion simpo with SimpoConfig(beta=2.0, gamma=0.5)" in log
+    # SimPO needs no reference, so the preset's reference model is not loaded.
+    assert "criterion simpo needs no reference; no reference model is loaded" in log
+    assert log.count("Loading 'fspo_tiny_llama' model") == 1
+    first = metrics(out)[0]
+    assert first["FSPO Loss"] > 0.0 and first["FSPO Loss"] != pytest.approx(2500.0)
 
 
 def test_custom_criterion_from_users_module(tiny_assets, tmp_path) -> None:

@@ -52,14 +52,17 @@ def instruction(num_shots: int, *, include_dispreferred: bool, rationale: bool) 
     return INSTRUCTION_DISPREFERRED if include_dispreferred else INSTRUCTION_PLAIN
 
 
-def render_shot(index: int, shot: Shot, *, include_dispreferred: bool) -> str:
-    """One ``# Example i`` block (1-based ``index``), ending with its blank line."""
+def shot_body(shot: Shot | tuple[str, str, str], *, include_dispreferred: bool) -> str:
+    """A shot's block without its ``# Example i`` line, ending with the blank line (rendered once per row)."""
     question, preferred, dispreferred = (s.strip() for s in shot)
     if include_dispreferred:
-        body = f"{PREFERRED_HEADER}{preferred}\n{DISPREFERRED_HEADER}{dispreferred}\n"
-    else:
-        body = f"{RESPONSE_HEADER}{preferred}\n"
-    return f"# Example {index}\n{QUESTION_HEADER}{question}\n{body}\n"
+        return f"{QUESTION_HEADER}{question}\n{PREFERRED_HEADER}{preferred}\n{DISPREFERRED_HEADER}{dispreferred}\n\n"
+    return f"{QUESTION_HEADER}{question}\n{RESPONSE_HEADER}{preferred}\n\n"
+
+
+def example_header(index: int) -> str:
+    """The first line of the ``index``-th (1-based) shot block."""
+    return f"# Example {index}\n"
 
 
 def render_episode(
@@ -79,17 +82,41 @@ def render_episode(
     the user description: the chosen target starts with ``rationale_chosen`` (this user's description), the
     rejected with ``rationale_rejected`` (the description of the user the rejected response was written for).
     With ``teacher_forced`` the true description is appended to the prompt instead and the targets are the plain
-    responses under their usual header. All texts are stripped of surrounding white space. The same function renders the prompt of a new
-    user at inference time (pass empty ``chosen``/``rejected`` and use ``prompt``).
+    responses under their usual header. All texts are stripped of surrounding white space. The same function
+    renders the prompt of a new user at inference time (pass empty ``chosen``/``rejected`` and use ``prompt``).
     """
+    bodies = [shot_body(shot, include_dispreferred=include_dispreferred) for shot in shots]
+    return render_from_bodies(
+        bodies,
+        question,
+        chosen,
+        rejected,
+        include_dispreferred=include_dispreferred,
+        rationale_chosen=rationale_chosen,
+        rationale_rejected=rationale_rejected,
+        teacher_forced=teacher_forced,
+    )
+
+
+def render_from_bodies(
+    bodies: Sequence[str],
+    question: str,
+    chosen: str,
+    rejected: str,
+    *,
+    include_dispreferred: bool = True,
+    rationale_chosen: str | None = None,
+    rationale_rejected: str | None = None,
+    teacher_forced: bool = False,
+) -> RenderedEpisode:
+    """:func:`render_episode` with the shots given as :func:`shot_body` strings (episode building caches them)."""
     rationale = rationale_chosen is not None
     if rationale and not teacher_forced and rationale_rejected is None:
         raise ValueError("rationale_rejected is required with rationale_chosen (unless teacher_forced).")
     if teacher_forced and not rationale:
         raise ValueError("teacher_forced needs rationale_chosen, the description appended to the prompt.")
-
-    blocks = [render_shot(i, Shot(*shot), include_dispreferred=include_dispreferred) for i, shot in enumerate(shots, 1)]
-    line = instruction(len(shots), include_dispreferred=include_dispreferred, rationale=rationale)
+    blocks = [example_header(i) + body for i, body in enumerate(bodies, 1)]
+    line = instruction(len(bodies), include_dispreferred=include_dispreferred, rationale=rationale)
     prompt = "".join(blocks) + f"{TASK_HEADER}{line}\n{QUESTION_HEADER}{question.strip()}\n"
 
     header = PREFERRED_HEADER if include_dispreferred else RESPONSE_HEADER

@@ -1,0 +1,210 @@
+"""From rows of many users to FSPO episodes: splits (source, held-out users, interpolated) and episode building.
+
+Pure Python, deterministic: the same rows, options and seed give the same episodes, byte for byte.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fspo_recipe.data.episodes import render_from_bodies, shot_body
+from fspo_recipe.data.sources import PreferenceRow, review_attributes
+
+Rationale = Literal["none", "generated", "teacher_forced"]
+SplitMode = Literal["source", "heldout_users", "interpolated"]
+
+SPLITS = ("train", "valid", "test")
+_SOURCE_SPLITS = {"train": "train", "validation": "valid", "valid": "valid", "test": "test"}
+
+
+@dataclass(frozen=True)
+class EpisodeOptions:
+    """How episodes are cut from one user's rows."""
+
+    num_shots: int
+    """N: labelled preferences of the user shown in the prompt."""
+
+    num_passes: int | None = None
+    """Reshuffles of a user's rows; each cuts them into windows of N+1. Default 2*(N+1), as in the paper's code."""
+
+    seed: int = 0
+    """Seed of the shuffles (per user, so adding a user does not change another's episodes)."""
+
+    include_dispreferred: bool = True
+    """Show the dispreferred response of each shot (the paper's default)."""
+
+    rationale: Rationale = "none"
+    """``generated``: the targets start with a user description; ``teacher_forced``: the prompt ends with it."""
+
+    def passes(self) -> int:
+        return self.num_passes if self.num_passes is not None else 2 * (self.num_shots + 1)
+
+
+def group_by_user(rows: Sequence[PreferenceRow]) -> dict[str, list[PreferenceRow]]:
+    """Rows per user, users in sorted order, rows in their input order."""
+    groups: dict[str, list[PreferenceRow]] = {}
+    for row in rows:
+        groups.setdefault(row.user, []).append(row)
+    return dict(sorted(groups.items()))
+
+
+def _fraction_or_count(value: float, total: int) -> int:
+    return int(round(value * total)) if 0.0 < value < 1.0 else int(value)
+
+
+def assign_splits(
+    by_source_split: Mapping[str, Sequence[PreferenceRow]],
+    mode: SplitMode,
+    *,
+    seed: int = 0,
+    valid_fraction: float = 0.0,
+    valid_users: float = 0,
+    test_users: float = 0,
+    test_user_names: Sequence[str] = (),
+) -> dict[str, list[PreferenceRow]]:
+    """Distribute rows over train / valid / test.
+
+    - ``source``: the source's own splits (train, validation, test); with ``valid_fraction`` > 0 and no validation
+      split in the source, that fraction of every user's train rows becomes valid.
+    - ``heldout_users``: all rows pooled; ``test_users`` and ``valid_users`` (a count, or a fraction if below 1) or
+      ``test_user_names`` pick whole users for test and valid, so no user of valid/test appears in train.
+    - ``interpolated`` (Review): users with one attribute train, users combining several are test; valid as in
+      ``source``.
+    """
+    out: dict[str, list[PreferenceRow]] = {s: [] for s in SPLITS}
+    rng = random.Random(f"splits:{seed}")
+
+    if mode == "source":
+        for name, rows in by_source_split.items():
+            out[_SOURCE_SPLITS.get(name.lower(), "train")].extend(rows)
+    else:
+        pooled = [row for rows in by_source_split.values() for row in rows]
+        users = sorted({row.user for row in pooled})
+        if mode == "heldout_users":
+            if test_user_names:
+                unknown = sorted(set(test_user_names) - set(users))
+                if unknown:
+                    raise ValueError(f"--test-user-names: unknown user(s) {unknown}; known users: {users[:20]}")
+                test = set(test_user_names)
+                rest = [u for u in users if u not in test]
+            else:
+                shuffled = list(users)
+                rng.shuffle(shuffled)
+                n_test = _fraction_or_count(test_users, len(users))
+                test, rest = set(shuffled[:n_test]), shuffled[n_test:]
+            n_valid = _fraction_or_count(valid_users, len(users))
+            valid = set(rest[:n_valid])
+            if len(test) + len(valid) >= len(users):
+                raise ValueError(f"Held-out users leave no training user ({len(users)} users in all).")
+            for row in pooled:
+                out["test" if row.user in test else "valid" if row.user in valid else "train"].append(row)
+            return out
+        if mode == "interpolated":
+            for row in pooled:
+                out["test" if len(review_attributes(row.user)) > 1 else "train"].append(row)
+        else:
+            raise ValueError(f"Unknown split mode '{mode}'; expected source, heldout_users or interpolated.")
+
+    if valid_fraction > 0.0 and not out["valid"]:
+        kept: list[PreferenceRow] = []
+        for user, rows in group_by_user(out["train"]).items():
+            order = list(range(len(rows)))
+            random.Random(f"valid:{seed}:{user}").shuffle(order)
+            n_valid = int(len(rows) * valid_fraction)
+            chosen = set(order[:n_valid])
+            for i, row in enumerate(rows):
+                (out["valid"] if i in chosen else kept).append(row)
+        out["train"] = kept
+    return out
+
+
+def build_user_episodes(
+    user: str,
+    rows: Sequence[PreferenceRow],
+    options: EpisodeOptions,
+    other_descriptions: Sequence[str] = (),
+) -> Iterator[dict[str, Any]]:
+    """Yield the episodes of one user: N shots and one query per episode, all rows of this user.
+
+    Each pass shuffles the rows and cuts them into consecutive windows of N+1 (rows 0..N-1 shots, row N the query;
+    no row of a window is left unused). A window already produced (same shots in the same order, same query) is not
+    produced again, so identical prompts merge. ``other_descriptions`` supply the rejected rationale where the
+    source does not say whom the rejected response was written for (Roleplay).
+    """
+    n = options.num_shots
+    width = n + 1
+    if len(rows) < width:
+        return
+    rng = random.Random(f"episodes:{options.seed}:{user}")
+    order = list(range(len(rows)))
+    # A row is a shot in about 2N episodes: render its block once.
+    bodies = [shot_body((r.question, r.preferred, r.dispreferred), include_dispreferred=options.include_dispreferred)
+              for r in rows]
+    seen: set[tuple[int, ...]] = set()
+    generated = options.rationale != "none"
+    teacher_forced = options.rationale == "teacher_forced"
+
+    for p in range(options.passes()):
+        rng.shuffle(order)
+        for w in range(len(order) // width):
+            window = tuple(order[w * width : (w + 1) * width])
+            if window in seen:
+                continue
+            seen.add(window)
+            query = rows[window[n]]
+
+            rejected_description = query.dispreferred_description
+            if generated and not rejected_description and other_descriptions:
+                rejected_description = other_descriptions[rng.randrange(len(other_descriptions))]
+
+            ep = render_from_bodies(
+                [bodies[i] for i in window[:n]],
+                query.question,
+                query.preferred,
+                query.dispreferred,
+                include_dispreferred=options.include_dispreferred,
+                rationale_chosen=query.preferred_description if generated else None,
+                rationale_rejected=(rejected_description or query.preferred_description) if generated else None,
+                teacher_forced=teacher_forced,
+            )
+            yield {
+                "id": f"{user}/{p}/{w}",
+                "src": ep.prompt,
+                "tgt_chosen": ep.chosen,
+                "tgt_rejected": ep.rejected,
+                "user": user,
+                "num_shots": n,
+                "shot_row_ids": [rows[i].row_id for i in window[:n]],
+                "query_row_id": query.row_id,
+            }
+
+
+@dataclass
+class SplitStats:
+    """What building one split did."""
+
+    users: int = 0
+    episodes: int = 0
+    users_too_few_rows: int = 0
+    rows_of_skipped_users: int = 0
+
+
+def build_split_episodes(
+    rows: Sequence[PreferenceRow], options: EpisodeOptions, stats: SplitStats
+) -> Iterator[dict[str, Any]]:
+    """Yield the episodes of every user of a split (users in sorted order); counts go to ``stats``."""
+    groups = group_by_user(rows)
+    descriptions = {user: rs[0].preferred_description for user, rs in groups.items()}
+    for user, user_rows in groups.items():
+        if len(user_rows) < options.num_shots + 1:
+            stats.users_too_few_rows += 1
+            stats.rows_of_skipped_users += len(user_rows)
+            continue
+        stats.users += 1
+        others = [d for u, d in descriptions.items() if u != user and d != descriptions[user]]
+        for episode in build_user_episodes(user, user_rows, options, others):
+            stats.episodes += 1
+            yield episode

@@ -1,0 +1,271 @@
+"""``fspo-prepare``: Elix / Review / Roleplay preference data -> few-shot FSPO JSONL and fairseq2 asset cards.
+
+    fspo-prepare elix --input Asap7772/elix_generations_gpt4omini_pref --out data/ --name elix
+    fspo-prepare review --input datasets/samples/review --split-mode interpolated --out data/
+    fspo-prepare roleplay --input my_rows.parquet --split-mode heldout_users --test-users 0.1 --out data/
+
+Writes ``OUT/NAME/{train,valid,test}.jsonl``, a card per split (``NAME_train`` ...; load with
+``--config common.assets.extra_path=OUT dataset.name=NAME_train``) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fspo_recipe.data.build import SPLITS, EpisodeOptions, SplitStats, assign_splits, build_split_episodes
+from fspo_recipe.data.sources import SOURCES, ReadReport, SourceSchemaError, read_source
+from fspo_recipe.data.writers import atomic_directory, dataset_card, jsonl_line
+
+PERCENTILES = (50, 90, 99, 100)
+TOKEN_SAMPLE = 2000  # prompts per split whose tokens are counted for the summary
+
+
+def percentiles(values: Sequence[int]) -> dict[str, int]:
+    """Nearest-rank percentiles p50, p90, p99 and the max of ``values`` (empty: {})."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {f"p{p}": ordered[min(len(ordered) - 1, max(0, -(-p * len(ordered) // 100) - 1))] for p in PERCENTILES}
+
+
+def prepare(
+    source: str,
+    inputs: Sequence[str],
+    out_dir: Path,
+    *,
+    name: str | None = None,
+    options: EpisodeOptions,
+    split_mode: str = "source",
+    valid_fraction: float = 0.0,
+    valid_users: float = 0,
+    test_users: float = 0,
+    test_user_names: Sequence[str] = (),
+    count_tokens: Callable[[str], int] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prepare one source; return the summary that is also written as ``summary.json``."""
+    spec = SOURCES[source]
+    name = name or source
+    report = ReadReport()
+    started = time.perf_counter()
+
+    by_source_split = read_source(spec, inputs, report)
+    splits = assign_splits(
+        by_source_split,
+        split_mode,  # type: ignore[arg-type]
+        seed=options.seed,
+        valid_fraction=valid_fraction,
+        valid_users=valid_users,
+        test_users=test_users,
+        test_user_names=test_user_names,
+    )
+
+    summary: dict[str, Any] = {
+        "source": source,
+        "inputs": list(inputs),
+        "split_mode": split_mode,
+        "num_shots": options.num_shots,
+        "num_passes": options.passes(),
+        "seed": options.seed,
+        "include_dispreferred": options.include_dispreferred,
+        "rationale": options.rationale,
+        "rows_read": report.rows_read,
+        "rows_skipped": dict(report.skipped),
+        "splits": {},
+    }
+
+    final = out_dir / name
+    with atomic_directory(final) as tmp:
+        for split in SPLITS:
+            rows = splits[split]
+            if not rows:
+                continue
+            stats = SplitStats()
+            lengths: list[int] = []
+            sample: list[str] = []
+            rng = random.Random(f"summary:{split}")
+            jsonl = f"{split}.jsonl"
+            users = {row.user for row in rows}
+            with (tmp / jsonl).open("wb") as fp, _progress(progress, f"{name}/{split}", len(users)) as tick:
+                last_users = 0
+                for episode in build_split_episodes(rows, options, stats):
+                    fp.write(jsonl_line(episode))
+                    lengths.append(len(episode["src"]))
+                    # Reservoir sample of prompts for the token percentiles.
+                    if len(sample) < TOKEN_SAMPLE:
+                        sample.append(episode["src"])
+                    else:
+                        j = rng.randrange(stats.episodes)
+                        if j < TOKEN_SAMPLE:
+                            sample[j] = episode["src"]
+                    if stats.users != last_users:
+                        tick(stats.users - last_users)
+                        last_users = stats.users
+                tick(len(users) - last_users)
+            if stats.episodes == 0:
+                (tmp / jsonl).unlink()
+            else:
+                card = f"{name}_{split}"
+                (tmp / f"{card}.yaml").write_text(
+                    dataset_card(card, jsonl, f"FSPO {source} {split} split, {options.num_shots} shots (fspo-prepare)"),
+                    encoding="utf-8",
+                )
+            info: dict[str, Any] = {
+                "episodes": stats.episodes,
+                "users": stats.users,
+                "rows": len(rows),
+                "users_skipped_too_few_rows": stats.users_too_few_rows,
+                "rows_of_skipped_users": stats.rows_of_skipped_users,
+                "prompt_chars": percentiles(lengths),
+            }
+            if count_tokens is not None and sample:
+                info["prompt_tokens"] = percentiles([count_tokens(s) for s in sample])
+                info["prompt_tokens_sample"] = len(sample)
+            summary["splits"][split] = info
+        summary["seconds"] = round(time.perf_counter() - started, 2)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+class _progress:
+    """A rich progress bar over users (or nothing), as a context manager yielding ``tick(n)``."""
+
+    def __init__(self, enabled: bool, label: str, total: int) -> None:
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=True)
+            self._task = self._bar.add_task(label, total=total)
+
+    def __enter__(self) -> Callable[[int], None]:
+        if self._bar is None:
+            return lambda n: None
+        self._bar.start()
+        return lambda n: self._bar.advance(self._task, n)  # type: ignore[union-attr]
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def format_summary(summary: dict[str, Any], out: Path) -> str:
+    lines = [f"{summary['source']}: {summary['rows_read']} rows read in {summary['seconds']} s -> {out}"]
+    for reason, count in sorted(summary["rows_skipped"].items()):
+        lines.append(f"  skipped {count} row(s): {reason}")
+    for split, info in summary["splits"].items():
+        line = f"  {split:<5} {info['episodes']:>8} episodes  {info['users']:>6} users  prompt chars {info['prompt_chars']}"
+        if "prompt_tokens" in info:
+            line += f"  tokens {info['prompt_tokens']} (sample of {info['prompt_tokens_sample']})"
+        lines.append(line)
+        if info["users_skipped_too_few_rows"]:
+            lines.append(
+                f"        skipped {info['users_skipped_too_few_rows']} user(s) with fewer than "
+                f"{summary['num_shots'] + 1} rows ({info['rows_of_skipped_users']} rows)"
+            )
+    return "\n".join(lines)
+
+
+def _token_counter(tokenizer: str, assets_dir: Path | None) -> Callable[[str], int]:
+    """Count tokens with a fairseq2 tokenizer card (``assets_dir`` adds a card directory)."""
+    from fairseq2 import setup_fairseq2
+    from fairseq2.assets import FileAssetMetadataLoader, StandardAssetMetadataFileLoader
+    from fairseq2.context import get_runtime_context
+    from fairseq2.data.text.tokenizers import get_text_tokenizer_hub
+    from fairseq2.utils.yaml import StandardYamlLoader
+
+    setup_fairseq2()
+    if assets_dir is not None:
+        context = get_runtime_context()
+        loader = FileAssetMetadataLoader(
+            assets_dir.resolve(), context.file_system,
+            StandardAssetMetadataFileLoader(StandardYamlLoader(context.file_system)),
+        )
+        context.asset_store.user_metadata_providers.append(loader.load())
+    encoder = get_text_tokenizer_hub().load(tokenizer).create_encoder(mode="prompt")
+    return lambda text: len(encoder(text))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fspo-prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="source", required=True, metavar="{elix,review,roleplay}")
+    for key, spec in SOURCES.items():
+        p = sub.add_parser(
+            key,
+            help=f"{key} ({spec.hub_name})",
+            description=f"Prepare {key}. Source schema: {spec.schema_text()}.",
+        )
+        p.add_argument("--input", nargs="+", default=[spec.hub_name], metavar="PATH_OR_HUB_NAME",
+                       help=f"local parquet/JSON/JSONL files or directories, or a hub name (default: {spec.hub_name})")
+        p.add_argument("--out", type=Path, required=True, help="output directory; the data set goes to OUT/NAME")
+        p.add_argument("--name", default=key, help=f"name of the data set and prefix of its cards (default: {key})")
+        p.add_argument("--shots", type=int, default=spec.default_shots,
+                       help=f"shots per episode (default: {spec.default_shots}, as in the paper)")
+        p.add_argument("--passes", type=int, default=None, help="reshuffling passes per user (default: 2*(shots+1))")
+        p.add_argument("--seed", type=int, default=0, help="seed of shuffles and user splits (default: 0)")
+        p.add_argument("--split-mode", choices=["source", "heldout_users", "interpolated"], default="source",
+                       help="source: the data set's own splits; heldout_users: whole users for valid/test; "
+                       "interpolated (review): single-attribute users train, combinations test")
+        p.add_argument("--valid-fraction", type=float, default=0.0,
+                       help="source/interpolated: fraction of each user's train rows for valid (default: 0)")
+        p.add_argument("--test-users", type=float, default=0.1,
+                       help="heldout_users: number of test users, or a fraction if below 1 (default: 0.1)")
+        p.add_argument("--valid-users", type=float, default=0,
+                       help="heldout_users: number of valid users, or a fraction if below 1 (default: 0)")
+        p.add_argument("--test-user-names", default="", help="heldout_users: comma-separated test users")
+        p.add_argument("--no-dispreferred", action="store_true", help="show only the preferred response of each shot")
+        p.add_argument("--rationale", choices=["none", "generated", "teacher_forced"], default="none",
+                       help="user-description rationale: in the targets (generated) or the prompt (teacher_forced)")
+        p.add_argument("--tokenizer", default=None,
+                       help="fairseq2 tokenizer card for token percentiles in the summary (e.g. llama3_2_3b_instruct)")
+        p.add_argument("--assets-dir", type=Path, default=None, help="extra fairseq2 card directory for --tokenizer")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.shots < 0:
+        print("fspo-prepare: --shots must be >= 0", file=sys.stderr)
+        return 2
+    options = EpisodeOptions(
+        num_shots=args.shots,
+        num_passes=args.passes,
+        seed=args.seed,
+        include_dispreferred=not args.no_dispreferred,
+        rationale=args.rationale,
+    )
+    try:
+        count_tokens = _token_counter(args.tokenizer, args.assets_dir) if args.tokenizer else None
+        summary = prepare(
+            args.source,
+            args.input,
+            args.out,
+            name=args.name,
+            options=options,
+            split_mode=args.split_mode,
+            valid_fraction=args.valid_fraction,
+            valid_users=args.valid_users,
+            test_users=args.test_users,
+            test_user_names=[u for u in args.test_user_names.split(",") if u],
+            count_tokens=count_tokens,
+            progress=not args.no_progress,
+        )
+    except (SourceSchemaError, ValueError, OSError) as ex:
+        print(f"fspo-prepare: {ex}", file=sys.stderr)
+        return 1
+    print(format_summary(summary, args.out / args.name))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
