@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["fspo_recipe", "fspo_recipe.*"]),
     python_requires=">=3.10,<3.13",
-    install_requires=["fairseq2==0.4.6", "pyyaml"],
+    install_requires=["fairseq2==0.4.6", "pyyaml", "matplotlib"],
     extras_require={
         # fairseq2 0.4.6 pins numpy 1.x: pyarrow 22+ needs numpy 2, and datasets 5 needs pyarrow 24+.
         "data": ["datasets>=3,<5", "pyarrow>=15,<22", "orjson"],
@@ -19,6 +19,7 @@ setup(
     },
     entry_points={
         "fairseq2.extension": ["fspo = fspo_recipe:setup_fairseq2_extension"],
+        "fairseq2.cli": ["fspo = fspo_recipe:setup_fairseq2_cli"],
         "console_scripts": [
             "fspo-tiny-assets = fspo_recipe.tiny:main",
             "fspo-metrics = fspo_recipe.report:main",

@@ -4,11 +4,13 @@
 # llama, then trains:
 #   stage 1  fspo_sft  SFT on the few-shot prompts (chosen and rejected responses as targets, as in the paper)
 #   stage 2  fspo_ipo  IPO from the SFT checkpoint, with the SFT model as the frozen reference
-# and prints the final metrics of each stage.
+#   stage 3  fairseq2 lm preference_eval: the IPO model on the held-out test split (reference = SFT),
+#            with the shots ablation, JSON/CSV and plots in OUT_DIR/eval
+# and prints the final metrics of each stage and the held-out accuracy.
 #
 #   bash example_training_scripts/quickstart.sh [OUT_DIR]      (default OUT_DIR: quickstart_out)
 #
-# OUT_DIR/sft and OUT_DIR/ipo are started afresh on every call (fairseq2 would otherwise resume them).
+# OUT_DIR/sft, OUT_DIR/ipo and OUT_DIR/eval are started afresh on every call (fairseq2 would otherwise resume them).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +20,7 @@ source "$ROOT/setup_env.sh" || exit 1
 cd "$ROOT"
 
 start=$(date +%s)
-rm -rf "$OUT/sft" "$OUT/ipo"
+rm -rf "$OUT/sft" "$OUT/ipo" "$OUT/eval"
 # 2 shots keep the CPU demo short (the paper uses 4 for Elix: drop --shots for that).
 fspo-prepare elix --input datasets/samples/elix --out "$OUT/assets" --shots 2 --no-progress
 fspo-tiny-assets "$OUT/assets" --seed 0
@@ -43,6 +45,10 @@ echo "== stage 2: fspo_ipo from the SFT checkpoint (reference = the SFT model)"
 fairseq2 lm preference_finetune "$OUT/ipo" --preset fspo_ipo --no-sweep-dir --config "${CPU[@]}" \
     common.assets.checkpoint_dir="$OUT/sft/checkpoints" optimizer.config.lr=1e-4 regime.num_steps=40
 
+echo "== stage 3: preference_eval on the test split (new questions; shots and queries from the test rows)"
+fairseq2 lm preference_eval "$OUT/eval" --no-sweep-dir --config common.assets.extra_path="$OUT/assets" \
+    model.run_dir="$OUT/ipo" reference.run_dir="$OUT/sft" dataset=elix_test > "$OUT/eval.log"
+
 echo
 echo "== final metrics, stage 1 (SFT): $OUT/sft/metrics/train.jsonl"
 fspo-metrics "$OUT/sft"
@@ -50,4 +56,7 @@ echo
 echo "== final metrics, stage 2 (IPO): $OUT/ipo/metrics/train.jsonl"
 fspo-metrics "$OUT/ipo"
 echo
-echo "quick start done in $(( $(date +%s) - start )) s of training; checkpoints under $OUT/{sft,ipo}/checkpoints"
+echo "== held-out evaluation (stage 3): $OUT/eval/metrics.json, per_user.csv, shots.csv, *.png"
+tail -n 1 "$OUT/eval.log"
+echo
+echo "quick start done in $(( $(date +%s) - start )) s (training and evaluation); checkpoints under $OUT/{sft,ipo}/checkpoints"

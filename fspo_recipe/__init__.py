@@ -10,3 +10,10 @@ def setup_fairseq2_extension(context: object) -> None:
     from fspo_recipe.extension import setup_fspo
 
     setup_fspo(context)  # type: ignore[arg-type]
+
+
+def setup_fairseq2_cli(context: object, cli: object) -> None:
+    """The ``fairseq2.cli`` entry point: adds ``fairseq2 lm preference_eval``."""
+    from fspo_recipe.extension import setup_fspo_cli
+
+    setup_fspo_cli(context, cli)  # type: ignore[arg-type]

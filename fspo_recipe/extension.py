@@ -52,7 +52,33 @@ def setup_fspo(context: RuntimeContext) -> None:
 
     register_fspo_presets(context)
 
+    from fspo_recipe.eval.recipe import register_eval_presets
+
+    register_eval_presets(context)
+
     register_checkout_asset_cards(context)
+
+
+def setup_fspo_cli(context: RuntimeContext, cli: object) -> None:
+    """The ``fairseq2.cli`` entry point: ``fairseq2 lm preference_eval``."""
+    from fairseq2.cli.commands.recipe import RecipeCommandHandler
+
+    from fspo_recipe.eval.recipe import PREFERENCE_EVAL, PreferenceEvalConfig, load_preference_evaluator
+
+    group = cli.get_group("lm")  # type: ignore[attr-defined]
+    if PREFERENCE_EVAL in getattr(group, "_commands", {}):
+        return
+    handler = RecipeCommandHandler(
+        loader=load_preference_evaluator, config_kls=PreferenceEvalConfig, default_preset="fspo_eval"
+    )
+    group.add_command(PREFERENCE_EVAL, handler, help="evaluate personalization on held-out users (fspo)")
+
+    # Print these as one-line errors (no traceback): they say what to change.
+    from fspo_recipe.criteria import CriterionError
+    from fspo_recipe.eval.recipe import EvalError
+
+    for kls in (EvalError, CriterionError):
+        cli.register_user_error_type(kls)  # type: ignore[attr-defined]
 
 
 # The cards of the bundled samples live beside the package in a source checkout (`pip install -e .`).

@@ -130,3 +130,86 @@ def render_from_bodies(
         chosen_text = f"{DESCRIPTION_HEADER}{rationale_chosen.strip()}\n{chosen_text}"  # type: ignore[union-attr]
         rejected_text = f"{DESCRIPTION_HEADER}{rationale_rejected.strip()}\n{rejected_text}"  # type: ignore[union-attr]
     return RenderedEpisode(prompt, chosen_text, rejected_text)
+
+
+@dataclass(frozen=True)
+class ParsedPrompt:
+    """A rendered FSPO prompt taken apart (see :func:`parse_prompt`)."""
+
+    shots: list[Shot]
+    question: str
+    include_dispreferred: bool
+    rationale: bool
+    teacher_forced_description: str | None
+
+
+class PromptParseError(ValueError):
+    """A prompt is not in the FSPO template."""
+
+
+def parse_prompt(prompt: str) -> ParsedPrompt:
+    """Take a prompt rendered by :func:`render_episode` apart, so it can be rendered again with fewer shots.
+
+    The result renders back to exactly ``prompt`` (checked), so an ambiguous text (a response that itself contains
+    the template's headers) raises :class:`PromptParseError` instead of being split wrongly.
+    """
+    task = prompt.rfind(TASK_HEADER)
+    if task < 0 or (task > 0 and not prompt[:task].endswith("\n\n")):
+        raise PromptParseError("no '# Task' block at the end of the prompt")
+    head, tail = prompt[:task], prompt[task + len(TASK_HEADER) :]
+
+    line, sep, rest = tail.partition("\n" + QUESTION_HEADER)
+    if not sep:
+        raise PromptParseError("no '## Question' line in the task block")
+    include_dispreferred = line in (INSTRUCTION_DISPREFERRED, INSTRUCTION_RATIONALE_DISPREFERRED, INSTRUCTION_NO_SHOTS)
+    rationale = line in (INSTRUCTION_RATIONALE_DISPREFERRED, INSTRUCTION_RATIONALE_PLAIN)
+    description = None
+    question, sep, after = rest.partition("\n" + DESCRIPTION_HEADER)
+    if sep:
+        description = after[:-1] if after.endswith("\n") else after
+    elif question.endswith("\n"):
+        question = question[:-1]
+
+    shots: list[Shot] = []
+    blocks = head.split("\n\n# Example ")
+    if head:
+        blocks[0] = blocks[0].removeprefix("# Example ")
+        if head.count(PREFERRED_HEADER) == 0 and head.count(RESPONSE_HEADER) > 0:
+            include_dispreferred = False
+        for i, block in enumerate(blocks, 1):
+            number, _, body = block.partition("\n")
+            if number != str(i):
+                raise PromptParseError(f"shot {i} is numbered '{number}'")
+            body = body.removeprefix(QUESTION_HEADER)
+            if include_dispreferred:
+                q, _, rest_ = body.partition("\n" + PREFERRED_HEADER)
+                p, _, d = rest_.partition("\n" + DISPREFERRED_HEADER)
+                shots.append(Shot(q, p, d.removesuffix("\n\n").removesuffix("\n")))
+            else:
+                q, _, p = body.partition("\n" + RESPONSE_HEADER)
+                shots.append(Shot(q, p.removesuffix("\n\n").removesuffix("\n"), ""))
+
+    parsed = ParsedPrompt(shots, question, include_dispreferred, rationale, description)
+    again = render_episode(
+        shots, question, "", "", include_dispreferred=include_dispreferred,
+        rationale_chosen=description if description is not None else ("" if rationale else None),
+        rationale_rejected="" if rationale else None, teacher_forced=description is not None,
+    ).prompt
+    if again != prompt:
+        raise PromptParseError("the prompt does not render back to itself (a text contains template headers?)")
+    return parsed
+
+
+def render_with_shots(parsed: ParsedPrompt, num_shots: int) -> str:
+    """The prompt of ``parsed`` with only its first ``num_shots`` shots, rendered by :func:`render_episode`."""
+    teacher_forced = parsed.teacher_forced_description is not None
+    return render_episode(
+        parsed.shots[:num_shots],
+        parsed.question,
+        "",
+        "",
+        include_dispreferred=parsed.include_dispreferred,
+        rationale_chosen=parsed.teacher_forced_description if teacher_forced else ("" if parsed.rationale else None),
+        rationale_rejected="" if parsed.rationale else None,
+        teacher_forced=teacher_forced,
+    ).prompt

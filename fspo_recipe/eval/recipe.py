@@ -1,0 +1,486 @@
+"""``fairseq2 lm preference_eval``: score a model's personalization on held-out users.
+
+    fairseq2 lm preference_eval OUT --config model.run_dir=runs/ipo reference.run_dir=runs/sft dataset=elix_test
+
+Writes ``metrics.json`` (overall with 95% bootstrap intervals, per user, per number of shots, per step),
+``per_user.csv``, ``shots.csv``, ``steps.csv``, ``pairs.csv`` and PNG plots into OUT, and, when
+``generation.enabled``, ``generations.jsonl`` ready for a pairwise judge.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, final
+
+import numpy as np
+import torch
+import yaml
+
+from fairseq2.assets import FileAssetMetadataLoader, StandardAssetMetadataFileLoader
+from fairseq2.context import RuntimeContext
+from fairseq2.data.text.tokenizers import get_text_tokenizer_hub
+from fairseq2.gang import fake_gangs
+from fairseq2.logging import log
+from fairseq2.models.decoder import DecoderModel
+from fairseq2.recipes.common import load_reference_model, register_extra_asset_paths
+from fairseq2.recipes.config import CommonSection
+from fairseq2.recipes.utils.progress import ProgressReporter
+from fairseq2.typing import DataType
+from fairseq2.utils.structured import structure
+from fairseq2.utils.validation import ValidationError, ValidationResult, validate
+from fairseq2.utils.yaml import StandardYamlLoader
+
+from fspo_recipe.criteria import PreferenceCriterion
+from fspo_recipe.data.episodes import PromptParseError, parse_prompt, render_with_shots
+from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
+from fspo_recipe.eval.scoring import PairScores, encode_pairs, score_pairs
+from fspo_recipe.unit import FspoUnitConfig
+
+PREFERENCE_EVAL: Final = "preference_eval"
+
+
+class EvalError(ValueError):
+    """The evaluation cannot run as configured; the message says what to change."""
+
+
+@dataclass(kw_only=True)
+class EvalModelSection:
+    name: str | None = None
+    """Asset card name of the model (e.g. ``llama3_2_3b_instruct``, ``checkpoint_step_200@``)."""
+
+    run_dir: Path | None = None
+    """Or: the OUTPUT_DIR of a ``fairseq2 lm preference_finetune`` run; its last ``step_N`` checkpoint is used."""
+
+    def is_set(self) -> bool:
+        return self.name is not None or self.run_dir is not None
+
+
+@dataclass(kw_only=True)
+class GenerationSection:
+    enabled: bool = False
+    """Generate responses for the held-out queries into ``generations.jsonl`` (for a pairwise judge)."""
+
+    max_examples: int | None = 100
+    """Queries to generate for (the first ones of the split); ``None`` for all."""
+
+    max_new_tokens: int = 256
+    """Longest response, in tokens."""
+
+    temperature: float = 0.7
+    """Sampling temperature."""
+
+    top_p: float = 0.9
+    """Nucleus sampling mass."""
+
+    baseline_file: Path | None = None
+    """JSONL with ``id`` and ``response`` of a baseline model; its response is written beside ours."""
+
+    seed: int = 0
+    """Seed of the sampler."""
+
+
+@dataclass(kw_only=True)
+class PreferenceEvalConfig:
+    model: EvalModelSection = field(default_factory=EvalModelSection)
+    """The policy to evaluate."""
+
+    reference: EvalModelSection = field(default_factory=EvalModelSection)
+    """The reference model; unset: ``reference_score_*`` of the data (required when the criterion needs one)."""
+
+    all_checkpoints: bool = False
+    """With ``model.run_dir``: evaluate every ``step_N`` checkpoint (accuracy versus step); the last gets the rest."""
+
+    dataset: str = "fspo_sample"
+    """A prepared split: an asset card name (``elix_test``) or a JSONL file."""
+
+    max_examples: int | None = None
+    """Evaluate only the first examples of the split."""
+
+    criterion: FspoUnitConfig = field(default_factory=FspoUnitConfig)
+    """The criterion whose loss and implicit rewards are reported (``loss``, ``loss_params``), as in training."""
+
+    batch_size: int = 8
+    """Pairs per forward pass."""
+
+    dtype: DataType = torch.float32
+    """Data type of the models."""
+
+    device: str | None = None
+    """``cpu``, ``cuda``, ...; default: ``FAIRSEQ2_DEVICE``, else CUDA when present, else CPU."""
+
+    shots: list[int] | None = None
+    """Shot counts of the ablation (prompts re-rendered with the first k shots); ``None``: 0..N; ``[]``: none."""
+
+    bootstrap_samples: int = 1000
+    """Resamples for the 95% intervals."""
+
+    seed: int = 0
+    """Seed of the bootstrap."""
+
+    generation: GenerationSection = field(default_factory=GenerationSection)
+    """Personalized generation for judging."""
+
+    common: CommonSection = field(default_factory=CommonSection)
+    """fairseq2's common section (``common.assets.extra_path`` adds cards, e.g. of tiny models or prepared data)."""
+
+    def validate(self) -> None:
+        result = ValidationResult()
+        if self.model.name is not None and self.model.run_dir is not None:
+            result.add_error("Set one of `model.name` and `model.run_dir`, not both.")
+        if not self.model.is_set():
+            result.add_error("Set `model.name` (an asset card) or `model.run_dir` (a training output directory).")
+        if self.reference.name is not None and self.reference.run_dir is not None:
+            result.add_error("Set one of `reference.name` and `reference.run_dir`, not both.")
+        if self.all_checkpoints and self.model.run_dir is None:
+            result.add_error("`all_checkpoints` needs `model.run_dir`.")
+        if self.batch_size < 1:
+            result.add_error(f"`batch_size` must be >= 1, but is {self.batch_size}.")
+        if result.has_error:
+            raise ValidationError("The preference_eval configuration has one or more errors:", result)
+
+
+def register_eval_presets(context: RuntimeContext) -> None:
+    """``fspo_eval``: the paper's IPO criterion (beta 0.01) and every built-in's hyper-parameters."""
+    from fspo_recipe.presets import PAPER_LOSS_PARAMS
+
+    registry = context.get_config_registry(PreferenceEvalConfig)
+    if not registry.has("fspo_eval"):
+
+        def fspo_eval() -> PreferenceEvalConfig:
+            config = PreferenceEvalConfig()
+            config.criterion.loss_params = {k: dict(v) for k, v in PAPER_LOSS_PARAMS.items()}
+            return config
+
+        registry.register("fspo_eval", fspo_eval)
+
+
+# ---- models and data --------------------------------------------------------------------------------------
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The ``step_N`` numbers under ``run_dir/checkpoints`` that hold a model, ascending."""
+    base = run_dir / "checkpoints"
+    if not base.is_dir():
+        raise EvalError(f"{base} does not exist: is {run_dir} the OUTPUT_DIR of a training run (with --no-sweep-dir)?")
+    steps = sorted(int(p.name[5:]) for p in base.glob("step_*") if p.name[5:].isdigit() and (p / "model.pt").is_file())
+    if not steps:
+        raise EvalError(f"No checkpoint with a model.pt under {base} (sharded checkpoints are not supported).")
+    return steps
+
+
+def register_run_cards(context: RuntimeContext, run_dir: Path, alias: str, card_dir: Path) -> dict[int, str]:
+    """Write a card per checkpoint of ``run_dir`` (named ``<alias>_step_<N>``) and register them; step -> name.
+
+    Cards of two runs live side by side (fairseq2's own ``last_checkpoint@`` names one run only).
+    """
+    steps = checkpoint_steps(run_dir)
+    meta_file = run_dir / "checkpoints" / "model.yaml"
+    try:
+        docs = list(yaml.safe_load_all(meta_file.read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError) as ex:
+        raise EvalError(f"{meta_file} cannot be read as the run's model card ({ex}).") from ex
+    base = next((d for d in docs if isinstance(d, dict) and d.get("name") in ("checkpoint", "checkpoint@")), None)
+    if base is None:
+        raise EvalError(f"{meta_file} has no 'checkpoint' card.")
+    base = {k: v for k, v in base.items() if k != "name"}
+    card_dir.mkdir(parents=True, exist_ok=True)
+    names: dict[int, str] = {}
+    cards = []
+    for step in steps:
+        names[step] = f"{alias}_step_{step}"
+        cards.append({"name": names[step], **base, "checkpoint": str((run_dir / "checkpoints" / f"step_{step}" / "model.pt").resolve())})
+    (card_dir / f"{alias}.yaml").write_text(yaml.safe_dump_all(cards, sort_keys=False), encoding="utf-8")
+    loader = FileAssetMetadataLoader(
+        card_dir.resolve(), context.file_system, StandardAssetMetadataFileLoader(StandardYamlLoader(context.file_system))
+    )
+    context.asset_store.user_metadata_providers.append(loader.load())
+    return names
+
+
+def dataset_file(context: RuntimeContext, dataset: str) -> Path:
+    """The JSONL of ``dataset``: a path, or the ``data`` of an asset card (a file, or a directory with one JSONL)."""
+    path = Path(dataset)
+    if not path.exists():
+        try:
+            card = context.asset_store.retrieve_card(dataset)
+        except Exception as ex:  # noqa: BLE001 (fairseq2's lookup errors vary; the user needs the name)
+            raise EvalError(f"'{dataset}' is neither a file nor a known dataset card ({ex}).") from ex
+        uri = card.field("data").as_uri()
+        path = Path(uri.removeprefix("file://"))
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if len(files) != 1:
+            raise EvalError(f"{path} holds {len(files)} JSONL files; name one file as `dataset`.")
+        path = files[0]
+    if not path.is_file():
+        raise EvalError(f"Dataset file {path} does not exist.")
+    return path
+
+
+def read_examples(path: Path, limit: int | None) -> list[dict[str, Any]]:
+    """The examples of a prepared split; a malformed line is named by file and line number."""
+    examples = []
+    with path.open(encoding="utf-8") as fp:
+        for lineno, line in enumerate(fp, 1):
+            if limit is not None and len(examples) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                ex = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise EvalError(f"{path}, line {lineno}: not valid JSON ({err.msg}).") from err
+            for key in ("src", "tgt_chosen", "tgt_rejected"):
+                if not isinstance(ex.get(key), str):
+                    raise EvalError(f"{path}, line {lineno}: field '{key}' must be a string.")
+            ex.setdefault("id", f"{path.name}:{lineno}")
+            ex.setdefault("user", "(no user)")
+            examples.append(ex)
+    if not examples:
+        raise EvalError(f"{path} has no examples.")
+    return examples
+
+
+def stored_reference(examples: Sequence[Mapping[str, Any]]) -> PairScores | None:
+    """Reference log-probs stored in the examples, or ``None`` when no example has them (all or none)."""
+    have = [e.get("reference_score_chosen") is not None and e.get("reference_score_rejected") is not None for e in examples]
+    if not any(have):
+        return None
+    if not all(have):
+        missing = [e["id"] for e, h in zip(examples, have) if not h][:5]
+        raise EvalError(f"Some examples lack reference scores (e.g. ids {missing}); score the whole split.")
+    c = np.array([float(e["reference_score_chosen"]) for e in examples])
+    r = np.array([float(e["reference_score_rejected"]) for e in examples])
+    return PairScores(c, r, np.zeros_like(c), np.zeros_like(r))
+
+
+# ---- the recipe -------------------------------------------------------------------------------------------
+
+
+@final
+class PreferenceEvaluator:
+    """Runs one evaluation; called by fairseq2's recipe command with a progress reporter."""
+
+    def __init__(self, context: RuntimeContext, config: PreferenceEvalConfig, output_dir: Path) -> None:
+        self._context = context
+        self._config = config
+        self._out = output_dir
+        self._device = torch.device(config.device or os.environ.get("FAIRSEQ2_DEVICE") or
+                                    ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._gangs = fake_gangs(self._device)
+
+    def __call__(self, progress: ProgressReporter) -> dict[str, Any]:
+        config = self._config
+        register_extra_asset_paths(self._context, config)
+        criterion = config.criterion.build_criterion()
+
+        card_dir = self._out / "cards"
+        steps: dict[int, str] = {}
+        if config.model.run_dir is not None:
+            steps = register_run_cards(self._context, config.model.run_dir, "policy", card_dir)
+            if not config.all_checkpoints:
+                last = max(steps)
+                steps = {last: steps[last]}
+            model_name = steps[max(steps)]
+        else:
+            model_name = config.model.name  # type: ignore[assignment]
+        reference_name = config.reference.name
+        if config.reference.run_dir is not None:
+            ref_steps = register_run_cards(self._context, config.reference.run_dir, "reference", card_dir)
+            reference_name = ref_steps[max(ref_steps)]
+
+        path = dataset_file(self._context, config.dataset)
+        examples = read_examples(path, config.max_examples)
+        users = [str(e["user"]) for e in examples]
+        log.info("preference_eval: {} pairs of {} users from {}.", len(examples), len(set(users)), path)
+
+        stored = stored_reference(examples)
+        if criterion.needs_reference and reference_name is None and stored is None:
+            raise EvalError(
+                f"{path} has no reference_score_chosen/_rejected and no reference model is set: set "
+                "`reference.name` or `reference.run_dir`, or use a reference-free criterion "
+                "(`criterion.loss=simpo`/`sft`)."
+            )
+
+        tokenizer = get_text_tokenizer_hub().load(model_name)
+        pairs = encode_pairs(tokenizer, [e["src"] for e in examples], [e["tgt_chosen"] for e in examples],
+                             [e["tgt_rejected"] for e in examples])
+
+        ablation = self._ablation_prompts(examples)
+        reference = None
+        ablation_refs: dict[int, PairScores] = {}
+        with progress:
+            if reference_name is not None:
+                ref_model = self._load(reference_name)
+                reference = self._score(progress, ref_model, pairs, "reference")
+                for k, prompts in ablation.items():
+                    enc = encode_pairs(tokenizer, prompts, [e["tgt_chosen"] for e in examples],
+                                       [e["tgt_rejected"] for e in examples])
+                    ablation_refs[k] = self._score(progress, ref_model, enc, f"reference, {k} shots")
+                del ref_model
+            else:
+                reference = stored
+                if ablation and criterion.needs_reference:
+                    log.warning("preference_eval: no reference model, so the shots ablation reports policy-only "
+                                "figures (the stored reference scores belong to the full prompts).")
+
+            per_step: dict[int, dict[str, Any]] = {}
+            final_per_pair: dict[str, np.ndarray] = {}
+            final_summary: dict[str, Any] = {}
+            shots_summary: dict[int, dict[str, Any]] = {}
+            for step, name in (sorted(steps.items()) or [(None, model_name)]):  # type: ignore[list-item]
+                model = self._load(name)
+                scores = self._score(progress, model, pairs, name)
+                per_pair = pair_metrics(scores, reference, criterion)
+                summary = summarize(per_pair, users, bootstrap_samples=config.bootstrap_samples, seed=config.seed)
+                if step is not None:
+                    per_step[step] = summary["overall"]
+                if name == model_name:
+                    final_per_pair, final_summary = per_pair, summary
+                    for k, prompts in ablation.items():
+                        enc = encode_pairs(tokenizer, prompts, [e["tgt_chosen"] for e in examples],
+                                           [e["tgt_rejected"] for e in examples])
+                        k_scores = self._score(progress, model, enc, f"{k} shots")
+                        k_ref = ablation_refs.get(k)
+                        k_crit = criterion if (k_ref is not None or not criterion.needs_reference) else _PolicyOnly()
+                        shots_summary[k] = summarize(pair_metrics(k_scores, k_ref, k_crit), users,
+                                                     bootstrap_samples=config.bootstrap_samples,
+                                                     seed=config.seed)["overall"]
+                    if config.generation.enabled:
+                        self._generate(model, tokenizer, examples)
+                del model
+
+        result = {
+            "model": model_name,
+            "reference": reference_name or ("reference scores of the data" if stored is not None else None),
+            "dataset": str(path),
+            "criterion": config.criterion.loss,
+            **final_summary,
+            "shots": {str(k): v for k, v in sorted(shots_summary.items())},
+            "steps": {str(k): v for k, v in sorted(per_step.items())},
+        }
+        self._write(result, final_per_pair, examples)
+        log.info("preference_eval: {}", headline(result))
+        print(headline(result))
+        return result
+
+    def _load(self, name: str) -> DecoderModel:
+        model = load_reference_model(DecoderModel, self._context, name, self._gangs, self._config.dtype, mp=False)
+        return model.eval()
+
+    def _score(self, progress: ProgressReporter, model: DecoderModel, pairs: Sequence[Any], label: str) -> PairScores:
+        task = progress.create_task(f"scoring ({label})", total=len(pairs))
+        try:
+            return score_pairs(model, pairs, batch_size=self._config.batch_size, device=self._device, tick=task.step)
+        finally:
+            task.close()
+
+    def _ablation_prompts(self, examples: Sequence[Mapping[str, Any]]) -> dict[int, list[str]]:
+        if self._config.shots == []:
+            return {}
+        try:
+            parsed = [parse_prompt(e["src"]) for e in examples]
+        except PromptParseError as ex:
+            log.warning("preference_eval: no shots ablation, the prompts are not in the FSPO template ({}).", ex)
+            return {}
+        most = max(len(p.shots) for p in parsed)
+        counts = self._config.shots if self._config.shots is not None else list(range(most + 1))
+        # k shots means min(k, available) for an example with fewer shots.
+        return {k: [render_with_shots(p, k) for p in parsed] for k in sorted(set(counts)) if 0 <= k <= most}
+
+    def _generate(self, model: DecoderModel, tokenizer: Any, examples: Sequence[Mapping[str, Any]]) -> None:
+        from fairseq2.generation import SamplingSequenceGenerator, TopPSampler
+        from fairseq2.generation.text import TextCompleter
+
+        gen = self._config.generation
+        baseline: dict[str, str] = {}
+        if gen.baseline_file is not None:
+            for lineno, line in enumerate(gen.baseline_file.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        rec = json.loads(line)
+                        baseline[str(rec["id"])] = str(rec["response"])
+                    except (json.JSONDecodeError, KeyError) as ex:
+                        raise EvalError(f"{gen.baseline_file}, line {lineno}: need JSON with 'id' and 'response' ({ex}).") from ex
+        torch.manual_seed(gen.seed)
+        generator = SamplingSequenceGenerator(model, TopPSampler(p=gen.top_p), max_gen_len=gen.max_new_tokens,
+                                              temperature=gen.temperature)
+        completer = TextCompleter(generator, tokenizer)
+        chosen = examples if gen.max_examples is None else examples[: gen.max_examples]
+        out = self._out / "generations.jsonl"
+        tmp = out.with_suffix(".jsonl.tmp")
+        with tmp.open("w", encoding="utf-8") as fp:
+            for start in range(0, len(chosen), self._config.batch_size):
+                batch = chosen[start : start + self._config.batch_size]
+                texts, _ = completer.batch_complete([e["src"] for e in batch])
+                for e, text in zip(batch, texts):
+                    rec = {"id": e["id"], "user": e["user"], "prompt": e["src"], "response": text,
+                           "reference_chosen": e["tgt_chosen"]}
+                    if str(e["id"]) in baseline:
+                        rec["baseline_response"] = baseline[str(e["id"])]
+                    fp.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+
+    def _write(self, result: dict[str, Any], per_pair: Mapping[str, np.ndarray], examples: Sequence[Mapping[str, Any]]) -> None:
+        from fspo_recipe.eval.plots import plot_all
+
+        self._out.mkdir(parents=True, exist_ok=True)
+        _atomic_text(self._out / "metrics.json", json.dumps(result, indent=2) + "\n")
+        _write_csv(self._out / "per_user.csv", ["user", "pairs", *METRICS],
+                   [{"user": u, **v} for u, v in result["per_user"].items()])
+        _write_csv(self._out / "shots.csv", ["shots", "pairs", *METRICS],
+                   [{"shots": k, **v} for k, v in result["shots"].items()])
+        _write_csv(self._out / "steps.csv", ["step", "pairs", *METRICS],
+                   [{"step": k, **v} for k, v in result["steps"].items()])
+        _write_csv(self._out / "pairs.csv", ["id", "user", *METRICS],
+                   [{"id": e["id"], "user": e["user"], **{m: per_pair[m][i] for m in METRICS}}
+                    for i, e in enumerate(examples)])
+        plot_all(result, self._out)
+
+
+class _PolicyOnly(PreferenceCriterion):
+    """Stands in for a reference-needing criterion when no reference exists: policy-only rewards, no loss."""
+
+    def __init__(self) -> None:
+        pass
+
+    def loss(self, logps: Any) -> torch.Tensor:
+        return torch.full_like(logps.policy_chosen, float("nan"))
+
+    def rewards(self, logps: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return logps.policy_chosen, logps.policy_rejected
+
+
+def headline(result: Mapping[str, Any]) -> str:
+    o = result["overall"]
+    lo, hi = o["reward_accuracy_ci95"]
+    plo, phi = o["policy_accuracy_ci95"]
+    return (f"held-out accuracy: implicit reward {o['reward_accuracy']:.3f} [95% CI {lo:.3f}, {hi:.3f}], "
+            f"policy-only {o['policy_accuracy']:.3f} [{plo:.3f}, {phi:.3f}] on {o['pairs']} pairs of {o['users']} users")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fp:
+        writer = csv.DictWriter(fp, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def load_preference_evaluator(context: RuntimeContext, config: object, output_dir: Path) -> PreferenceEvaluator:
+    """The loader of fairseq2's recipe command."""
+    config = structure(config, PreferenceEvalConfig)
+    validate(config)
+    return PreferenceEvaluator(context, config, output_dir)

@@ -1,0 +1,81 @@
+"""Summed response log-probs of preference pairs under a model, batched, response-only logits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fairseq2.data.text.tokenizers import TextTokenizer
+from fairseq2.models.decoder import DecoderModel
+from fairseq2.models.sequence import SequenceBatch
+from fairseq2.nn.padding import PaddingMask
+
+from fspo_recipe.logprobs import concat_pairs, response_logps
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    """Token ids of one example: the prompt (with bos) and the two responses (with eos)."""
+
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """Per-pair log-probs (nats, summed over response tokens) and response token counts, each [num_pairs]."""
+
+    chosen: np.ndarray
+    rejected: np.ndarray
+    chosen_lengths: np.ndarray
+    rejected_lengths: np.ndarray
+
+
+def encode_pairs(tokenizer: TextTokenizer, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]) -> list[EncodedPair]:
+    """Encode as fairseq2's preference reader does: prompt in ``prompt`` mode, responses in ``prompt_response``."""
+    src = tokenizer.create_encoder(mode="prompt")
+    tgt = tokenizer.create_encoder(mode="prompt_response")
+    return [EncodedPair(src(p).tolist(), tgt(c).tolist(), tgt(r).tolist()) for p, c, r in zip(prompts, chosen, rejected)]
+
+
+def _side(pairs: Sequence[EncodedPair], key: str, device: torch.device) -> SequenceBatch:
+    seqs = [p.prompt + getattr(p, key) for p in pairs]
+    width = max(map(len, seqs))
+    lens = torch.tensor([len(s) for s in seqs], device=device)
+    tokens = torch.zeros((len(seqs), width), dtype=torch.int64)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (p, s) in enumerate(zip(pairs, seqs)):
+        tokens[i, : len(s)] = torch.tensor(s)
+        mask[i, len(p.prompt) : len(s)] = True
+    padding = None if bool((lens == width).all()) else PaddingMask(lens, width)
+    return SequenceBatch(tokens.to(device), padding, mask.to(device))
+
+
+@torch.inference_mode()
+def score_pairs(
+    model: DecoderModel,
+    pairs: Sequence[EncodedPair],
+    *,
+    batch_size: int,
+    device: torch.device,
+    tick: Callable[[int], None] = lambda n: None,
+) -> PairScores:
+    """Score every pair (chosen and rejected in one forward per batch); pairs are batched by length."""
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt) + len(pairs[i].chosen) + len(pairs[i].rejected))
+    out = np.zeros((4, len(pairs)), dtype=np.float64)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = [pairs[i] for i in idx]
+        both = concat_pairs(_side(batch, "chosen", device), _side(batch, "rejected", device))
+        logps, lengths = response_logps(model, both)
+        n = len(idx)
+        out[0, idx] = logps[:n].double().cpu().numpy()
+        out[1, idx] = logps[n:].double().cpu().numpy()
+        out[2, idx] = lengths[:n].double().cpu().numpy()
+        out[3, idx] = lengths[n:].double().cpu().numpy()
+        tick(n)
+    return PairScores(*out)
