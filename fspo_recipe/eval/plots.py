@@ -65,17 +65,12 @@ def plot_all(result: Mapping[str, Any], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    if result["shots"]:
-        ks = sorted(result["shots"], key=int)
-        path = out / "accuracy_vs_shots.png"
-        _curve(plt, [int(k) for k in ks], [result["shots"][k] for k in ks], "shots in the prompt",
-               "Accuracy versus number of shots", path)
-        written.append(path)
-
-    if result["steps"]:
-        steps = sorted(result["steps"], key=int)
-        path = out / "accuracy_vs_step.png"
-        _curve(plt, [int(s) for s in steps], [result["steps"][s] for s in steps], "training step",
-               "Accuracy versus training step", path)
-        written.append(path)
+    for key, xlabel, title, name in (
+        ("shots", "shots in the prompt", "Accuracy versus number of shots", "accuracy_vs_shots.png"),
+        ("steps", "training step", "Accuracy versus training step", "accuracy_vs_step.png"),
+    ):
+        if result[key]:
+            xs = sorted(result[key], key=int)
+            _curve(plt, [int(x) for x in xs], [result[key][x] for x in xs], xlabel, title, out / name)
+            written.append(out / name)
     return written

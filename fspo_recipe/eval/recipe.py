@@ -308,8 +308,12 @@ class PreferenceEvaluator:
             )
 
         tokenizer = get_text_tokenizer_hub().load(model_name)
-        pairs = encode_pairs(tokenizer, [e["src"] for e in examples], [e["tgt_chosen"] for e in examples],
-                             [e["tgt_rejected"] for e in examples])
+
+        def encode(prompts: Sequence[str]) -> list[Any]:
+            return encode_pairs(tokenizer, prompts, [e["tgt_chosen"] for e in examples],
+                                [e["tgt_rejected"] for e in examples])
+
+        pairs = encode([e["src"] for e in examples])
 
         ablation = self._ablation_prompts(examples)
         reference = None
@@ -319,9 +323,7 @@ class PreferenceEvaluator:
                 ref_model = self._load(reference_name)
                 reference = self._score(progress, ref_model, pairs, "reference")
                 for k, prompts in ablation.items():
-                    enc = encode_pairs(tokenizer, prompts, [e["tgt_chosen"] for e in examples],
-                                       [e["tgt_rejected"] for e in examples])
-                    ablation_refs[k] = self._score(progress, ref_model, enc, f"reference, {k} shots")
+                    ablation_refs[k] = self._score(progress, ref_model, encode(prompts), f"reference, {k} shots")
                 del ref_model
             else:
                 reference = stored
@@ -343,9 +345,7 @@ class PreferenceEvaluator:
                 if name == model_name:
                     final_per_pair, final_summary = per_pair, summary
                     for k, prompts in ablation.items():
-                        enc = encode_pairs(tokenizer, prompts, [e["tgt_chosen"] for e in examples],
-                                           [e["tgt_rejected"] for e in examples])
-                        k_scores = self._score(progress, model, enc, f"{k} shots")
+                        k_scores = self._score(progress, model, encode(prompts), f"{k} shots")
                         k_ref = ablation_refs.get(k)
                         k_crit = criterion if (k_ref is not None or not criterion.needs_reference) else _PolicyOnly()
                         shots_summary[k] = summarize(pair_metrics(k_scores, k_ref, k_crit), users,
