@@ -21,19 +21,26 @@ from fairseq2.nn.padding import PaddingMask
 
 @final
 class ResponseLogpsInput:
-    """What the patched ``forward`` of a decoder receives to return response log-probs instead of logits."""
+    """What the patched ``forward`` of a decoder receives to return response log-probs instead of logits.
 
-    def __init__(self, batch: SequenceBatch) -> None:
-        if batch.target_mask is None:
+    ``forward`` returns ([2B] summed log-probs, [2B] token counts), the chosen responses first.
+    With ``shared_prefix`` the pair runs as one [prompt, chosen, rejected] sequence (:func:`shared_prefix_logps`),
+    else as two [prompt, response] rows (:func:`response_logps` on :func:`concat_pairs`).
+    """
+
+    def __init__(self, chosen: SequenceBatch, rejected: SequenceBatch, *, shared_prefix: bool) -> None:
+        if chosen.target_mask is None or rejected.target_mask is None:
             raise ValueError("The batch has no target mask: cannot tell prompt tokens from response tokens.")
-        self.batch = batch
+        self.chosen = chosen
+        self.rejected = rejected
+        self.shared_prefix = shared_prefix
 
 
 def response_logps(model: DecoderModel, batch: SequenceBatch) -> tuple[Tensor, Tensor]:
     """Return (summed log-probs [B] in nats, response token counts [B]) of the target tokens of ``batch``.
 
     ``batch.seqs`` is [B, T] (prompt + response, padded), ``batch.target_mask`` [B, T] is True on response
-    tokens. Log-softmax runs in float32 whatever the model's dtype. Only response positions reach the output
+    tokens. Log-softmax runs in float32 at least (float64 for a float64 model). Only response positions reach the output
     projection, so peak memory grows with the response length, not with the prompt.
     """
     inputs, targets = as_auto_regressive_input(batch)
@@ -46,13 +53,18 @@ def response_logps(model: DecoderModel, batch: SequenceBatch) -> tuple[Tensor, T
 
     logits = model.project(picked.unsqueeze(0), None).logits.squeeze(0)  # [N, V]
 
-    token_logps = torch.log_softmax(logits.float(), dim=-1)
+    token_logps = _log_softmax(logits)
     token_logps = token_logps.gather(-1, targets.seqs[mask].unsqueeze(-1)).squeeze(-1)  # [N]
 
     per_position = torch.zeros(mask.shape, dtype=token_logps.dtype, device=token_logps.device)
     per_position = per_position.masked_scatter(mask, token_logps)
 
     return per_position.sum(dim=-1), mask.sum(dim=-1).to(token_logps.dtype)
+
+
+def _log_softmax(logits: Tensor) -> Tensor:
+    """Log-softmax over the vocabulary in float32 at least: bf16 log-probs summed over hundreds of tokens drift."""
+    return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
 
 def unwrap_decoder(module: Module) -> DecoderModel:
@@ -81,11 +93,20 @@ def enable_response_logps_forward(module: Module) -> None:
 
     def forward(self: DecoderModel, batch: object) -> object:
         if isinstance(batch, ResponseLogpsInput):
-            return response_logps(self, batch.batch)
+            return pair_logps(self, batch.chosen, batch.rejected, shared_prefix=batch.shared_prefix)
         return original(batch)
 
     decoder.forward = types.MethodType(forward, decoder)  # type: ignore[method-assign]
     decoder._fspo_response_forward = True  # type: ignore[attr-defined]
+
+
+def pair_logps(
+    model: DecoderModel, chosen: SequenceBatch, rejected: SequenceBatch, *, shared_prefix: bool
+) -> tuple[Tensor, Tensor]:
+    """Summed response log-probs and token counts of chosen (first B) and rejected (last B) responses, [2B] each."""
+    if shared_prefix:
+        return shared_prefix_logps(model, chosen, rejected)
+    return response_logps(model, concat_pairs(chosen, rejected))
 
 
 def concat_pairs(chosen: SequenceBatch, rejected: SequenceBatch) -> SequenceBatch:
@@ -110,3 +131,159 @@ def concat_pairs(chosen: SequenceBatch, rejected: SequenceBatch) -> SequenceBatc
     padding_mask = None if bool((seq_lens == width).all()) else PaddingMask(seq_lens, width)
 
     return SequenceBatch(seqs, padding_mask, target_mask)
+
+
+# ---- shared prefix: one sequence [prompt, chosen, rejected] per pair ----------------------------------------
+#
+# The prompt is run once per pair instead of twice. Rejected tokens attend to the prompt and to themselves but
+# not to chosen, and their rotary positions restart right after the prompt, so every log-prob equals the paired
+# path's. The first rejected token is predicted, like the first chosen one, from the last prompt position.
+
+
+@final
+class _SharedPrefixState:
+    """Positions and attention mask of the forward in progress (None outside a shared-prefix forward)."""
+
+    def __init__(self) -> None:
+        self.positions: Tensor | None = None  # [B, L] int64
+        self.mask: Tensor | None = None  # [B, 1, L, L] bool, True = may attend
+
+
+class _PositionedRotaryEncoder(Module):
+    """Applies the wrapped rotary encoder's table at explicit per-token positions during a shared-prefix forward."""
+
+    def __init__(self, rotary: Module, state: _SharedPrefixState) -> None:
+        super().__init__()
+        self.rotary = rotary
+        self.encoding_dim = rotary.encoding_dim
+        self.max_seq_len = rotary.max_seq_len
+        self._state = state
+
+    def forward(self, seqs: Tensor, padding_mask: object, *, state_bag: object = None) -> Tensor:
+        positions = self._state.positions
+        if positions is None:
+            return self.rotary(seqs, padding_mask, state_bag=state_bag)
+        # seqs: [B, H, L, E]; the table: [max_seq_len, E/2] complex.
+        freqs = torch.view_as_complex(self.rotary.freqs)[positions].unsqueeze(1)  # [B, 1, L, E/2]
+        complex_seqs = torch.view_as_complex(seqs.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(complex_seqs * freqs).flatten(-2).type_as(seqs)
+
+
+class _SharedPrefixMaskFactory:
+    """Returns the shared-prefix mask during a shared-prefix forward, else defers to the original factory."""
+
+    def __init__(self, original: object, state: _SharedPrefixState) -> None:
+        self.original = original
+        self._state = state
+
+    def __call__(self, seqs: Tensor, keys: Tensor, *, training: bool = True, state_bag: object = None) -> object:
+        from fairseq2.nn.transformer import CustomAttentionMask
+
+        if self._state.mask is not None:
+            return CustomAttentionMask(self._state.mask)
+        return self.original(seqs, keys, training=training, state_bag=state_bag)  # type: ignore[operator]
+
+
+def _shared_prefix_state(model: DecoderModel) -> _SharedPrefixState:
+    """Install (once) the position and mask hooks into ``model``'s decoder; return their shared state."""
+    from fairseq2.nn import RotaryEncoder
+    from fairseq2.nn.transformer import MultiheadAttention, TransformerDecoder
+
+    state = getattr(model, "_fspo_shared_prefix", None)
+    if state is not None:
+        return state
+    state = _SharedPrefixState()
+    decoders = [m for m in model.modules() if isinstance(m, TransformerDecoder)]
+    if len(decoders) != 1 or decoders[0].self_attn_mask_factory is None:
+        raise TypeError("The shared-prefix forward needs a fairseq2 transformer decoder with a causal mask factory.")
+    decoders[0].self_attn_mask_factory = _SharedPrefixMaskFactory(decoders[0].self_attn_mask_factory, state)
+    wrappers: dict[int, _PositionedRotaryEncoder] = {}
+    for module in list(model.modules()):
+        if isinstance(module, MultiheadAttention) and isinstance(getattr(module, "pos_encoder", None), RotaryEncoder):
+            rotary = module.pos_encoder
+            module.pos_encoder = wrappers.setdefault(id(rotary), _PositionedRotaryEncoder(rotary, state))
+    if not wrappers:
+        raise TypeError("The shared-prefix forward needs rotary position encoders in the self-attention layers.")
+    model._fspo_shared_prefix = state  # type: ignore[attr-defined]
+    return state
+
+
+@final
+class SharedPrefixLayout:
+    """Where prompt, chosen and rejected tokens of every pair go in the packed [B, L] batch."""
+
+    def __init__(self, chosen: SequenceBatch, rejected: SequenceBatch) -> None:
+        if chosen.target_mask is None or rejected.target_mask is None:
+            raise ValueError("Preference batches must carry target masks.")
+        device = chosen.seqs.device
+        rows, positions, allowed = [], [], []
+        hidden_idx: list[int] = []  # flat index (row * L + position) of the hidden state predicting a target
+        targets: list[int] = []
+        owner: list[int] = []  # 0..B-1 chosen of pair b, B..2B-1 rejected of pair b
+
+        def spans(batch: SequenceBatch, i: int) -> tuple[int, int]:
+            mask = batch.target_mask[i]  # type: ignore[index]
+            length = int(batch.padding_mask.seq_lens[i]) if batch.padding_mask is not None else batch.seqs.size(1)
+            first = int(mask.nonzero()[0]) if bool(mask.any()) else length
+            return first, length
+
+        size = chosen.seqs.size(0)
+        width = 0
+        for i in range(size):
+            p, lc = spans(chosen, i)
+            p_r, lr = spans(rejected, i)
+            prompt = chosen.seqs[i, :p]
+            if p_r != p or not torch.equal(rejected.seqs[i, :p], prompt):
+                raise ValueError(f"Pair {i} of the batch has different prompts for chosen and rejected.")
+            c, r = chosen.seqs[i, p:lc], rejected.seqs[i, p:lr]
+            rows.append(torch.cat([prompt, c, r]))
+            width = max(width, len(rows[-1]))
+            positions.append(torch.cat([torch.arange(p + len(c)), torch.arange(p, p + len(r))]))
+            allowed.append((p, len(c), len(r)))
+        self.size, self.width = size, width
+
+        seqs = torch.zeros((size, width), dtype=chosen.seqs.dtype, device=device)
+        pos = torch.zeros((size, width), dtype=torch.int64, device=device)
+        mask = torch.zeros((size, 1, width, width), dtype=torch.bool, device=device)
+        causal = torch.ones((width, width), dtype=torch.bool, device=device).tril_()
+        for i, (row, row_pos, (p, nc, nr)) in enumerate(zip(rows, positions, allowed)):
+            n = len(row)
+            seqs[i, :n] = row
+            pos[i, :n] = row_pos.to(device)
+            m = mask[i, 0]
+            m[:n, :n] = causal[:n, :n]
+            m[p + nc : n, p : p + nc] = False  # rejected does not see chosen
+            idx = torch.arange(n, width, device=device)
+            m[idx, idx] = True  # padded rows attend to themselves only (their outputs are never read)
+            base = i * width
+            hidden_idx += [base + p - 1 + j for j in range(nc)]
+            targets += row[p : p + nc].tolist()
+            owner += [i] * nc
+            hidden_idx += [base + (p - 1 if j == 0 else p + nc + j - 1) for j in range(nr)]
+            targets += row[p + nc : n].tolist()
+            owner += [size + i] * nr
+        self.seqs, self.positions, self.mask = seqs, pos, mask
+        self.hidden_idx = torch.tensor(hidden_idx, dtype=torch.int64, device=device)
+        self.targets = torch.tensor(targets, dtype=torch.int64, device=device)
+        self.owner = torch.tensor(owner, dtype=torch.int64, device=device)
+
+
+def shared_prefix_logps(model: DecoderModel, chosen: SequenceBatch, rejected: SequenceBatch) -> tuple[Tensor, Tensor]:
+    """Like :func:`response_logps` on :func:`concat_pairs` (chosen rows first, then rejected): ([2B], [2B]).
+
+    One forward over [prompt, chosen, rejected] per pair, instead of two over [prompt, response].
+    """
+    layout = SharedPrefixLayout(chosen, rejected)
+    state = _shared_prefix_state(model)
+    state.positions, state.mask = layout.positions, layout.mask
+    try:
+        hidden, _ = model.decode(layout.seqs, None)  # padding is in the mask
+    finally:
+        state.positions = state.mask = None
+    picked = hidden.flatten(0, 1)[layout.hidden_idx]  # [N, D]
+    logits = model.project(picked.unsqueeze(0), None).logits.squeeze(0)  # [N, V]
+    token_logps = _log_softmax(logits).gather(-1, layout.targets.unsqueeze(-1)).squeeze(-1)
+    sums = torch.zeros(2 * layout.size, dtype=token_logps.dtype, device=token_logps.device)
+    sums = sums.index_add(0, layout.owner, token_logps)
+    counts = torch.bincount(layout.owner, minlength=2 * layout.size).to(token_logps.dtype)
+    return sums, counts

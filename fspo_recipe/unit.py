@@ -41,7 +41,7 @@ from fspo_recipe.criteria import (
     make_criterion_config,
     resolve_criterion_name,
 )
-from fspo_recipe.logprobs import ResponseLogpsInput, concat_pairs, enable_response_logps_forward
+from fspo_recipe.logprobs import ResponseLogpsInput, enable_response_logps_forward
 
 FSPO_UNIT: Final = "fspo"
 
@@ -66,6 +66,9 @@ class FspoUnitConfig:
 
     reference_dtype: DataType = torch.bfloat16
     """The data type of the reference model."""
+
+    shared_prefix: bool = True
+    """Run each pair as one sequence [prompt, chosen, rejected] (the prompt once, same log-probs as two sequences)."""
 
     def validate(self) -> None:
         name = resolve_criterion_name(self.loss)
@@ -148,6 +151,7 @@ class FspoFinetuneUnit(AbstractTrainUnit[PreferenceBatch]):
         gangs: Gangs,
         *,
         nll_scale: float = 0.0,
+        shared_prefix: bool = True,
     ) -> None:
         super().__init__(model)
         enable_response_logps_forward(model)
@@ -156,6 +160,7 @@ class FspoFinetuneUnit(AbstractTrainUnit[PreferenceBatch]):
         self._reference_model = reference_model
         self._criterion = criterion
         self._nll_scale = nll_scale
+        self._shared_prefix = shared_prefix
         self._metric_bag = FspoMetricBag(gangs.dp)
 
     @property
@@ -164,17 +169,17 @@ class FspoFinetuneUnit(AbstractTrainUnit[PreferenceBatch]):
 
     def compute_logps(self, batch: PreferenceBatch) -> PairLogps:
         """Run the policy (with grad) and the reference (without) over ``batch``; see :class:`PairLogps`."""
-        pairs = concat_pairs(batch.chosen, batch.rejected)
+        pairs = ResponseLogpsInput(batch.chosen, batch.rejected, shared_prefix=self._shared_prefix)
         size = batch.chosen.batch_size
 
-        logps, lengths = self._model(ResponseLogpsInput(pairs))
+        logps, lengths = self._model(pairs)
 
         ref_chosen: Tensor | None = None
         ref_rejected: Tensor | None = None
         if self._criterion.needs_reference:
             if self._reference_model is not None:
                 with torch.no_grad():
-                    ref_logps, _ = self._reference_model(ResponseLogpsInput(pairs))
+                    ref_logps, _ = self._reference_model(pairs)
                 ref_chosen, ref_rejected = ref_logps[:size], ref_logps[size:]
             else:
                 ref_chosen, ref_rejected = reference_scores(batch, logps.device)
@@ -289,7 +294,9 @@ class FspoFinetuneUnitHandler(POFinetuneUnitHandler):
         else:
             log.info("FSPO unit: criterion {} needs no reference; no reference model is loaded.", config.loss)
 
-        return FspoFinetuneUnit(model, reference_model, criterion, gangs, nll_scale=config.nll_scale)
+        return FspoFinetuneUnit(
+            model, reference_model, criterion, gangs, nll_scale=config.nll_scale, shared_prefix=config.shared_prefix
+        )
 
     @property
     @override

@@ -137,3 +137,64 @@ def test_accumulation_normalizes_over_pairs(tiny_model, gangs) -> None:
     for a, b in zip(full, split):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(full_metric, split_metric)
+
+
+def test_shared_prefix_equals_paired_logps_loss_and_gradients(tiny_model, gangs) -> None:
+    """One [prompt, chosen, rejected] sequence per pair gives the paired path's numbers, padding included."""
+    examples = sample_examples(4)
+    examples[1]["tgt_chosen"] = "x"  # a one-byte response
+    examples[2]["tgt_rejected"] = "## Preferred Response \nno\n"
+    examples[3]["src"] = examples[3]["src"][:150]  # a short prompt: rows of very different lengths
+    batch = make_batch(examples)
+    assert batch.chosen.padding_mask is not None and batch.rejected.padding_mask is not None
+
+    results = []
+    for shared in (False, True):
+        policy = tiny_model(seed=4)
+        reference = tiny_model(seed=5).eval().requires_grad_(False)
+        unit = FspoFinetuneUnit(policy, reference, get_criterion("dpo", beta=0.5), gangs, shared_prefix=shared,
+                                nll_scale=0.3)
+        logps = unit.compute_logps(batch)
+        loss, _ = unit(batch)
+        loss.backward()
+        results.append((logps, loss.detach(), [p.grad.clone() for p in policy.parameters()]))
+
+    (paired, paired_loss, paired_grads), (shared, shared_loss, shared_grads) = results
+    for name in ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected", "chosen_lengths", "rejected_lengths"):
+        torch.testing.assert_close(getattr(shared, name), getattr(paired, name), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(shared_loss, paired_loss, rtol=1e-4, atol=1e-4)
+    # float32 sums in another order: compare each gradient relative to its own scale.
+    for a, b in zip(shared_grads, paired_grads):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max()))
+    flat = lambda gs: torch.cat([g.flatten() for g in gs])  # noqa: E731
+    assert float((flat(shared_grads) - flat(paired_grads)).norm() / flat(paired_grads).norm()) < 2e-4
+
+
+def test_shared_prefix_is_exact_in_float64(tiny_model) -> None:
+    """In float64 the two layouts agree to rounding: the float32 differences above are summation order only."""
+    from fspo_recipe.logprobs import pair_logps
+
+    examples = sample_examples(3)
+    examples[0]["tgt_rejected"] = "z"
+    batch = make_batch(examples)
+    out = []
+    for shared in (False, True):
+        model = tiny_model(seed=6).double()
+        logps, counts = pair_logps(model, batch.chosen, batch.rejected, shared_prefix=shared)
+        (logps * torch.linspace(0.5, 1.5, 6, dtype=torch.float64)).sum().backward()
+        out.append((logps.detach(), counts, torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (lp, cp, gp), (ls, cs, gs) = out
+    torch.testing.assert_close(ls, lp, rtol=0, atol=1e-9)
+    assert torch.equal(cs, cp)
+    assert float((gs - gp).norm() / gp.norm()) < 1e-7  # rotary runs in float32 in fairseq2, both layouts
+
+
+def test_shared_prefix_rejects_pairs_with_different_prompts(tiny_model) -> None:
+    from fspo_recipe.logprobs import shared_prefix_logps
+
+    examples = sample_examples(2)
+    batch = make_batch(examples)
+    other = make_batch([{**examples[0], "src": examples[1]["src"]}, examples[1]])
+    with pytest.raises(ValueError, match="Pair 0 of the batch has different prompts"):
+        shared_prefix_logps(tiny_model(), batch.chosen, other.rejected)

@@ -107,6 +107,9 @@ class PreferenceEvalConfig:
     batch_size: int = 8
     """Pairs per forward pass."""
 
+    shared_prefix: bool = True
+    """Score each pair as one sequence [prompt, chosen, rejected] (the prompt once; the same log-probs)."""
+
     dtype: DataType = torch.float32
     """Data type of the models."""
 
@@ -376,7 +379,8 @@ class PreferenceEvaluator:
     def _score(self, progress: ProgressReporter, model: DecoderModel, pairs: Sequence[Any], label: str) -> PairScores:
         task = progress.create_task(f"scoring ({label})", total=len(pairs))
         try:
-            return score_pairs(model, pairs, batch_size=self._config.batch_size, device=self._device, tick=task.step)
+            return score_pairs(model, pairs, batch_size=self._config.batch_size, device=self._device, tick=task.step,
+                               shared_prefix=self._config.shared_prefix)
         finally:
             task.close()
 

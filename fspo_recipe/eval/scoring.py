@@ -13,7 +13,7 @@ from fairseq2.models.decoder import DecoderModel
 from fairseq2.models.sequence import SequenceBatch
 from fairseq2.nn.padding import PaddingMask
 
-from fspo_recipe.logprobs import concat_pairs, response_logps
+from fspo_recipe.logprobs import pair_logps
 
 
 @dataclass(frozen=True)
@@ -63,15 +63,16 @@ def score_pairs(
     batch_size: int,
     device: torch.device,
     tick: Callable[[int], None] = lambda n: None,
+    shared_prefix: bool = True,
 ) -> PairScores:
-    """Score every pair (chosen and rejected in one forward per batch); pairs are batched by length."""
+    """Score every pair (one forward per batch, the prompt once per pair with ``shared_prefix``), batched by length."""
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt) + len(pairs[i].chosen) + len(pairs[i].rejected))
     out = np.zeros((4, len(pairs)), dtype=np.float64)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = [pairs[i] for i in idx]
-        both = concat_pairs(_side(batch, "chosen", device), _side(batch, "rejected", device))
-        logps, lengths = response_logps(model, both)
+        logps, lengths = pair_logps(model, _side(batch, "chosen", device), _side(batch, "rejected", device),
+                                    shared_prefix=shared_prefix)
         n = len(idx)
         out[0, idx] = logps[:n].double().cpu().numpy()
         out[1, idx] = logps[n:].double().cpu().numpy()
