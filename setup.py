@@ -24,6 +24,7 @@ setup(
             "fspo-tiny-assets = fspo_recipe.tiny:main",
             "fspo-metrics = fspo_recipe.report:main",
             "fspo-prepare = fspo_recipe.data.prepare:main",
+            "fspo-score-reference = fspo_recipe.reference:main",
         ],
     },
 )

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fairseq2.assets import FileAssetMetadataLoader, StandardAssetMetadataFileLoader
 from fairseq2.context import RuntimeContext
-from fairseq2.utils.yaml import StandardYamlLoader
 from fairseq2.metrics import MetricDescriptor, format_as_float
 from fairseq2.optim import OptimizerHandler
 from fairseq2.recipes.lm import POFinetuneUnitHandler
 
+from fspo_recipe.assets import add_card_directory
 from fspo_recipe.optim import RMSPROP_OPTIMIZER, RMSpropHandler
 from fspo_recipe.presets import register_fspo_presets
 from fspo_recipe.unit import FSPO_UNIT, FspoFinetuneUnitHandler
@@ -94,8 +93,5 @@ def register_checkout_asset_cards(context: RuntimeContext, cards: Path = CHECKOU
     registered: set[Path] = store.__dict__.setdefault("_fspo_card_dirs", set())
     if not cards.is_dir() or cards in registered:
         return
-    loader = FileAssetMetadataLoader(
-        cards, context.file_system, StandardAssetMetadataFileLoader(StandardYamlLoader(context.file_system))
-    )
-    store.metadata_providers.append(loader.load())
+    add_card_directory(context, cards, user=False)
     registered.add(cards)

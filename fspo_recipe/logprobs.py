@@ -140,28 +140,44 @@ def concat_pairs(chosen: SequenceBatch, rejected: SequenceBatch) -> SequenceBatc
 # path's. The first rejected token is predicted, like the first chosen one, from the last prompt position.
 
 
+def _shared_prefix_mask_kls() -> type:
+    from fairseq2.nn.transformer import CustomAttentionMask
+
+    class SharedPrefixMask(CustomAttentionMask):
+        """The [B, 1, L, L] boolean mask (True = may attend) that also carries the [B, L] rotary positions.
+
+        The positions travel with the mask because the mask is an argument of every decoder layer: activation
+        checkpointing recomputes a layer from its arguments during backward, long after the forward returned.
+        """
+
+        def __init__(self, mask: Tensor, positions: Tensor) -> None:
+            super().__init__(mask)
+            self.positions = positions
+
+    return SharedPrefixMask
+
+
 @final
 class _SharedPrefixState:
-    """Positions and attention mask of the forward in progress (None outside a shared-prefix forward)."""
+    """The mask of the shared-prefix forward in progress, for the decoder's mask factory (None otherwise)."""
 
     def __init__(self) -> None:
-        self.positions: Tensor | None = None  # [B, L] int64
-        self.mask: Tensor | None = None  # [B, 1, L, L] bool, True = may attend
+        self.pending: object | None = None
 
 
 class _PositionedRotaryEncoder(Module):
-    """Applies the wrapped rotary encoder's table at explicit per-token positions during a shared-prefix forward."""
+    """The wrapped rotary encoder, at explicit per-token positions while an attention runs a shared-prefix mask."""
 
-    def __init__(self, rotary: Module, state: _SharedPrefixState) -> None:
+    def __init__(self, rotary: Module) -> None:
         super().__init__()
         self.rotary = rotary
         self.encoding_dim = rotary.encoding_dim
         self.max_seq_len = rotary.max_seq_len
-        self._state = state
+        self.positions: Tensor | None = None  # set by the attention's pre-hook for the duration of its forward
 
     def forward(self, seqs: Tensor, padding_mask: object, *, state_bag: object = None) -> Tensor:
-        positions = self._state.positions
-        if positions is None:
+        positions = self.positions
+        if positions is None or state_bag is not None:
             return self.rotary(seqs, padding_mask, state_bag=state_bag)
         # seqs: [B, H, L, E]; the table: [max_seq_len, E/2] complex.
         freqs = torch.view_as_complex(self.rotary.freqs)[positions].unsqueeze(1)  # [B, 1, L, E/2]
@@ -170,22 +186,20 @@ class _PositionedRotaryEncoder(Module):
 
 
 class _SharedPrefixMaskFactory:
-    """Returns the shared-prefix mask during a shared-prefix forward, else defers to the original factory."""
+    """Returns the pending shared-prefix mask during a shared-prefix forward, else defers to the original factory."""
 
     def __init__(self, original: object, state: _SharedPrefixState) -> None:
         self.original = original
         self._state = state
 
     def __call__(self, seqs: Tensor, keys: Tensor, *, training: bool = True, state_bag: object = None) -> object:
-        from fairseq2.nn.transformer import CustomAttentionMask
-
-        if self._state.mask is not None:
-            return CustomAttentionMask(self._state.mask)
+        if self._state.pending is not None:
+            return self._state.pending
         return self.original(seqs, keys, training=training, state_bag=state_bag)  # type: ignore[operator]
 
 
 def _shared_prefix_state(model: DecoderModel) -> _SharedPrefixState:
-    """Install (once) the position and mask hooks into ``model``'s decoder; return their shared state."""
+    """Install (once) the mask factory, position-aware rotary encoders and attention hooks; return the state."""
     from fairseq2.nn import RotaryEncoder
     from fairseq2.nn.transformer import MultiheadAttention, TransformerDecoder
 
@@ -193,17 +207,30 @@ def _shared_prefix_state(model: DecoderModel) -> _SharedPrefixState:
     if state is not None:
         return state
     state = _SharedPrefixState()
+    mask_kls = _shared_prefix_mask_kls()
     decoders = [m for m in model.modules() if isinstance(m, TransformerDecoder)]
     if len(decoders) != 1 or decoders[0].self_attn_mask_factory is None:
         raise TypeError("The shared-prefix forward needs a fairseq2 transformer decoder with a causal mask factory.")
     decoders[0].self_attn_mask_factory = _SharedPrefixMaskFactory(decoders[0].self_attn_mask_factory, state)
+
     wrappers: dict[int, _PositionedRotaryEncoder] = {}
+
+    def before(module: Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        mask = kwargs.get("attn_mask")
+        module.pos_encoder.positions = mask.positions if isinstance(mask, mask_kls) else None  # type: ignore[union-attr]
+
+    def after(module: Module, args: object, kwargs: object, output: object) -> None:
+        module.pos_encoder.positions = None  # type: ignore[union-attr]
+
     for module in list(model.modules()):
         if isinstance(module, MultiheadAttention) and isinstance(getattr(module, "pos_encoder", None), RotaryEncoder):
             rotary = module.pos_encoder
-            module.pos_encoder = wrappers.setdefault(id(rotary), _PositionedRotaryEncoder(rotary, state))
+            module.pos_encoder = wrappers.setdefault(id(rotary), _PositionedRotaryEncoder(rotary))
+            module.register_forward_pre_hook(before, with_kwargs=True)
+            module.register_forward_hook(after, with_kwargs=True, always_call=True)
     if not wrappers:
         raise TypeError("The shared-prefix forward needs rotary position encoders in the self-attention layers.")
+    state.mask_kls = mask_kls  # type: ignore[attr-defined]
     model._fspo_shared_prefix = state  # type: ignore[attr-defined]
     return state
 
@@ -275,11 +302,11 @@ def shared_prefix_logps(model: DecoderModel, chosen: SequenceBatch, rejected: Se
     """
     layout = SharedPrefixLayout(chosen, rejected)
     state = _shared_prefix_state(model)
-    state.positions, state.mask = layout.positions, layout.mask
+    state.pending = state.mask_kls(layout.mask, layout.positions)  # type: ignore[attr-defined]
     try:
         hidden, _ = model.decode(layout.seqs, None)  # padding is in the mask
     finally:
-        state.positions = state.mask = None
+        state.pending = None
     picked = hidden.flatten(0, 1)[layout.hidden_idx]  # [N, D]
     logits = model.project(picked.unsqueeze(0), None).logits.squeeze(0)  # [N, V]
     token_logps = _log_softmax(logits).gather(-1, layout.targets.unsqueeze(-1)).squeeze(-1)

@@ -198,3 +198,20 @@ def test_shared_prefix_rejects_pairs_with_different_prompts(tiny_model) -> None:
     other = make_batch([{**examples[0], "src": examples[1]["src"]}, examples[1]])
     with pytest.raises(ValueError, match="Pair 0 of the batch has different prompts"):
         shared_prefix_logps(tiny_model(), batch.chosen, other.rejected)
+
+
+def test_shared_prefix_under_activation_checkpointing(tiny_model) -> None:
+    """fairseq2 recomputes each layer during backward; the shared-prefix positions must survive that."""
+    from fairseq2.nn.checkpointing import use_layerwise_activation_checkpointing
+    from fspo_recipe.logprobs import pair_logps
+
+    batch = make_batch(sample_examples(3))
+    grads = []
+    for checkpointed in (False, True):
+        model = tiny_model(seed=7).train()
+        if checkpointed:
+            use_layerwise_activation_checkpointing(model)
+        logps, _ = pair_logps(model, batch.chosen, batch.rejected, shared_prefix=True)
+        logps.sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)

@@ -176,19 +176,14 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
 def _token_counter(tokenizer: str, assets_dir: Path | None) -> Callable[[str], int]:
     """Count tokens with a fairseq2 tokenizer card (``assets_dir`` adds a card directory)."""
     from fairseq2 import setup_fairseq2
-    from fairseq2.assets import FileAssetMetadataLoader, StandardAssetMetadataFileLoader
     from fairseq2.context import get_runtime_context
     from fairseq2.data.text.tokenizers import get_text_tokenizer_hub
-    from fairseq2.utils.yaml import StandardYamlLoader
+
+    from fspo_recipe.assets import add_card_directory
 
     setup_fairseq2()
     if assets_dir is not None:
-        context = get_runtime_context()
-        loader = FileAssetMetadataLoader(
-            assets_dir.resolve(), context.file_system,
-            StandardAssetMetadataFileLoader(StandardYamlLoader(context.file_system)),
-        )
-        context.asset_store.user_metadata_providers.append(loader.load())
+        add_card_directory(get_runtime_context(), assets_dir)
     encoder = get_text_tokenizer_hub().load(tokenizer).create_encoder(mode="prompt")
     return lambda text: len(encoder(text))
 

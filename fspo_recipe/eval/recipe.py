@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import yaml
 
-from fairseq2.assets import FileAssetMetadataLoader, StandardAssetMetadataFileLoader
 from fairseq2.context import RuntimeContext
 from fairseq2.data.text.tokenizers import get_text_tokenizer_hub
 from fairseq2.gang import fake_gangs
@@ -33,8 +32,8 @@ from fairseq2.recipes.utils.progress import ProgressReporter
 from fairseq2.typing import DataType
 from fairseq2.utils.structured import structure
 from fairseq2.utils.validation import ValidationError, ValidationResult, validate
-from fairseq2.utils.yaml import StandardYamlLoader
 
+from fspo_recipe.assets import add_card_directory
 from fspo_recipe.criteria import PreferenceCriterion
 from fspo_recipe.data.episodes import PromptParseError, parse_prompt, render_with_shots
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
@@ -198,10 +197,7 @@ def register_run_cards(context: RuntimeContext, run_dir: Path, alias: str, card_
         names[step] = f"{alias}_step_{step}"
         cards.append({"name": names[step], **base, "checkpoint": str((run_dir / "checkpoints" / f"step_{step}" / "model.pt").resolve())})
     (card_dir / f"{alias}.yaml").write_text(yaml.safe_dump_all(cards, sort_keys=False), encoding="utf-8")
-    loader = FileAssetMetadataLoader(
-        card_dir.resolve(), context.file_system, StandardAssetMetadataFileLoader(StandardYamlLoader(context.file_system))
-    )
-    context.asset_store.user_metadata_providers.append(loader.load())
+    add_card_directory(context, card_dir)
     return names
 
 
