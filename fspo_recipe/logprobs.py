@@ -8,6 +8,7 @@ whole sequence, but only the hidden states of response positions are projected t
 from __future__ import annotations
 
 import types
+from collections.abc import Sequence
 from typing import final
 
 import torch
@@ -144,17 +145,78 @@ def _shared_prefix_mask_kls() -> type:
     from fairseq2.nn.transformer import CustomAttentionMask
 
     class SharedPrefixMask(CustomAttentionMask):
-        """The [B, 1, L, L] boolean mask (True = may attend) that also carries the [B, L] rotary positions.
+        """The shared-prefix attention of a packed batch: row spans (P, Rc, Rr) and [B, L] rotary positions.
 
-        The positions travel with the mask because the mask is an argument of every decoder layer: activation
+        The layout travels with the mask because the mask is an argument of every decoder layer: activation
         checkpointing recomputes a layer from its arguments during backward, long after the forward returned.
+        ``materialize()`` gives the equivalent [B, 1, L, L] boolean mask (True = may attend) for attention
+        implementations other than the split one below.
         """
 
-        def __init__(self, mask: Tensor, positions: Tensor) -> None:
-            super().__init__(mask)
-            self.positions = positions
+        def __init__(self, spans: list[tuple[int, int, int]], width: int, positions: Tensor) -> None:
+            self.spans, self.width, self.positions = spans, width, positions
+            self._dense: Tensor | None = None
+
+        def materialize(self) -> Tensor:
+            if self._dense is None:
+                self._dense = dense_shared_prefix_mask(self.spans, self.width, self.positions.device)
+            return self._dense
 
     return SharedPrefixMask
+
+
+def dense_shared_prefix_mask(spans: Sequence[tuple[int, int, int]], width: int, device: torch.device) -> Tensor:
+    """[B, 1, L, L] bool: causal over [prompt, chosen, rejected], except that rejected does not see chosen.
+
+    Padded query rows see themselves only (their outputs are never read), so no row is fully masked.
+    """
+    mask = torch.zeros((len(spans), 1, width, width), dtype=torch.bool, device=device)
+    causal = torch.ones((width, width), dtype=torch.bool, device=device).tril_()
+    for i, (p, nc, nr) in enumerate(spans):
+        n = p + nc + nr
+        m = mask[i, 0]
+        m[:n, :n] = causal[:n, :n]
+        m[p + nc : n, p : p + nc] = False
+        idx = torch.arange(n, width, device=device)
+        m[idx, idx] = True
+    return mask
+
+
+class _SplitSharedPrefixSDPA(Module):
+    """Shared-prefix attention as two causal-kernel calls per row instead of one masked [L, L] attention.
+
+    [prompt, chosen] is a plain causal sequence (the fast ``is_causal`` kernel); the rejected queries attend to
+    [prompt keys, rejected keys] under a small [Rr, P + Rr] mask. The work is that of the paired path minus the
+    second prompt, and no [L, L] mask is ever built. Other masks go to the wrapped SDPA.
+    """
+
+    def __init__(self, inner: Module, mask_kls: type) -> None:
+        super().__init__()
+        self.inner = inner
+        self._mask_kls = mask_kls
+
+    def forward(self, seqs: Tensor, keys: Tensor, key_padding_mask: object, values: Tensor, *,
+                attn_mask: object = None, needs_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        if not isinstance(attn_mask, self._mask_kls) or needs_weights or key_padding_mask is not None:
+            return self.inner(seqs, keys, key_padding_mask, values, attn_mask=attn_mask, needs_weights=needs_weights)
+        from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+        rows = []
+        width = seqs.size(2)
+        for i, (p, nc, nr) in enumerate(attn_mask.spans):  # type: ignore[attr-defined]
+            q, k, v = seqs[i : i + 1], keys[i : i + 1], values[i : i + 1]
+            a = p + nc
+            parts = [sdpa(q[:, :, :a], k[:, :, :a], v[:, :, :a], is_causal=True)]
+            if nr:
+                rect = torch.ones((nr, p + nr), dtype=torch.bool, device=seqs.device)
+                rect[:, p:] = torch.ones((nr, nr), dtype=torch.bool, device=seqs.device).tril_()
+                kr = torch.cat([k[:, :, :p], k[:, :, a : a + nr]], dim=2)
+                vr = torch.cat([v[:, :, :p], v[:, :, a : a + nr]], dim=2)
+                parts.append(sdpa(q[:, :, a : a + nr], kr, vr, attn_mask=rect))
+            if a + nr < width:
+                parts.append(q.new_zeros(q.shape[:2] + (width - a - nr, v.size(-1))))
+            rows.append(torch.cat(parts, dim=2))
+        return torch.cat(rows, dim=0), None
 
 
 @final
@@ -228,6 +290,7 @@ def _shared_prefix_state(model: DecoderModel) -> _SharedPrefixState:
             module.pos_encoder = wrappers.setdefault(id(rotary), _PositionedRotaryEncoder(rotary))
             module.register_forward_pre_hook(before, with_kwargs=True)
             module.register_forward_hook(after, with_kwargs=True, always_call=True)
+            module.sdpa = _SplitSharedPrefixSDPA(module.sdpa, mask_kls)
     if not wrappers:
         raise TypeError("The shared-prefix forward needs rotary position encoders in the self-attention layers.")
     state.mask_kls = mask_kls  # type: ignore[attr-defined]
@@ -271,17 +334,10 @@ class SharedPrefixLayout:
 
         seqs = torch.zeros((size, width), dtype=chosen.seqs.dtype, device=device)
         pos = torch.zeros((size, width), dtype=torch.int64, device=device)
-        mask = torch.zeros((size, 1, width, width), dtype=torch.bool, device=device)
-        causal = torch.ones((width, width), dtype=torch.bool, device=device).tril_()
         for i, (row, row_pos, (p, nc, nr)) in enumerate(zip(rows, positions, allowed)):
             n = len(row)
             seqs[i, :n] = row
             pos[i, :n] = row_pos.to(device)
-            m = mask[i, 0]
-            m[:n, :n] = causal[:n, :n]
-            m[p + nc : n, p : p + nc] = False  # rejected does not see chosen
-            idx = torch.arange(n, width, device=device)
-            m[idx, idx] = True  # padded rows attend to themselves only (their outputs are never read)
             base = i * width
             hidden_idx += [base + p - 1 + j for j in range(nc)]
             targets += row[p : p + nc].tolist()
@@ -289,7 +345,7 @@ class SharedPrefixLayout:
             hidden_idx += [base + (p - 1 if j == 0 else p + nc + j - 1) for j in range(nr)]
             targets += row[p + nc : n].tolist()
             owner += [size + i] * nr
-        self.seqs, self.positions, self.mask = seqs, pos, mask
+        self.seqs, self.positions, self.spans = seqs, pos, allowed
         self.hidden_idx = torch.tensor(hidden_idx, dtype=torch.int64, device=device)
         self.targets = torch.tensor(targets, dtype=torch.int64, device=device)
         self.owner = torch.tensor(owner, dtype=torch.int64, device=device)
@@ -302,7 +358,7 @@ def shared_prefix_logps(model: DecoderModel, chosen: SequenceBatch, rejected: Se
     """
     layout = SharedPrefixLayout(chosen, rejected)
     state = _shared_prefix_state(model)
-    state.pending = state.mask_kls(layout.mask, layout.positions)  # type: ignore[attr-defined]
+    state.pending = state.mask_kls(layout.spans, layout.width, layout.positions)  # type: ignore[attr-defined]
     try:
         hidden, _ = model.decode(layout.seqs, None)  # padding is in the mask
     finally:

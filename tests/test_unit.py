@@ -215,3 +215,23 @@ def test_shared_prefix_under_activation_checkpointing(tiny_model) -> None:
         logps.sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def test_split_attention_equals_the_dense_shared_prefix_mask(tiny_model, monkeypatch) -> None:
+    """The fast split attention and the plain [L, L] boolean mask give the same log-probs."""
+    from fspo_recipe import logprobs
+
+    examples = sample_examples(3)
+    examples[2]["tgt_chosen"] = "q"
+    batch = make_batch(examples)
+    model = tiny_model(seed=8)
+    split, _ = logprobs.pair_logps(model, batch.chosen, batch.rejected, shared_prefix=True)
+
+    def dense(self, seqs, keys, key_padding_mask, values, *, attn_mask=None, needs_weights=False):
+        return self.inner(seqs, keys, key_padding_mask, values, attn_mask=attn_mask, needs_weights=needs_weights)
+
+    monkeypatch.setattr(logprobs._SplitSharedPrefixSDPA, "forward", dense)
+    dense_logps, _ = logprobs.pair_logps(model, batch.chosen, batch.rejected, shared_prefix=True)
+    paired, _ = logprobs.pair_logps(model, batch.chosen, batch.rejected, shared_prefix=False)
+    torch.testing.assert_close(dense_logps, split, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(paired, split, rtol=1e-5, atol=1e-4)
