@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fairseq2.context import RuntimeContext
+from fairseq2.datasets import DatasetHandler, StandardDatasetHandler
 from fairseq2.metrics import MetricDescriptor, format_as_float
 from fairseq2.optim import OptimizerHandler
 from fairseq2.recipes.lm import POFinetuneUnitHandler
@@ -16,6 +17,7 @@ from fairseq2.recipes.lm import POFinetuneUnitHandler
 from fspo_recipe.assets import add_card_directory
 from fspo_recipe.optim import RMSPROP_OPTIMIZER, RMSpropHandler
 from fspo_recipe.presets import register_fspo_presets
+from fspo_recipe.reader import FSPO_PREFERENCE_FAMILY, FspoPreferenceDataset
 from fspo_recipe.unit import FSPO_UNIT, FspoFinetuneUnitHandler
 
 # (name, display name, priority) of the unit's metrics; names fairseq2 already knows are left to it.
@@ -35,7 +37,7 @@ METRICS = (
 
 
 def setup_fspo(context: RuntimeContext) -> None:
-    """Register the FSPO unit, the rmsprop optimizer, the metric names and the ``fspo_*`` presets."""
+    """Register the FSPO unit, the fspo_preference reader, rmsprop, the metric names and the ``fspo_*`` presets."""
     units = context.get_registry(POFinetuneUnitHandler)
     if not units.has(FSPO_UNIT):
         units.register(FSPO_UNIT, FspoFinetuneUnitHandler(context))
@@ -43,6 +45,17 @@ def setup_fspo(context: RuntimeContext) -> None:
     optimizers = context.get_registry(OptimizerHandler)
     if not optimizers.has(RMSPROP_OPTIMIZER):
         optimizers.register(RMSPROP_OPTIMIZER, RMSpropHandler())
+
+    datasets = context.get_registry(DatasetHandler)
+    if not datasets.has(FSPO_PREFERENCE_FAMILY):
+        handler = StandardDatasetHandler(
+            FSPO_PREFERENCE_FAMILY,
+            FspoPreferenceDataset,
+            FspoPreferenceDataset.from_path,
+            context.file_system,
+            context.asset_download_manager,
+        )
+        datasets.register(FSPO_PREFERENCE_FAMILY, handler)
 
     descriptors = context.get_registry(MetricDescriptor)
     for name, display_name, priority in METRICS:
@@ -76,7 +89,9 @@ def setup_fspo_cli(context: RuntimeContext, cli: object) -> None:
     from fspo_recipe.criteria import CriterionError
     from fspo_recipe.eval.recipe import EvalError
 
-    for kls in (EvalError, CriterionError):
+    from fspo_recipe.reader import PreferenceDataError
+
+    for kls in (EvalError, CriterionError, PreferenceDataError):
         cli.register_user_error_type(kls)  # type: ignore[attr-defined]
 
 

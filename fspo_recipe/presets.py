@@ -9,6 +9,7 @@ Effective Personalization to Real Users" (arXiv 2502.19312), and its released tr
 |                                       | last_checkpoint@ (ipo/dpo) | stage 2 starts from the SFT run's last step    |
 | model.config.dropout_p                | 0.0                        | reference and policy log-probs must agree      |
 | dataset.name                          | fspo_sample                | the bundled sample; use a prepared card        |
+| dataset.family                        | fspo_preference            | no silent drops: oldest shots go first         |
 | dataset.max_seq_len                   | 8192                       | the paper's max length (shots make long prompts)|
 | dataset.batch_size                    | 4                          | the paper's batch of 4 pairs                   |
 | trainer.dtype                         | bfloat16                   | as fairseq2's preference presets               |
@@ -47,6 +48,7 @@ from fairseq2.recipes.config import (
 from fairseq2.recipes.lm import POCriterionSection, POFinetuneConfig
 
 from fspo_recipe.optim import RMSPROP_OPTIMIZER, RMSpropConfig
+from fspo_recipe.reader import FSPO_PREFERENCE_FAMILY
 from fspo_recipe.unit import FSPO_UNIT, FspoUnitConfig
 
 PAPER_MODEL: Final = "llama3_2_3b_instruct"
@@ -75,6 +77,7 @@ def fspo_config(loss: str, *, lr: float, model: str, reference: str | None) -> P
     config.model = ModelSection(name=model, config=NoDropout())
 
     config.dataset.name = SAMPLE_DATASET
+    config.dataset.family = FSPO_PREFERENCE_FAMILY  # for dataset.path; cards name their family
     config.dataset.max_seq_len = 8192
     config.dataset.max_num_tokens = 8192 * 4
     config.dataset.batch_size = 4

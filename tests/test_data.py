@@ -115,7 +115,7 @@ def test_rationale_targets_describe_the_users(tmp_path) -> None:
 def test_cards_and_summary(tmp_path) -> None:
     prepare("elix", [str(SAMPLES / "elix")], tmp_path, name="ex", options=EpisodeOptions(num_shots=4), progress=False)
     card = (tmp_path / "ex" / "ex_train.yaml").read_text()
-    assert "name: ex_train\n" in card and "dataset_family: generic_preference\n" in card and "data: train.jsonl" in card
+    assert "name: ex_train\n" in card and "dataset_family: fspo_preference\n" in card and "data: train.jsonl" in card
     summary = json.loads((tmp_path / "ex" / "summary.json").read_text())
     assert summary["splits"]["train"]["users"] == 5 and set(summary["splits"]["train"]["prompt_chars"]) == {
         "p50", "p90", "p99", "p100"}

@@ -200,11 +200,15 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
     return parsed
 
 
-def render_with_shots(parsed: ParsedPrompt, num_shots: int) -> str:
-    """The prompt of ``parsed`` with only its first ``num_shots`` shots, rendered by :func:`render_episode`."""
+def render_with_shots(parsed: ParsedPrompt, num_shots: int, *, newest: bool = False) -> str:
+    """The prompt of ``parsed`` with only ``num_shots`` shots, rendered by :func:`render_episode`.
+
+    The first shots are kept, or with ``newest`` the last ones (dropping the oldest first), renumbered from 1.
+    """
     teacher_forced = parsed.teacher_forced_description is not None
+    kept = parsed.shots[len(parsed.shots) - num_shots :] if newest else parsed.shots[:num_shots]
     return render_episode(
-        parsed.shots[:num_shots],
+        kept,
         parsed.question,
         "",
         "",

@@ -49,10 +49,10 @@ except ImportError:  # pragma: no cover - same bytes, slower
 
 
 def dataset_card(name: str, jsonl_name: str, description: str) -> str:
-    """A fairseq2 asset card for the generic preference reader; ``data`` is relative to the card file."""
+    """A fairseq2 asset card for the plugin's ``fspo_preference`` reader; ``data`` is relative to the card file."""
     return (
         f"# {description}\n"
         f"name: {name}\n"
-        "dataset_family: generic_preference\n"
+        "dataset_family: fspo_preference\n"
         f"data: {jsonl_name}\n"
     )
