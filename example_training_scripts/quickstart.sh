@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Quick start: FSPO on CPU, offline, in a few minutes. Sets up a virtualenv on first use (see setup_env.sh),
-# prepares the bundled Elix-schema sample (datasets/samples/elix) into 2-shot episodes, writes a tiny random
+# prepares the bundled Elix-schema sample (datasets/samples/elix) into 2-shot episodes with one user held out
+# of training (4 users train, 1 user test), writes a tiny random
 # llama, then trains:
 #   stage 1  fspo_sft  SFT on the few-shot prompts (chosen and rejected responses as targets, as in the paper)
 #   stage 2  fspo_ipo  IPO from the SFT checkpoint, with the SFT model as the frozen reference
-#   stage 3  fairseq2 lm preference_eval: the IPO model on the held-out test split (reference = SFT),
+#   stage 3  fairseq2 lm preference_eval: the IPO model on the held-out user (reference = SFT),
 #            with the shots ablation, JSON/CSV and plots in OUT_DIR/eval
 # and prints the final metrics of each stage and the held-out accuracy.
 #
@@ -22,7 +23,8 @@ cd "$ROOT"
 start=$(date +%s)
 rm -rf "$OUT/sft" "$OUT/ipo" "$OUT/eval"
 # 2 shots keep the CPU demo short (the paper uses 4 for Elix: drop --shots for that).
-fspo-prepare elix --input datasets/samples/elix --out "$OUT/assets" --shots 2 --no-progress
+fspo-prepare elix --input datasets/samples/elix --out "$OUT/assets" --shots 2 --split-mode heldout_users \
+    --test-users 1 --no-progress
 fspo-tiny-assets "$OUT/assets" --seed 0
 
 # CPU settings for the tiny model; everything else is the preset's (paper defaults).
@@ -45,7 +47,7 @@ echo "== stage 2: fspo_ipo from the SFT checkpoint (reference = the SFT model)"
 fairseq2 lm preference_finetune "$OUT/ipo" --preset fspo_ipo --no-sweep-dir --config "${CPU[@]}" \
     common.assets.checkpoint_dir="$OUT/sft/checkpoints" optimizer.config.lr=1e-4 regime.num_steps=40
 
-echo "== stage 3: preference_eval on the test split (new questions; shots and queries from the test rows)"
+echo "== stage 3: preference_eval on the held-out user (never seen in training)"
 fairseq2 lm preference_eval "$OUT/eval" --no-sweep-dir --config common.assets.extra_path="$OUT/assets" \
     model.run_dir="$OUT/ipo" reference.run_dir="$OUT/sft" dataset=elix_test > "$OUT/eval.log"
 
