@@ -37,7 +37,7 @@ from fspo_recipe.assets import add_card_directory
 from fspo_recipe.criteria import PreferenceCriterion
 from fspo_recipe.data.episodes import PromptParseError, parse_prompt, render_with_shots
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
-from fspo_recipe.eval.scoring import PairScores, encode_pairs, score_pairs
+from fspo_recipe.eval.scoring import PairScores, encode_pairs, score_pairs, with_prompts
 from fspo_recipe.unit import FspoUnitConfig
 
 PREFERENCE_EVAL: Final = "preference_eval"
@@ -307,26 +307,24 @@ class PreferenceEvaluator:
             )
 
         tokenizer = get_text_tokenizer_hub().load(model_name)
+        pairs = encode_pairs(tokenizer, [e["src"] for e in examples], [e["tgt_chosen"] for e in examples],
+                             [e["tgt_rejected"] for e in examples])
+        ablation_pairs = {
+            k: with_prompts(tokenizer, pairs, prompts) for k, prompts in self._ablation_prompts(examples).items()
+        }
 
-        def encode(prompts: Sequence[str]) -> list[Any]:
-            return encode_pairs(tokenizer, prompts, [e["tgt_chosen"] for e in examples],
-                                [e["tgt_rejected"] for e in examples])
-
-        pairs = encode([e["src"] for e in examples])
-
-        ablation = self._ablation_prompts(examples)
         reference = None
         ablation_refs: dict[int, PairScores] = {}
         with progress:
             if reference_name is not None:
                 ref_model = self._load(reference_name)
                 reference = self._score(progress, ref_model, pairs, "reference")
-                for k, prompts in ablation.items():
-                    ablation_refs[k] = self._score(progress, ref_model, encode(prompts), f"reference, {k} shots")
+                for k, k_pairs in ablation_pairs.items():
+                    ablation_refs[k] = self._score(progress, ref_model, k_pairs, f"reference, {k} shots")
                 del ref_model
             else:
                 reference = stored
-                if ablation and criterion.needs_reference:
+                if ablation_pairs and criterion.needs_reference:
                     log.warning("preference_eval: no reference model, so the shots ablation reports policy-only "
                                 "figures (the stored reference scores belong to the full prompts).")
 
@@ -343,8 +341,8 @@ class PreferenceEvaluator:
                     per_step[step] = summary["overall"]
                 if name == model_name:
                     final_per_pair, final_summary = per_pair, summary
-                    for k, prompts in ablation.items():
-                        k_scores = self._score(progress, model, encode(prompts), f"{k} shots")
+                    for k, k_pairs in ablation_pairs.items():
+                        k_scores = self._score(progress, model, k_pairs, f"{k} shots")
                         k_ref = ablation_refs.get(k)
                         k_crit = criterion if (k_ref is not None or not criterion.needs_reference) else _PolicyOnly()
                         shots_summary[k] = summarize(pair_metrics(k_scores, k_ref, k_crit), users,

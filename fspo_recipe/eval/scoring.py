@@ -42,6 +42,12 @@ def encode_pairs(tokenizer: TextTokenizer, prompts: Sequence[str], chosen: Seque
     return [EncodedPair(src(p).tolist(), tgt(c).tolist(), tgt(r).tolist()) for p, c, r in zip(prompts, chosen, rejected)]
 
 
+def with_prompts(tokenizer: TextTokenizer, pairs: Sequence[EncodedPair], prompts: Sequence[str]) -> list[EncodedPair]:
+    """``pairs`` with new prompts (the shots ablation); the responses' tokens are reused."""
+    src = tokenizer.create_encoder(mode="prompt")
+    return [EncodedPair(src(p).tolist(), pair.chosen, pair.rejected) for p, pair in zip(prompts, pairs)]
+
+
 def _side(pairs: Sequence[EncodedPair], key: str, device: torch.device) -> SequenceBatch:
     seqs = [p.prompt + getattr(p, key) for p in pairs]
     width = max(map(len, seqs))
