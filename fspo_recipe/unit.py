@@ -37,7 +37,7 @@ from fspo_recipe.criteria import (
     PreferenceCriterion,
     chosen_nll,
     criterion_names,
-    get_criterion_entry,
+    get_criterion,
     make_criterion_config,
     resolve_criterion_name,
 )
@@ -85,9 +85,7 @@ class FspoUnitConfig:
     def build_criterion(self) -> PreferenceCriterion:
         """Build the selected criterion with its entry of ``loss_params``."""
         name = resolve_criterion_name(self.loss)
-        params = self.loss_params.get(self.loss, self.loss_params.get(name, {}))
-        kls, _ = get_criterion_entry(name)
-        return kls(make_criterion_config(name, params))
+        return get_criterion(name, **self.loss_params.get(self.loss, self.loss_params.get(name, {})))
 
 
 @final
