@@ -18,6 +18,7 @@ from torch.nn import Module
 from fairseq2.models.decoder import DecoderModel
 from fairseq2.models.sequence import SequenceBatch, as_auto_regressive_input
 from fairseq2.nn.padding import PaddingMask
+from fairseq2.nn.transformer import CustomAttentionMask
 
 
 @final
@@ -141,28 +142,23 @@ def concat_pairs(chosen: SequenceBatch, rejected: SequenceBatch) -> SequenceBatc
 # path's. The first rejected token is predicted, like the first chosen one, from the last prompt position.
 
 
-def _shared_prefix_mask_kls() -> type:
-    from fairseq2.nn.transformer import CustomAttentionMask
+class SharedPrefixMask(CustomAttentionMask):
+    """The shared-prefix attention of a packed batch: row spans (P, Rc, Rr) and [B, L] rotary positions.
 
-    class SharedPrefixMask(CustomAttentionMask):
-        """The shared-prefix attention of a packed batch: row spans (P, Rc, Rr) and [B, L] rotary positions.
+    The layout travels with the mask because the mask is an argument of every decoder layer: activation
+    checkpointing recomputes a layer from its arguments during backward, long after the forward returned.
+    ``materialize()`` gives the equivalent [B, 1, L, L] boolean mask (True = may attend) for attention
+    implementations other than the split one below.
+    """
 
-        The layout travels with the mask because the mask is an argument of every decoder layer: activation
-        checkpointing recomputes a layer from its arguments during backward, long after the forward returned.
-        ``materialize()`` gives the equivalent [B, 1, L, L] boolean mask (True = may attend) for attention
-        implementations other than the split one below.
-        """
+    def __init__(self, spans: list[tuple[int, int, int]], width: int, positions: Tensor) -> None:
+        self.spans, self.width, self.positions = spans, width, positions
+        self._dense: Tensor | None = None
 
-        def __init__(self, spans: list[tuple[int, int, int]], width: int, positions: Tensor) -> None:
-            self.spans, self.width, self.positions = spans, width, positions
-            self._dense: Tensor | None = None
-
-        def materialize(self) -> Tensor:
-            if self._dense is None:
-                self._dense = dense_shared_prefix_mask(self.spans, self.width, self.positions.device)
-            return self._dense
-
-    return SharedPrefixMask
+    def materialize(self) -> Tensor:
+        if self._dense is None:
+            self._dense = dense_shared_prefix_mask(self.spans, self.width, self.positions.device)
+        return self._dense
 
 
 def dense_shared_prefix_mask(spans: Sequence[tuple[int, int, int]], width: int, device: torch.device) -> Tensor:
@@ -190,20 +186,19 @@ class _SplitSharedPrefixSDPA(Module):
     second prompt, and no [L, L] mask is ever built. Other masks go to the wrapped SDPA.
     """
 
-    def __init__(self, inner: Module, mask_kls: type) -> None:
+    def __init__(self, inner: Module) -> None:
         super().__init__()
         self.inner = inner
-        self._mask_kls = mask_kls
 
     def forward(self, seqs: Tensor, keys: Tensor, key_padding_mask: object, values: Tensor, *,
                 attn_mask: object = None, needs_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        if not isinstance(attn_mask, self._mask_kls) or needs_weights or key_padding_mask is not None:
+        if not isinstance(attn_mask, SharedPrefixMask) or needs_weights or key_padding_mask is not None:
             return self.inner(seqs, keys, key_padding_mask, values, attn_mask=attn_mask, needs_weights=needs_weights)
         from torch.nn.functional import scaled_dot_product_attention as sdpa
 
         rows = []
         width = seqs.size(2)
-        for i, (p, nc, nr) in enumerate(attn_mask.spans):  # type: ignore[attr-defined]
+        for i, (p, nc, nr) in enumerate(attn_mask.spans):
             q, k, v = seqs[i : i + 1], keys[i : i + 1], values[i : i + 1]
             a = p + nc
             parts = [sdpa(q[:, :, :a], k[:, :, :a], v[:, :, :a], is_causal=True)]
@@ -269,7 +264,6 @@ def _shared_prefix_state(model: DecoderModel) -> _SharedPrefixState:
     if state is not None:
         return state
     state = _SharedPrefixState()
-    mask_kls = _shared_prefix_mask_kls()
     decoders = [m for m in model.modules() if isinstance(m, TransformerDecoder)]
     if len(decoders) != 1 or decoders[0].self_attn_mask_factory is None:
         raise TypeError("The shared-prefix forward needs a fairseq2 transformer decoder with a causal mask factory.")
@@ -279,7 +273,7 @@ def _shared_prefix_state(model: DecoderModel) -> _SharedPrefixState:
 
     def before(module: Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
         mask = kwargs.get("attn_mask")
-        module.pos_encoder.positions = mask.positions if isinstance(mask, mask_kls) else None  # type: ignore[union-attr]
+        module.pos_encoder.positions = mask.positions if isinstance(mask, SharedPrefixMask) else None  # type: ignore[union-attr]
 
     def after(module: Module, args: object, kwargs: object, output: object) -> None:
         module.pos_encoder.positions = None  # type: ignore[union-attr]
@@ -290,10 +284,9 @@ def _shared_prefix_state(model: DecoderModel) -> _SharedPrefixState:
             module.pos_encoder = wrappers.setdefault(id(rotary), _PositionedRotaryEncoder(rotary))
             module.register_forward_pre_hook(before, with_kwargs=True)
             module.register_forward_hook(after, with_kwargs=True, always_call=True)
-            module.sdpa = _SplitSharedPrefixSDPA(module.sdpa, mask_kls)
+            module.sdpa = _SplitSharedPrefixSDPA(module.sdpa)
     if not wrappers:
         raise TypeError("The shared-prefix forward needs rotary position encoders in the self-attention layers.")
-    state.mask_kls = mask_kls  # type: ignore[attr-defined]
     model._fspo_shared_prefix = state  # type: ignore[attr-defined]
     return state
 
@@ -358,7 +351,7 @@ def shared_prefix_logps(model: DecoderModel, chosen: SequenceBatch, rejected: Se
     """
     layout = SharedPrefixLayout(chosen, rejected)
     state = _shared_prefix_state(model)
-    state.pending = state.mask_kls(layout.spans, layout.width, layout.positions)  # type: ignore[attr-defined]
+    state.pending = SharedPrefixMask(layout.spans, layout.width, layout.positions)
     try:
         hidden, _ = model.decode(layout.seqs, None)  # padding is in the mask
     finally:
