@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fspo_recipe.data.episodes import Shot, render_episode  # noqa: E402
+from fspo_recipe.data.writers import atomic_file  # noqa: E402
 
 TOPICS = [
     ("rain", "water falling from clouds", "drops of water that condense in clouds and fall once they grow heavy"),
@@ -87,11 +86,9 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / "train.jsonl"
-    fd, tmp = tempfile.mkstemp(dir=args.out, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fp:
+    with atomic_file(target) as fp:
         for example in episodes(args.shots, args.seed):
             fp.write(json.dumps(example, ensure_ascii=False) + "\n")
-    os.replace(tmp, target)
     print(f"wrote {target}")
     return 0
 

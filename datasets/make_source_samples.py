@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import tempfile
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fspo_recipe.data.writers import atomic_file  # noqa: E402
 
 SUBJECTS = [
     "rain", "wind", "a seed", "the moon", "a river", "bread", "a magnet", "snow", "a volcano", "an echo",
@@ -119,11 +122,9 @@ def roleplay_rows(rng: random.Random, subjects: list[str]) -> list[dict[str, obj
 
 def write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fp:
+    with atomic_file(path) as fp:
         for i, row in enumerate(rows):
             fp.write(json.dumps({**row, "id": i}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def main() -> int:

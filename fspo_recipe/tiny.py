@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from fspo_recipe.data.writers import atomic_file
 
 TOKENIZER_FILE = "tokenizer.model"
 CHECKPOINT_FILE = "model.pt"
@@ -70,17 +70,6 @@ class TinyModelSpec:
         }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            fp.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def byte_tokenizer_text() -> str:
     """The tiktoken file of a byte-level vocabulary: one ``base64(byte) rank`` line per byte."""
     return "".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256))
@@ -124,21 +113,17 @@ def write_tiny_assets(out_dir: Path, *, seed: int = 0, name: str = "fspo_tiny_ll
     spec = spec or TinyModelSpec()
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    _atomic_write(out_dir / TOKENIZER_FILE, byte_tokenizer_text().encode())
+    with atomic_file(out_dir / TOKENIZER_FILE) as fp:
+        fp.write(byte_tokenizer_text())
 
     state_dict = make_tiny_state_dict(spec, seed)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{CHECKPOINT_FILE}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(out_dir / CHECKPOINT_FILE, "wb") as fp:
         # The trainer's own format: loads without key conversion (`fs2`).
-        torch.save({"model": state_dict, "model_key": "model", "fs2": True}, tmp)
-        os.replace(tmp, out_dir / CHECKPOINT_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        torch.save({"model": state_dict, "model_key": "model", "fs2": True}, fp)
 
     card = out_dir / CARD_FILE
-    _atomic_write(card, card_text(name, spec).encode())
+    with atomic_file(card) as fp:
+        fp.write(card_text(name, spec))
     return card
 
 

@@ -36,6 +36,7 @@ from fairseq2.utils.validation import ValidationError, ValidationResult, validat
 from fspo_recipe.assets import add_card_directory
 from fspo_recipe.criteria import PreferenceCriterion
 from fspo_recipe.data.episodes import PromptParseError, parse_prompt, render_with_shots
+from fspo_recipe.data.writers import atomic_file
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
 from fspo_recipe.eval.scoring import PairScores, encode_pairs, score_pairs, with_prompts
 from fspo_recipe.unit import FspoUnitConfig
@@ -410,9 +411,7 @@ class PreferenceEvaluator:
                                               temperature=gen.temperature)
         completer = TextCompleter(generator, tokenizer)
         chosen = examples if gen.max_examples is None else examples[: gen.max_examples]
-        out = self._out / "generations.jsonl"
-        tmp = out.with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as fp:
+        with atomic_file(self._out / "generations.jsonl") as fp:
             for start in range(0, len(chosen), self._config.batch_size):
                 batch = chosen[start : start + self._config.batch_size]
                 texts, _ = completer.batch_complete([e["src"] for e in batch])
@@ -422,13 +421,13 @@ class PreferenceEvaluator:
                     if str(e["id"]) in baseline:
                         rec["baseline_response"] = baseline[str(e["id"])]
                     fp.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
 
     def _write(self, result: dict[str, Any], per_pair: Mapping[str, np.ndarray], examples: Sequence[Mapping[str, Any]]) -> None:
         from fspo_recipe.eval.plots import plot_all
 
         self._out.mkdir(parents=True, exist_ok=True)
-        _atomic_text(self._out / "metrics.json", json.dumps(result, indent=2) + "\n")
+        with atomic_file(self._out / "metrics.json") as fp:
+            fp.write(json.dumps(result, indent=2) + "\n")
         _write_csv(self._out / "per_user.csv", ["user", "pairs", *METRICS],
                    [{"user": u, **v} for u, v in result["per_user"].items()])
         _write_csv(self._out / "shots.csv", ["shots", "pairs", *METRICS],
@@ -462,19 +461,11 @@ def headline(result: Mapping[str, Any]) -> str:
             f"policy-only {o['policy_accuracy']:.3f} [{plo:.3f}, {phi:.3f}] on {o['pairs']} pairs of {o['users']} users")
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fp:
+    with atomic_file(path) as fp:
         writer = csv.DictWriter(fp, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def load_preference_evaluator(context: RuntimeContext, config: object, output_dir: Path) -> PreferenceEvaluator:
