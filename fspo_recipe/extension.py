@@ -89,7 +89,7 @@ def setup_fspo_cli(context: RuntimeContext, cli: object) -> None:
     from fspo_recipe.criteria import CriterionError
     from fspo_recipe.eval.recipe import EvalError
 
-    from fspo_recipe.reader import PreferenceDataError
+    from fspo_recipe.data.jsonl import PreferenceDataError
 
     for kls in (EvalError, CriterionError, PreferenceDataError):
         cli.register_user_error_type(kls)  # type: ignore[attr-defined]

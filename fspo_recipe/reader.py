@@ -15,7 +15,6 @@ in a card. Everything else (batching, shuffling, sharding, reference scores) is 
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,12 +35,10 @@ from fairseq2.models.sequence import SequenceBatch
 from fairseq2.nn.padding import get_seqs_and_padding_mask
 
 from fspo_recipe.data.episodes import PromptParseError, parse_prompt, render_with_shots
+from fspo_recipe.data.jsonl import PreferenceDataError as PreferenceDataError
+from fspo_recipe.data.jsonl import default_id, read_preference_jsonl
 
 FSPO_PREFERENCE_FAMILY: Final = "fspo_preference"
-
-
-class PreferenceDataError(ValueError):
-    """A line of a preference JSONL is malformed; the message names the file and line."""
 
 
 @final
@@ -67,23 +64,6 @@ class FitCounter:
         if n <= 10 or n % 1000 == 0:
             log.info("fspo_preference: example {} {} ({} > max_seq_len {}); so far {} shortened ({} shots), "
                      "{} dropped.", example_id, what, length, limit, self.shortened, self.shots_dropped, self.dropped)
-
-
-def parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
-    """One JSONL line as a dict with string ``src``, ``tgt_chosen``, ``tgt_rejected``."""
-    try:
-        example = json.loads(line)
-    except json.JSONDecodeError as ex:
-        raise PreferenceDataError(f"{path}, line {lineno}: not valid JSON ({ex.msg}).") from None
-    if not isinstance(example, dict):
-        raise PreferenceDataError(f"{path}, line {lineno}: expected a JSON object.")
-    for key in ("src", "tgt_chosen", "tgt_rejected"):
-        if not isinstance(example.get(key), str):
-            raise PreferenceDataError(f"{path}, line {lineno}: field '{key}' must be a string.")
-    if not example["tgt_chosen"] or not example["tgt_rejected"]:
-        raise PreferenceDataError(f"{path}, line {lineno}: empty response.")
-    example.setdefault("id", f"{path.name}:{lineno}")
-    return example
 
 
 def fit_example(
@@ -141,11 +121,7 @@ class FspoPreferenceDataset(PreferenceDataset):
         return FspoPreferenceDataset(name, files, weights)
 
     def _read_jsonl(self, path: Path) -> list[dict[str, Any]]:
-        with path.open(encoding="utf-8") as fp:
-            try:
-                return [parse_line(line, path, n) for n, line in enumerate(fp, 1) if line.strip()]
-            except UnicodeDecodeError as ex:
-                raise PreferenceDataError(f"{path}: not UTF-8 text ({ex.reason} at byte {ex.start}).") from None
+        return [{**ex, "id": ex.get("id", default_id(path, n))} for n, ex in read_preference_jsonl(path)]
 
     @override
     def create_reader(

@@ -55,22 +55,21 @@ def score_reference(
     from fairseq2.recipes.common import load_reference_model
 
     from fspo_recipe.assets import add_card_directory
-    from fspo_recipe.eval.recipe import read_examples
-    from fspo_recipe.eval.scoring import encode_pairs, score_pairs
+    from fspo_recipe.data.jsonl import read_preference_jsonl
+    from fspo_recipe.eval.scoring import default_device, encode_pairs, score_pairs
 
     setup_fairseq2()
     context = get_runtime_context()
     if assets_dir is not None:
         add_card_directory(context, assets_dir)
 
-    examples = read_examples(input_path, None)  # names a malformed line by file and line
-    raw_lines = [line for line in input_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    examples = [record for _, record in read_preference_jsonl(input_path)]  # as in the file; bad lines are named
     partial = output_path.with_name(output_path.name + ".partial")
     done = _complete_lines(partial)
     if done > len(examples):
         raise ValueError(f"{partial} has {done} lines but {input_path} only {len(examples)}: remove {partial}.")
 
-    torch_device = torch.device(device or os.environ.get("FAIRSEQ2_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_device = default_device(device)
     model = load_reference_model(DecoderModel, context, model_name, fake_gangs(torch_device), dtype, mp=False).eval()
     tokenizer = get_text_tokenizer_hub().load(model_name)
 
@@ -88,10 +87,8 @@ def score_reference(
                 pairs = encode_pairs(tokenizer, [e["src"] for e in chunk], [e["tgt_chosen"] for e in chunk],
                                      [e["tgt_rejected"] for e in chunk])
                 scores = score_pairs(model, pairs, batch_size=batch_size, device=torch_device)
-                for i, (c, r) in enumerate(zip(scores.chosen.tolist(), scores.rejected.tolist())):
-                    record = json.loads(raw_lines[start + i])
-                    record["reference_score_chosen"] = c
-                    record["reference_score_rejected"] = r
+                for record, c, r in zip(chunk, scores.chosen.tolist(), scores.rejected.tolist()):
+                    record = {**record, "reference_score_chosen": c, "reference_score_rejected": r}
                     fp.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
                 fp.flush()
                 os.fsync(fp.fileno())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +35,10 @@ from fairseq2.utils.validation import ValidationError, ValidationResult, validat
 from fspo_recipe.assets import add_card_directory
 from fspo_recipe.criteria import PreferenceCriterion
 from fspo_recipe.data.episodes import PromptParseError, parse_prompt, render_with_shots
+from fspo_recipe.data.jsonl import default_id, read_preference_jsonl
 from fspo_recipe.data.writers import atomic_file
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
-from fspo_recipe.eval.scoring import PairScores, encode_pairs, score_pairs, with_prompts
+from fspo_recipe.eval.scoring import PairScores, default_device, encode_pairs, score_pairs, with_prompts
 from fspo_recipe.unit import FspoUnitConfig
 
 PREFERENCE_EVAL: Final = "preference_eval"
@@ -223,24 +223,13 @@ def dataset_file(context: RuntimeContext, dataset: str) -> Path:
 
 
 def read_examples(path: Path, limit: int | None) -> list[dict[str, Any]]:
-    """The examples of a prepared split; a malformed line is named by file and line number."""
+    """The examples of a prepared split, with ``id`` and ``user`` defaults; a malformed line is named by file and
+    line (:class:`PreferenceDataError`)."""
     examples = []
-    with path.open(encoding="utf-8") as fp:
-        for lineno, line in enumerate(fp, 1):
-            if limit is not None and len(examples) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                ex = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalError(f"{path}, line {lineno}: not valid JSON ({err.msg}).") from err
-            for key in ("src", "tgt_chosen", "tgt_rejected"):
-                if not isinstance(ex.get(key), str):
-                    raise EvalError(f"{path}, line {lineno}: field '{key}' must be a string.")
-            ex.setdefault("id", f"{path.name}:{lineno}")
-            ex.setdefault("user", "(no user)")
-            examples.append(ex)
+    for lineno, ex in read_preference_jsonl(path):
+        if limit is not None and len(examples) >= limit:
+            break
+        examples.append({"id": default_id(path, lineno), "user": "(no user)", **ex})
     if not examples:
         raise EvalError(f"{path} has no examples.")
     return examples
@@ -270,8 +259,7 @@ class PreferenceEvaluator:
         self._context = context
         self._config = config
         self._out = output_dir
-        self._device = torch.device(config.device or os.environ.get("FAIRSEQ2_DEVICE") or
-                                    ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._device = default_device(config.device)
         self._gangs = fake_gangs(self._device)
 
     def __call__(self, progress: ProgressReporter) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,11 @@ from fairseq2.models.sequence import SequenceBatch
 from fairseq2.nn.padding import PaddingMask
 
 from fspo_recipe.logprobs import pair_logps
+
+
+def default_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else ``FAIRSEQ2_DEVICE``, else CUDA when present, else CPU (fairseq2's own rule)."""
+    return torch.device(device or os.environ.get("FAIRSEQ2_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,47 @@
+"""Reading preference JSONL (``src``, ``tgt_chosen``, ``tgt_rejected`` per line): one parser for every reader."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class PreferenceDataError(ValueError):
+    """A line of a preference JSONL is malformed; the message names the file and line."""
+
+
+def parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
+    """One JSONL line as a dict with string ``src``, ``tgt_chosen``, ``tgt_rejected`` (responses not empty)."""
+    try:
+        example = json.loads(line)
+    except json.JSONDecodeError as ex:
+        raise PreferenceDataError(f"{path}, line {lineno}: not valid JSON ({ex.msg}).") from None
+    if not isinstance(example, dict):
+        raise PreferenceDataError(f"{path}, line {lineno}: expected a JSON object.")
+    for key in ("src", "tgt_chosen", "tgt_rejected"):
+        if not isinstance(example.get(key), str):
+            raise PreferenceDataError(f"{path}, line {lineno}: field '{key}' must be a string.")
+    if not example["tgt_chosen"] or not example["tgt_rejected"]:
+        raise PreferenceDataError(f"{path}, line {lineno}: empty response.")
+    return example
+
+
+def read_preference_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) for every non-blank line of ``path``, records as in the file.
+
+    :raises PreferenceDataError: on a malformed line (file and line named) or bytes that are not UTF-8.
+    """
+    with path.open(encoding="utf-8") as fp:
+        try:
+            for lineno, line in enumerate(fp, 1):
+                if line.strip():
+                    yield lineno, parse_line(line, path, lineno)
+        except UnicodeDecodeError as ex:
+            raise PreferenceDataError(f"{path}: not UTF-8 text ({ex.reason} at byte {ex.start}).") from None
+
+
+def default_id(path: Path, lineno: int) -> str:
+    """The id of an example whose line has none: ``<file name>:<line>``."""
+    return f"{path.name}:{lineno}"
