@@ -38,6 +38,10 @@ METRICS = (
 
 def setup_fspo(context: RuntimeContext) -> None:
     """Register the FSPO unit, the fspo_preference reader, rmsprop, the metric names and the ``fspo_*`` presets."""
+    from fspo_recipe import distributed
+
+    distributed.install()  # torchrun on CPU (gloo); CUDA calls pass through unchanged
+
     units = context.get_registry(POFinetuneUnitHandler)
     if not units.has(FSPO_UNIT):
         units.register(FSPO_UNIT, FspoFinetuneUnitHandler(context))

@@ -41,6 +41,7 @@ from fspo_recipe.criteria import (
     make_criterion_config,
     resolve_criterion_name,
 )
+from fspo_recipe.distributed import repair_ddp_buffers
 from fspo_recipe.logprobs import ResponseLogpsInput, enable_response_logps_forward
 
 FSPO_UNIT: Final = "fspo"
@@ -152,6 +153,7 @@ class FspoFinetuneUnit(AbstractTrainUnit[PreferenceBatch]):
         shared_prefix: bool = True,
     ) -> None:
         super().__init__(model)
+        repair_ddp_buffers(model)
         enable_response_logps_forward(model)
         if reference_model is not None:
             enable_response_logps_forward(reference_model)

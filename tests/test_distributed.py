@@ -1,0 +1,80 @@
+"""Several processes on CPU: `torchrun --nproc-per-node 2` over gloo with DDP, against one process."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+from test_cli import FAIRSEQ2, metrics, run, tiny_assets  # noqa: F401  (tiny_assets is a fixture)
+
+# Same global batch of 4 pairs per step: 4 pairs in one process, 2 pairs in each of two; no batch shuffle, so the
+# shard of rank r is examples r, r+2, ... of the same example order, and the global batches are equal.
+DDP_RUN = [
+    "model.name=fspo_tiny_llama",
+    "criterion.config.reference_model.name=fspo_tiny_llama",
+    "dataset.name=fspo_sample",
+    "dataset.batch_shuffle_window=1",
+    "trainer.dtype=float32",
+    "trainer.data_parallelism=ddp",
+    "criterion.config.reference_dtype=float32",
+    "optimizer.config.lr=1e-4",
+    "lr_scheduler.config.num_warmup_steps=0",
+    "regime.num_steps=4",
+    "regime.publish_metrics_every_n_steps=1",
+    "regime.checkpoint_every_n_steps=4",
+]
+
+
+def test_two_processes_give_the_loss_trajectory_of_one(tiny_assets, tmp_path) -> None:
+    import subprocess
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(one, "fspo_ipo", f"common.assets.extra_path={tiny_assets}", "dataset.batch_size=4", *DDP_RUN)
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", FAIRSEQ2,
+           "lm", "preference_finetune", str(two), "--preset", "fspo_ipo", "--no-sweep-dir", "--config",
+           f"common.assets.extra_path={tiny_assets}", "dataset.batch_size=2", *DDP_RUN]
+    env = {**os.environ, "FAIRSEQ2_EXTENSION_TRACE": "1", "TIKTOKEN_CACHE_DIR": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (two / "logs" / "rank_1.log").is_file()  # two processes did run
+
+    a, b = metrics(one), metrics(two)
+    assert [r["Step"] for r in a] == [r["Step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        assert rb["Number of Elements"] == ra["Number of Elements"]  # the same global batch
+        for key in ("FSPO Loss", "Chosen Rewards", "Rejected Rewards", "Reward Accuracy", "Gradient Norm"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-5), (ra["Step"], key)
+    # Step 1: policy == reference on both ranks, so IPO's loss is exactly 1/(2*beta)^2 (fairseq2's to_ddp left
+    # rank 1's rotary tables uninitialized before `repair_ddp_buffers`: 2504.79 here).
+    assert b[0]["FSPO Loss"] == pytest.approx(2500.0, rel=1e-6)
+
+
+def test_repair_ddp_buffers_recomputes_every_rotary_table(tiny_model, tmp_path) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from fspo_recipe.distributed import install, repair_ddp_buffers
+
+    install()
+    install()  # idempotent
+    model = tiny_model()
+    expected = {k: v.clone() for k, v in model.named_buffers() if k.endswith("freqs")}
+    assert expected
+    for k, v in model.named_buffers():
+        if k.endswith("freqs"):
+            v.fill_(7.0)  # what `to_empty` may leave behind
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1,
+                            device_id=torch.device("cpu"))  # our patch drops the CPU device_id torch rejects
+    try:
+        ddp = DistributedDataParallel(model, broadcast_buffers=False)
+        repair_ddp_buffers(ddp)
+    finally:
+        dist.destroy_process_group()
+    for k, v in model.named_buffers():
+        if k in expected:
+            assert torch.equal(v, expected[k]), k
