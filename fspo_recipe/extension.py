@@ -38,9 +38,10 @@ METRICS = (
 
 def setup_fspo(context: RuntimeContext) -> None:
     """Register the FSPO unit, the fspo_preference reader, rmsprop, the metric names and the ``fspo_*`` presets."""
-    from fspo_recipe import distributed
+    from fspo_recipe import distributed, resume
 
     distributed.install()  # torchrun on CPU (gloo); CUDA calls pass through unchanged
+    resume.install()  # a resumed run rewrites its metrics file without the steps it redoes
 
     units = context.get_registry(POFinetuneUnitHandler)
     if not units.has(FSPO_UNIT):
@@ -94,8 +95,9 @@ def setup_fspo_cli(context: RuntimeContext, cli: object) -> None:
     from fspo_recipe.eval.recipe import EvalError
 
     from fspo_recipe.data.jsonl import PreferenceDataError
+    from fspo_recipe.unit import TrainingDivergedError
 
-    for kls in (EvalError, CriterionError, PreferenceDataError):
+    for kls in (EvalError, CriterionError, PreferenceDataError, TrainingDivergedError):
         cli.register_user_error_type(kls)  # type: ignore[attr-defined]
 
 

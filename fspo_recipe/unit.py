@@ -23,7 +23,7 @@ from fairseq2.logging import log
 from fairseq2.models.decoder import DecoderModel
 from fairseq2.nn.utils.module import freeze_parameters
 from fairseq2.recipes.common import setup_reference_model
-from fairseq2.recipes.config import ReferenceModelSection, TrainerSection, get_config_section
+from fairseq2.recipes.config import ModelSection, ReferenceModelSection, TrainerSection, get_config_section
 from fairseq2.recipes.lm import POCriterionSection, POFinetuneUnitHandler
 from fairseq2.recipes.metrics import SequenceMetricBag
 from fairseq2.recipes.trainer import AbstractTrainUnit, TrainUnit
@@ -162,6 +162,11 @@ class FspoFinetuneUnit(AbstractTrainUnit[PreferenceBatch]):
         self._nll_scale = nll_scale
         self._shared_prefix = shared_prefix
         self._metric_bag = FspoMetricBag(gangs.dp)
+        self._step_nr = 0
+
+    @override
+    def set_step_nr(self, step_nr: int) -> None:
+        self._step_nr = step_nr
 
     @property
     def criterion(self) -> PreferenceCriterion:
@@ -200,6 +205,8 @@ class FspoFinetuneUnit(AbstractTrainUnit[PreferenceBatch]):
         criterion_loss = self._criterion.loss(logps)
         nll = chosen_nll(logps)
         loss = criterion_loss + self._nll_scale * nll if self._nll_scale else criterion_loss
+        example = batch.chosen.example
+        check_finite_loss(loss, self._step_nr, example.get("id") if isinstance(example, dict) else None)
 
         with torch.no_grad():
             chosen_rewards, rejected_rewards = self._criterion.rewards(logps)
@@ -261,6 +268,46 @@ def reference_scores(batch: PreferenceBatch, device: torch.device) -> tuple[Tens
 
 
 @final
+class TrainingDivergedError(FloatingPointError):
+    """The loss of a step is NaN or infinite; raised before that step updates anything."""
+
+
+def check_finite_loss(loss: Tensor, step_nr: int, ids: Sequence[object] | None) -> None:
+    """Raise :class:`TrainingDivergedError` naming ``step_nr`` and the pairs when ``loss`` ([B]) is not finite."""
+    finite = torch.isfinite(loss.detach())
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero().flatten().tolist()
+    which = [ids[i] if ids is not None and i < len(ids) else i for i in bad[:5]]
+    raise TrainingDivergedError(
+        f"The FSPO loss is {loss.detach()[bad[0]].item()} at step {step_nr} for {len(bad)} of {loss.numel()} pair(s) "
+        f"(ids: {which}). Training stopped before this step changed the model; the checkpoints of earlier steps are "
+        "intact and the same command resumes from the last one. Lower the learning rate, or check these examples."
+    )
+
+
+def unwrap(model: Module) -> Module:
+    """The model inside DDP / FSDP / activation-checkpoint wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, Module):
+        model = model.module
+    return model
+
+
+def check_same_vocabulary(policy_vocab: object, reference_vocab: object, policy_name: str,
+                          reference_name: str) -> None:
+    """Raise :class:`CriterionError` when the policy's and the reference's vocabularies (VocabularyInfo) differ.
+
+    The implicit reward subtracts the two models' log-probs of the same token ids, which only means something
+    when both models use one tokenizer.
+    """
+    if policy_vocab is not None and reference_vocab is not None and policy_vocab != reference_vocab:
+        raise CriterionError(
+            f"The reference model '{reference_name}' has a different vocabulary from the policy '{policy_name}': "
+            f"{reference_vocab} vs {policy_vocab}. The reference must use the policy's tokenizer (normally it is "
+            "the SFT model the policy starts from)."
+        )
+
+
 class FspoFinetuneUnitHandler(POFinetuneUnitHandler):
     """Creates :class:`FspoFinetuneUnit` for ``criterion.name=fspo``."""
 
@@ -289,6 +336,10 @@ class FspoFinetuneUnitHandler(POFinetuneUnitHandler):
                 torch_compile=trainer_section.torch_compile,
             )
             freeze_parameters(reference_model)
+            model_section = get_config_section(recipe_config, "model", ModelSection)
+            check_same_vocabulary(getattr(unwrap(model), "vocab_info", None),
+                                  getattr(unwrap(reference_model), "vocab_info", None),
+                                  str(model_section.name or model_section.path), config.reference_model.name)
         elif criterion.needs_reference:
             log.info("FSPO unit: no reference model; reading reference scores from the data.")
         else:

@@ -39,7 +39,7 @@ from fspo_recipe.data.jsonl import default_id, read_preference_jsonl
 from fspo_recipe.data.writers import atomic_file
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
 from fspo_recipe.eval.scoring import PairScores, default_device, encode_pairs, score_pairs, with_prompts
-from fspo_recipe.unit import FspoUnitConfig
+from fspo_recipe.unit import FspoUnitConfig, check_same_vocabulary
 
 PREFERENCE_EVAL: Final = "preference_eval"
 
@@ -303,10 +303,12 @@ class PreferenceEvaluator:
         }
 
         reference = None
+        ref_vocab = None
         ablation_refs: dict[int, PairScores] = {}
         with progress:
             if reference_name is not None:
                 ref_model = self._load(reference_name)
+                ref_vocab = ref_model.vocab_info
                 reference = self._score(progress, ref_model, pairs, "reference")
                 for k, k_pairs in ablation_pairs.items():
                     ablation_refs[k] = self._score(progress, ref_model, k_pairs, f"reference, {k} shots")
@@ -323,6 +325,8 @@ class PreferenceEvaluator:
             shots_summary: dict[int, dict[str, Any]] = {}
             for step, name in (sorted(steps.items()) or [(None, model_name)]):  # type: ignore[list-item]
                 model = self._load(name)
+                if reference_name is not None:
+                    check_same_vocabulary(model.vocab_info, ref_vocab, name, reference_name)
                 scores = self._score(progress, model, pairs, name)
                 per_pair = pair_metrics(scores, reference, criterion)
                 summary = summarize(per_pair, users, bootstrap_samples=config.bootstrap_samples, seed=config.seed)

@@ -1,0 +1,140 @@
+"""Runs that crash, diverge or get a mismatched reference: resume, stop cleanly, or refuse with a clear message."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+from test_cli import FAIRSEQ2, metrics, run, tiny_assets  # noqa: F401  (tiny_assets is a fixture)
+
+SHORT_RUN = [
+    "model.name=fspo_tiny_llama",
+    "criterion.config.reference_model.name=fspo_tiny_llama",
+    "dataset.name=fspo_sample",
+    "dataset.batch_size=2",
+    "trainer.dtype=float32",
+    "criterion.config.reference_dtype=float32",
+    "optimizer.config.lr=1e-4",
+    "lr_scheduler.config.num_warmup_steps=2",
+    "regime.num_steps=12",
+    "regime.publish_metrics_every_n_steps=1",
+    "regime.checkpoint_every_n_steps=4",
+    "regime.keep_last_n_checkpoints=1",
+]
+# Metrics that measure time, not training.
+TIMINGS = {"Time", "Elapsed Time", "Wall Time", "Elements per Second", "Data Read Time", "Data Time Ratio"}
+
+
+def command(out: Path, *overrides: str) -> list[str]:
+    return [FAIRSEQ2, "lm", "preference_finetune", str(out), "--preset", "fspo_ipo", "--no-sweep-dir", "--config",
+            *overrides]
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "FAIRSEQ2_EXTENSION_TRACE": "1", "TIKTOKEN_CACHE_DIR": "", **extra}
+
+
+def test_a_run_killed_with_sigkill_resumes_and_ends_as_an_uninterrupted_one(tiny_assets, tmp_path) -> None:
+    overrides = [f"common.assets.extra_path={tiny_assets}", *SHORT_RUN]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run(full, "fspo_ipo", *overrides)
+
+    # Kill the second run once it has written step 6, i.e. after its step-4 checkpoint and two steps beyond it.
+    proc = subprocess.Popen(command(killed, *overrides), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env(), cwd=REPO)
+    train = killed / "metrics" / "train.jsonl"
+    deadline = time.monotonic() + 300
+    while not (train.is_file() and '"Step": 6,' in train.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [p.name for p in (killed / "checkpoints").glob("step_*")] == ["step_4"]
+    assert max(r["Step"] for r in metrics(killed)) >= 6  # lines of steps 5, 6 that the resumed run will redo
+
+    run(killed, "fspo_ipo", *overrides)  # the same command again
+
+    lines = train.read_text().splitlines()
+    assert all(json.loads(line) for line in lines)  # every line complete
+    a, b = metrics(full), metrics(killed)
+    assert [r["Step"] for r in b] == list(range(1, 13))  # no duplicated step
+    for ra, rb in zip(a, b):
+        for key in set(ra) - TIMINGS:
+            assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-7), (ra["Step"], key)
+    assert "Resumed at step 5: dropped" in (killed / "logs" / "rank_0.log").read_text()
+
+
+def test_truncate_metrics_file_drops_redone_steps_and_a_cut_line(tmp_path) -> None:
+    from fspo_recipe.resume import truncate_metrics_file
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"Step": 1, "a": 1}\n{"Step": 2, "a": 2}\n{"Step": 3, "a": 3}\n{"Step": 4, "a"')
+    assert truncate_metrics_file(path, 3) == 2
+    assert path.read_text() == '{"Step": 1, "a": 1}\n{"Step": 2, "a": 2}\n'
+    assert truncate_metrics_file(path, 3) == 0  # nothing to drop: the file is left as it is
+    assert truncate_metrics_file(tmp_path / "absent.jsonl", 1) == 0
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(tiny_assets, tmp_path) -> None:
+    out = tmp_path / "nan"
+    overrides = [f"common.assets.extra_path={tiny_assets}", *SHORT_RUN, "criterion.config.loss=my_criteria:diverge_after",
+                 "add:criterion.config.loss_params.diverge_after={calls: 5}"]
+    proc = subprocess.run(command(out, *overrides), capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env=env(PYTHONPATH=str(REPO / "tests" / "fixtures"), COLUMNS="400"))
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert "The FSPO loss is nan at step 6 for 2 of 2 pair(s)" in message
+    assert "Traceback" not in message  # one clear error, not a stack trace
+    assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_4"]
+    state = torch.load(out / "checkpoints" / "step_4" / "model.pt", weights_only=True)["model"]
+    assert all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+    assert [r["Step"] for r in metrics(out)] == [1, 2, 3, 4, 5]
+
+
+def test_a_reference_with_another_vocabulary_is_refused(tiny_assets, tmp_path) -> None:
+    from fairseq2.models.llama import LLaMAConfig, LLaMAFactory
+    from fairseq2.utils.structured import structure
+
+    from fspo_recipe.tiny import TinyModelSpec
+
+    spec = TinyModelSpec()
+    config = spec.model_config()
+    config["vocab_info"] = {**config["vocab_info"], "size": 640}  # type: ignore[dict-item]
+    other = tmp_path / "other"
+    other.mkdir()
+    model = LLaMAFactory(structure(config, LLaMAConfig)).create_model()
+    torch.save({"model": model.state_dict(), "model_key": "model", "fs2": True}, other / "model.pt")
+    card = (tiny_assets / "tiny_model.yaml").read_text().replace("name: fspo_tiny_llama", "name: other_vocab_llama")
+    card = card.replace("size: 512", "size: 640").replace("tokenizer: tokenizer.model",
+                                                          f"tokenizer: {tiny_assets / 'tokenizer.model'}")
+    (other / "card.yaml").write_text(card)
+
+    out = tmp_path / "run"
+    overrides = [f"common.assets.extra_path={tiny_assets}", *SHORT_RUN, "criterion.config.reference_model.name=other_vocab_llama"]
+    proc = subprocess.run(command(out, *overrides), capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env=env(FAIRSEQ2_USER_ASSET_DIR=str(other), COLUMNS="400"))
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert "The reference model 'other_vocab_llama' has a different vocabulary from the policy 'fspo_tiny_llama'" in message
+    assert "size=640" in message and "size=512" in message
+    assert "Traceback" not in message
+
+
+def test_a_checkpoint_directory_that_does_not_exist_is_named(tmp_path) -> None:
+    missing = tmp_path / "no_such_run" / "checkpoints"
+    proc = subprocess.run(command(tmp_path / "run", f"common.assets.checkpoint_dir={missing}"), capture_output=True,
+                          text=True, cwd=REPO, timeout=300, env=env(COLUMNS="400"))
+    assert proc.returncode != 0
+    message = " ".join((proc.stdout + proc.stderr).split())
+    assert f"The checkpoint metadata file (model.yaml) is not found under '{missing}'" in message
+    assert "'last_checkpoint@' is not a known model" in message
+    assert "Traceback" not in message
