@@ -1,6 +1,7 @@
 """``fspo-score-reference``: write a split's reference log-probs into it, so training loads no reference model.
 
     fspo-score-reference --model llama3_2_3b_instruct --input data/elix/train.jsonl --output data/elix/train_ref.jsonl
+    fspo-score-reference --run-dir runs/sft --input data/elix/train.jsonl --output data/elix/train_ref.jsonl
     fairseq2 lm preference_finetune runs/ipo --preset fspo_ipo \\
         --config dataset.path=data/elix/train_ref.jsonl criterion.config.reference_model=null
 
@@ -44,9 +45,11 @@ def score_reference(
     dtype: torch.dtype = torch.float32,
     device: str | None = None,
     assets_dir: Path | None = None,
+    run_dir: Path | None = None,
     progress: bool = True,
 ) -> int:
-    """Score every line of ``input_path`` with ``model_name``; return the number of lines written."""
+    """Score every line of ``input_path`` with ``model_name`` (or the last checkpoint of the training run
+    ``run_dir``, as stage 2's ``last_checkpoint@`` reference); return the number of lines written."""
     from fairseq2 import setup_fairseq2
     from fairseq2.context import get_runtime_context
     from fairseq2.data.text.tokenizers import get_text_tokenizer_hub
@@ -62,6 +65,14 @@ def score_reference(
     context = get_runtime_context()
     if assets_dir is not None:
         add_card_directory(context, assets_dir)
+    if run_dir is not None:
+        import tempfile
+
+        from fspo_recipe.eval.recipe import register_run_cards
+
+        with tempfile.TemporaryDirectory() as card_dir:  # the cards are read into memory on registration
+            steps = register_run_cards(context, run_dir, "reference", Path(card_dir))
+        model_name = steps[max(steps)]
 
     examples = [record for _, record in read_preference_jsonl(input_path)]  # as in the file; bad lines are named
     partial = output_path.with_name(output_path.name + ".partial")
@@ -104,7 +115,9 @@ def score_reference(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fspo-score-reference", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="asset card name of the reference model")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="asset card name of the reference model")
+    which.add_argument("--run-dir", type=Path, help="a training run's output directory: its last checkpoint")
     parser.add_argument("--input", type=Path, required=True, help="a prepared split (JSONL)")
     parser.add_argument("--output", type=Path, required=True, help="the JSONL to write (resumes OUTPUT.partial)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per forward (default: 8)")
@@ -114,9 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        n = score_reference(args.model, args.input, args.output, batch_size=args.batch_size,
+        n = score_reference(args.model or "", args.input, args.output, batch_size=args.batch_size,
                             dtype=getattr(torch, args.dtype), device=args.device, assets_dir=args.assets_dir,
-                            progress=not args.no_progress)
+                            run_dir=args.run_dir, progress=not args.no_progress)
     except (ValueError, OSError) as ex:
         print(f"fspo-score-reference: {ex}", file=sys.stderr)
         return 1

@@ -71,3 +71,21 @@ def test_precomputed_reference_trains_like_the_live_reference(scored, tmp_path) 
         for key in ("FSPO Loss", "Reward Accuracy", "Reward Margin", "Chosen Rewards", "Rejected Rewards"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-4), key
     assert (tmp_path / "stored" / "logs" / "rank_0.log").read_text().count("Loading 'fspo_tiny_llama' model") == 1
+
+
+def test_run_dir_scores_with_the_runs_last_checkpoint(scored, tmp_path) -> None:
+    root, full = scored
+    # A run whose checkpoints keep the tiny model's weights (learning rate 0), so its scores must be the tiny model's.
+    sft = tmp_path / "sft"
+    run(sft, "fspo_sft", f"common.assets.extra_path={root / 'assets'}", "model.name=fspo_tiny_llama", *CPU_TINY,
+        "optimizer.config.lr=0.0", "regime.num_steps=2", "regime.checkpoint_every_n_steps=1",
+        "regime.keep_last_n_checkpoints=2")
+    out = tmp_path / "scored.jsonl"
+    assert score_main(["--run-dir", str(sft), "--input", str(SAMPLE), "--output", str(out), "--batch-size", "5",
+                       "--no-progress"]) == 0
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = [json.loads(line) for line in full.read_text().splitlines()]
+    for a, b in zip(got, expected):
+        assert a["reference_score_chosen"] == pytest.approx(b["reference_score_chosen"], abs=1e-4)
+        assert a["reference_score_rejected"] == pytest.approx(b["reference_score_rejected"], abs=1e-4)
+    assert score_main(["--run-dir", str(tmp_path / "nothing"), "--input", str(SAMPLE), "--output", str(out)]) == 1
