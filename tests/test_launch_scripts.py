@@ -1,0 +1,93 @@
+"""The launch scripts of example_training_scripts/: syntax, dry runs, and the pipeline for real with torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SCRIPTS = REPO / "example_training_scripts"
+LAUNCHERS = ["torchrun.sh", "slurm.sbatch", "fspo_pipeline.sh"]
+
+
+def env(**extra: str) -> dict[str, str]:
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # this environment's fairseq2, torchrun
+    return {**os.environ, "PATH": path, "FAIRSEQ2_EXTENSION_TRACE": "1", "TIKTOKEN_CACHE_DIR": "", **extra}
+
+
+def bash(script: str, timeout: int = 60, **variables: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["bash", str(SCRIPTS / script)], capture_output=True, text=True, cwd=REPO,
+                          env=env(**variables), timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.iterdir() if p.suffix in (".sh", ".sbatch")))
+def test_bash_syntax(script: str) -> None:
+    proc = subprocess.run(["bash", "-n", str(SCRIPTS / script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("script", LAUNCHERS)
+def test_every_setting_is_at_the_top_with_a_comment(script: str) -> None:
+    lines = (SCRIPTS / script).read_text().splitlines()
+    settings = [i for i, line in enumerate(lines) if re.match(r'^([A-Z0-9_]+)="\$\{\1\b', line)]
+    assert settings and "DRY_RUN" in "".join(lines[i] for i in settings)
+    assert settings == list(range(settings[0], settings[0] + len(settings)))  # one block
+    first_command = next(i for i, line in enumerate(lines) if line.startswith(("source", "fspo_", "read ")))
+    assert settings[-1] < first_command
+    for i in settings:
+        if not lines[i].startswith("TORCHRUN="):
+            assert "  # " in lines[i], lines[i]
+
+
+def test_dry_runs_print_the_commands_and_run_nothing(tmp_path) -> None:
+    out = tmp_path / "ipo"
+    torchrun = bash("torchrun.sh", DRY_RUN="1", NPROC="2", OUT_DIR=str(out), OVERRIDES="regime.num_steps=10 a.b=c").stdout
+    assert re.search(r"^torchrun --standalone --nproc-per-node 2 \S*fairseq2 lm preference_finetune "
+                     + re.escape(str(out)) + r" --preset fspo_ipo --no-sweep-dir --config-file "
+                     r"example_configurations/fsdp_3b.yaml --config regime.num_steps=10 a.b=c $", torchrun, re.M)
+
+    slurm = bash("slurm.sbatch", DRY_RUN="1", CONFIG_FILE="", PRESET="fspo_dpo").stdout
+    assert re.search(r"^srun --kill-on-bad-exit=1 \S*fairseq2 lm preference_finetune runs/ipo_8b --preset fspo_dpo "
+                     r"--no-sweep-dir $", slurm, re.M)
+    header = (SCRIPTS / "slurm.sbatch").read_text().split("set -euo pipefail")[0]
+    assert "#SBATCH --nodes=" in header and "#SBATCH --requeue" in header  # before the first command
+
+    root = tmp_path / "fspo"
+    proc = bash("fspo_pipeline.sh", DRY_RUN="1", RUN_ROOT=str(root), LAUNCHER="torchrun", NPROC="4", STAGE2="fspo_dpo")
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("fspo-prepare elix --out " + str(root / "data"))
+    assert "--preset fspo_sft" in lines[1] and f"{root}/sft " in lines[1] and "--nproc-per-node 4" in lines[1]
+    assert "--preset fspo_dpo" in lines[2] and f"common.assets.checkpoint_dir={root}/sft/checkpoints" in lines[2]
+    assert f"model.run_dir={root}/dpo reference.run_dir={root}/sft dataset=elix_test" in lines[3]
+    assert not root.exists() and not out.exists()
+
+
+def test_pipeline_runs_sft_then_ipo_with_two_processes_then_evaluates(tmp_path) -> None:
+    from fspo_recipe.tiny import write_tiny_assets
+
+    root = tmp_path / "fspo"
+    write_tiny_assets(root / "data", seed=0)  # the tiny model's card beside the prepared data
+    cpu = ("trainer.dtype=float32 trainer.data_parallelism=ddp dataset.batch_size=2 regime.num_steps=3 "
+           "regime.checkpoint_every_n_steps=3 regime.publish_metrics_every_n_steps=1 "
+           "lr_scheduler.config.num_warmup_steps=0 criterion.config.reference_dtype=float32")
+    bash("fspo_pipeline.sh", timeout=900, RUN_ROOT=str(root), INPUT="datasets/samples/elix", SHOTS="2", TEST_USERS="1",
+         MODEL="fspo_tiny_llama", LAUNCHER="torchrun", NPROC="2", SFT_OVERRIDES=cpu + " optimizer.config.lr=1e-3",
+         STAGE2_OVERRIDES=cpu + " optimizer.config.lr=1e-4", OMP_NUM_THREADS="1")
+    for stage in ("sft", "ipo"):
+        assert (root / stage / "checkpoints" / "step_3" / "model.pt").is_file()
+        assert (root / stage / "logs" / "rank_1.log").is_file()  # two processes
+        steps = [json.loads(line)["Step"] for line in (root / stage / "metrics" / "train.jsonl").read_text().splitlines()]
+        assert steps == [1, 2, 3]
+    ipo_log = (root / "ipo" / "logs" / "rank_0.log").read_text()
+    assert "last_checkpoint@" in ipo_log  # policy and reference from the SFT run
+    result = json.loads((root / "eval" / "metrics.json").read_text())
+    assert result["overall"]["pairs"] > 0 and 0.0 <= result["overall"]["reward_accuracy"] <= 1.0
