@@ -25,6 +25,7 @@ setup(
             "fspo-metrics = fspo_recipe.report:main",
             "fspo-prepare = fspo_recipe.data.prepare:main",
             "fspo-score-reference = fspo_recipe.reference:main",
+            "fspo-synthetic-users = fspo_recipe.data.synthetic:main",
         ],
     },
 )

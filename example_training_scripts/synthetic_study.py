@@ -1,0 +1,261 @@
+"""Does it personalize? FSPO versus non-personalized training on synthetic users, end to end, on a CPU.
+
+    python example_training_scripts/synthetic_study.py [--out synthetic_study_out] [--quick]
+    bash example_training_scripts/synthetic_study.sh [--quick]          (the same, setting up .venv first)
+
+Every stage is one of the project's own commands, run as a user runs it:
+
+  1. ``fspo-synthetic-users``: users with a hidden preference over visible byte-level properties of responses
+     (case, length, mood, ending; see fspo_recipe/data/synthetic.py), balanced so that pooled over users every
+     property wins half of the pairs; training users, held-out users (other people with the same kinds of taste)
+     and interpolated users (a combination of two properties no training user has).
+  2. ``fspo-prepare elix``: episodes with N shots, with 0 shots (the baseline) and with a rationale.
+  3. ``fspo-tiny-assets``: a tiny random llama (byte-level).
+  4. ``fairseq2 lm preference_finetune``: for each variant, stage 1 ``fspo_sft`` (chosen responses only), then
+     stage 2 ``fspo_ipo`` from the SFT checkpoint with the SFT model as reference:
+       - baseline: the same preference pairs without shots (non-personalized);
+       - fspo: N shots;
+       - fspo+rationale: N shots, the targets first describe the user.
+  5. ``fairseq2 lm preference_eval`` on held-out and interpolated users (shots ablation 0..N for FSPO), and on
+     the untrained model.
+
+It prints a table of held-out accuracies (implicit reward, and policy-only: summed log-prob of chosen above
+rejected), writes ``OUT/study.json``, ``OUT/table.md`` and ``OUT/accuracy_vs_shots.png``. ``--quick`` is the
+few-minute CI variant (tiny data, a few steps, no rationale variant): it checks the pipeline, not the learning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Plan:
+    users_per_pole: int
+    rows_per_user: int
+    test_rows_per_user: int
+    shots: int
+    batch_size: int
+    sft_steps: int
+    sft_lr: float
+    ipo_steps: int
+    ipo_lr: float
+    ipo_beta: float
+    passes: int | None
+    """fspo-prepare --passes (None: its default 2(N+1))."""
+    bootstrap: int
+    rationale: bool
+    """Train and evaluate the rationale variant too."""
+    full_ablation: bool
+    """Shots ablation on every FSPO evaluation (else on the held-out users of `fspo` only)."""
+
+
+FULL = Plan(users_per_pole=6, rows_per_user=80, test_rows_per_user=30, shots=2, batch_size=16, sft_steps=500,
+            sft_lr=3e-3, ipo_steps=1500, ipo_lr=3e-4, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=True, full_ablation=True)
+QUICK = Plan(users_per_pole=1, rows_per_user=12, test_rows_per_user=12, shots=2, batch_size=8, sft_steps=10, sft_lr=3e-3,
+             ipo_steps=5, ipo_lr=3e-4, ipo_beta=0.1, passes=2, bootstrap=200, rationale=False, full_ablation=False)
+
+MODEL = "syn_tiny"
+
+
+def bin_path(name: str) -> str:
+    return shutil.which(name, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}") or name
+
+
+def sh(*cmd: object, log: Path | None = None) -> None:
+    """Run one command; its output goes to ``log`` (or through); stop the study with its tail on failure."""
+    args = [str(c) for c in cmd]
+    print("$", " ".join(args), flush=True)
+    env = {**os.environ, "FAIRSEQ2_EXTENSION_TRACE": "1", "TIKTOKEN_CACHE_DIR": ""}
+    if log is None:
+        proc = subprocess.run(args, env=env, cwd=ROOT)
+        tail = ""
+    else:
+        with log.open("w") as fp:
+            proc = subprocess.run(args, env=env, cwd=ROOT, stdout=fp, stderr=subprocess.STDOUT)
+        tail = log.read_text()[-3000:]
+    if proc.returncode != 0:
+        raise SystemExit(f"study: command failed ({proc.returncode}): {' '.join(args)}\n{tail}")
+
+
+def train(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Path) -> tuple[Path, Path]:
+    """SFT then IPO of variant ``name`` on ``dataset``; return the two run directories."""
+    sft, ipo = out / "runs" / f"{name}_sft", out / "runs" / f"{name}_ipo"
+    common = [f"common.assets.extra_path={assets}", f"dataset.name={dataset}", f"dataset.batch_size={plan.batch_size}",
+              "regime.num_data_epochs=null", "trainer.dtype=float32", "trainer.activation_checkpointing=false",
+              "regime.publish_metrics_every_n_steps=10", "criterion.config.reference_dtype=float32"]
+    for run, preset, extra in (
+        (sft, "fspo_sft", [f"model.name={MODEL}", f"optimizer.config.lr={plan.sft_lr}",
+                           f"regime.num_steps={plan.sft_steps}", f"regime.checkpoint_every_n_steps={plan.sft_steps}",
+                           f"lr_scheduler.config.num_warmup_steps={min(30, plan.sft_steps // 4)}",
+                           "criterion.config.loss_params.sft.include_rejected=false"]),
+        (ipo, "fspo_ipo", [f"common.assets.checkpoint_dir={sft}/checkpoints", f"optimizer.config.lr={plan.ipo_lr}",
+                           f"regime.num_steps={plan.ipo_steps}", f"regime.checkpoint_every_n_steps={plan.ipo_steps}",
+                           f"lr_scheduler.config.num_warmup_steps={min(20, plan.ipo_steps // 4)}",
+                           f"criterion.config.loss_params.ipo.beta={plan.ipo_beta}"]),
+    ):
+        if run.exists():
+            shutil.rmtree(run)  # fairseq2 would resume an old run
+        sh(bin_path("fairseq2"), "lm", "preference_finetune", run, "--preset", preset, "--no-sweep-dir",
+           "--config", *common, *extra, log=logs / f"{run.name}.log")
+    return sft, ipo
+
+
+def evaluate(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Path, *,
+             policy: Path | None, reference: Path | None, beta: float, ablation: bool) -> dict:
+    """preference_eval of one model on one split; return its metrics.json."""
+    target = out / "eval" / name
+    if target.exists():
+        shutil.rmtree(target)
+    which = ([f"model.run_dir={policy}", f"reference.run_dir={reference}"] if policy is not None
+             else [f"model.name={MODEL}", f"reference.name={MODEL}"])
+    extra = [] if ablation else ["shots=[]"]
+    sh(bin_path("fairseq2"), "lm", "preference_eval", target, "--no-sweep-dir", "--config",
+       f"common.assets.extra_path={assets}", f"dataset={dataset}", *which, f"bootstrap_samples={plan.bootstrap}",
+       "criterion.loss=ipo", f"criterion.loss_params.ipo.beta={beta}", *extra, log=logs / f"eval_{name}.log")
+    return json.loads((target / "metrics.json").read_text())
+
+
+def users_of(path: Path) -> set[str]:
+    return {json.loads(line)["user"] for line in path.read_text().splitlines() if line.strip()}
+
+
+def fmt(x: float | None, ci: list[float] | None = None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "synthetic_study_out", help="output directory")
+    parser.add_argument("--quick", action="store_true", help="the few-minute CI variant (checks the pipeline only)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the users and the model")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    out = args.out.resolve()
+    assets, sources, logs = out / "assets", out / "sources", out / "logs"
+    for d in (assets, sources):
+        if d.exists():
+            shutil.rmtree(d)
+    logs.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    times: dict[str, float] = {}
+
+    # 1-3: users, episodes, model.
+    sh(bin_path("fspo-synthetic-users"), sources, "--users-per-pole", plan.users_per_pole,
+       "--rows-per-user", plan.rows_per_user, "--test-rows-per-user", plan.test_rows_per_user, "--seed", args.seed)
+    prep = [bin_path("fspo-prepare"), "elix", "--out", assets, "--split-mode", "source", "--seed", args.seed,
+            "--no-progress", *(["--passes", plan.passes] if plan.passes else [])]
+    datasets = {"syn": (plan.shots, "none"), "syn0": (0, "none")}
+    if plan.rationale:
+        datasets["synrat"] = (plan.shots, "generated")
+    for name, (shots, rationale) in datasets.items():
+        sh(*prep, "--input", sources / "heldout", "--name", name, "--shots", shots, "--rationale", rationale,
+           log=logs / f"prepare_{name}.log")
+        sh(*prep, "--input", sources / "interpolated", "--name", f"{name}int", "--shots", shots, "--rationale",
+           rationale, log=logs / f"prepare_{name}int.log")
+    sh(bin_path("fspo-tiny-assets"), assets, "--name", MODEL, "--seed", args.seed)
+    times["data"] = time.time() - start
+
+    train_users = users_of(assets / "syn" / "train.jsonl")
+    heldout_users, interpolated_users = users_of(assets / "syn" / "test.jsonl"), users_of(assets / "synint" / "test.jsonl")
+    assert not train_users & heldout_users and not train_users & interpolated_users, "a test user is in training"
+
+    # 4-5: train and evaluate.
+    results: dict[str, dict[str, dict]] = {"untrained": {}, "baseline": {}, "fspo": {}}
+    for split, suffix in (("heldout", ""), ("interpolated", "int")):
+        results["untrained"][split] = evaluate(out, assets, f"untrained_{split}", f"syn{suffix}_test", plan, logs,
+                                               policy=None, reference=None, beta=plan.ipo_beta,
+                                               ablation=plan.full_ablation)
+    variants = [("baseline", "syn0"), ("fspo", "syn")] + ([("fspo+rationale", "synrat")] if plan.rationale else [])
+    for variant, data in variants:
+        t0 = time.time()
+        sft, ipo = train(out, assets, variant.replace("+", "_"), f"{data}_train", plan, logs)
+        times[f"train {variant}"] = time.time() - t0
+        results.setdefault(variant, {})
+        for split, suffix in (("heldout", ""), ("interpolated", "int")):
+            results[variant][split] = evaluate(out, assets, f"{variant.replace('+', '_')}_{split}",
+                                               f"{data}{suffix}_test", plan, logs, policy=ipo, reference=sft,
+                                               beta=plan.ipo_beta, ablation=variant != "baseline" and (
+                                                   plan.full_ablation or (variant, split) == ("fspo", "heldout")))
+    times["total"] = time.time() - start
+
+    # Table.
+    rows = ["| model | users | implicit-reward accuracy [95% CI] | policy-only accuracy [95% CI] | pairs |",
+            "|---|---|---|---|---|"]
+    for variant, splits in results.items():
+        for split, m in splits.items():
+            o = m["overall"]
+            reward = None if variant == "untrained" else o["reward_accuracy"]
+            rows.append(f"| {variant} | {split} | {fmt(reward, None if reward is None else o['reward_accuracy_ci95'])} "
+                        f"| {fmt(o['policy_accuracy'], o['policy_accuracy_ci95'])} | {o['pairs']} |")
+    shots_rows = ["", "FSPO, accuracy by number of shots (the same held-out queries, the first k shots kept):", "",
+                  "| model | users | " + " | ".join(f"{k} shots" for k in range(plan.shots + 1)) + " |",
+                  "|---|---|" + "---|" * (plan.shots + 1)]
+    for variant in [v for v, _ in variants if v != "baseline"]:
+        for split, m in results[variant].items():
+            if len(m["shots"]) < plan.shots + 1:
+                continue
+            cells = [f"{m['shots'][str(k)]['reward_accuracy']:.3f} / {m['shots'][str(k)]['policy_accuracy']:.3f}"
+                     for k in range(plan.shots + 1)]
+            shots_rows.append(f"| {variant} | {split} | " + " | ".join(cells) + " |")
+    shots_rows.append("")
+    shots_rows.append("(cells: implicit-reward / policy-only accuracy)")
+    table = "\n".join(rows + shots_rows)
+    summary = {"plan": plan.__dict__, "seconds": times, "machine": f"{os.cpu_count()} CPUs",
+               "train_users": len(train_users), "heldout_users": len(heldout_users),
+               "interpolated_users": len(interpolated_users),
+               "results": {v: {s: {"overall": m["overall"], "shots": m["shots"]} for s, m in sp.items()}
+                           for v, sp in results.items()}}
+    (out / "study.json").write_text(json.dumps(summary, indent=1))
+    (out / "table.md").write_text(table + "\n")
+    plot(results, plan, out / "accuracy_vs_shots.png")
+    print()
+    print(table)
+    print(f"\nstudy done in {times['total'] / 60:.1f} min ({', '.join(f'{k} {v / 60:.1f}' for k, v in times.items())}); "
+          f"{out}/study.json, table.md, accuracy_vs_shots.png")
+    return 0
+
+
+def plot(results: dict[str, dict[str, dict]], plan: Plan, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ks = list(range(plan.shots + 1))
+    for variant, style in (("fspo", "-o"), ("fspo+rationale", "-s")):
+        for split, color in (("heldout", "tab:blue"), ("interpolated", "tab:orange")):
+            m = results.get(variant, {}).get(split)
+            if m and len(m["shots"]) == len(ks):
+                ax.plot(ks, [m["shots"][str(k)]["reward_accuracy"] for k in ks], style, color=color,
+                        alpha=1.0 if variant == "fspo" else 0.5, label=f"{variant}, {split} users")
+    for split, color in (("heldout", "tab:blue"), ("interpolated", "tab:orange")):
+        ax.axhline(results["baseline"][split]["overall"]["reward_accuracy"], ls="--", color=color,
+                   label=f"no-shots baseline, {split}")
+    ax.axhline(0.5, color="grey", lw=0.8)
+    ax.set_xticks(ks)
+    ax.set_xlabel("shots in the prompt")
+    ax.set_ylabel("implicit-reward accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title("Synthetic users: held-out accuracy")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

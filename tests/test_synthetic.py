@@ -1,0 +1,103 @@
+"""The synthetic users of the personalization study, and the study's few-minute CI variant end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from fspo_recipe.data.synthetic import (
+    POLES,
+    PROPERTIES,
+    classify,
+    heldout_users,
+    interpolated_users,
+    pairs_of_user,
+    pole_balance,
+    render_response,
+    source_rows,
+    write_study_sources,
+)
+
+
+def test_every_rendered_property_is_readable_back() -> None:
+    import itertools
+    import random
+
+    for poles in itertools.product(*(POLES[p] for p in PROPERTIES)):
+        wanted = dict(zip(PROPERTIES, poles))
+        assert classify(render_response("a river", random.randrange(30), wanted)) == wanted
+
+
+def test_chosen_and_rejected_differ_only_on_the_users_properties() -> None:
+    import random
+
+    _, combos = interpolated_users()
+    train, _ = heldout_users(1, 1)
+    for user in train + combos:
+        for _, chosen, rejected in pairs_of_user(user, 30, random.Random(0)):
+            c, r = classify(chosen), classify(rejected)
+            differ = {p for p in PROPERTIES if c[p] != r[p]}
+            own = {p for p in PROPERTIES if set(POLES[p]) & set(user.poles)}
+            assert differ and differ <= own, (user, chosen, rejected)
+            assert all(c[p] in user.poles for p in own)  # chosen always has the user's poles
+
+
+def test_pooled_over_users_every_property_wins_half_of_the_pairs() -> None:
+    train, test = heldout_users(3, 1)
+    for users in (train, test):
+        assert pole_balance(source_rows(users, 40, seed=0)) == {p: 0.5 for p in PROPERTIES}
+
+
+def test_study_sources_keep_test_users_out_of_training(tmp_path) -> None:
+    summary = write_study_sources(tmp_path, users_per_pole=2, rows_per_user=9, test_rows_per_user=9, seed=1)
+    train = set(summary["train_users"])
+    assert len(train) == 16 and len(summary["heldout_test_users"]) == 8 and len(summary["interpolated_test_users"]) == 24
+    assert not train & set(summary["heldout_test_users"]) and not train & set(summary["interpolated_test_users"])
+    rows = [json.loads(line) for line in (tmp_path / "heldout" / "train.jsonl").read_text().splitlines()]
+    assert {r["scorer_level"] for r in rows} == train and len(rows) == 16 * 9
+    # Training users have one property each; interpolated users combine two, a combination no training user has.
+    assert all(" and " not in u for u in train)
+    assert all(" and " in u for u in summary["interpolated_test_users"])
+    again = tmp_path / "again"
+    write_study_sources(again, users_per_pole=2, rows_per_user=9, test_rows_per_user=9, seed=1)
+    assert (again / "heldout" / "test.jsonl").read_bytes() == (tmp_path / "heldout" / "test.jsonl").read_bytes()
+
+
+def test_quick_study_runs_the_whole_pipeline(tmp_path) -> None:
+    """generation, prep, SFT, IPO and evaluation through the project's commands; invariants, not learning."""
+    out = tmp_path / "study"
+    proc = subprocess.run([sys.executable, str(REPO / "example_training_scripts" / "synthetic_study.py"), "--quick",
+                           "--out", str(out)], capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "COLUMNS": "400"})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "| fspo | heldout |" in proc.stdout and "0 shots | 1 shots | 2 shots" in proc.stdout
+
+    def users(path):
+        return {json.loads(line)["user"] for line in path.read_text().splitlines()}
+
+    assets = out / "assets"
+    for name in ("syn", "syn0"):
+        train = users(assets / name / "train.jsonl")
+        assert train and not train & users(assets / name / "test.jsonl")
+        assert not train & users(assets / f"{name}int" / "test.jsonl")
+
+    study = json.loads((out / "study.json").read_text())
+    for variant, splits in study["results"].items():
+        for split, m in splits.items():
+            assert m["overall"]["pairs"] > 0
+            for key in ("reward_accuracy", "policy_accuracy"):
+                assert 0.0 <= m["overall"][key] <= 1.0, (variant, split, key)
+            for k, row in m["shots"].items():
+                assert 0.0 <= row["policy_accuracy"] <= 1.0
+    # Balanced users: without shots no model beats chance, however it is trained (3 sigma at ~100 pairs).
+    for split in ("heldout", "interpolated"):
+        baseline = study["results"]["baseline"][split]["overall"]
+        assert baseline["policy_accuracy"] == pytest.approx(0.5, abs=0.17), split
+        assert baseline["reward_accuracy"] == pytest.approx(0.5, abs=0.17), split
+    assert set(study["results"]["fspo"]["heldout"]["shots"]) == {"0", "1", "2"}
+    assert (out / "accuracy_vs_shots.png").stat().st_size > 0 and (out / "table.md").is_file()
