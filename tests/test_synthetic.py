@@ -11,6 +11,7 @@ import pytest
 
 from conftest import REPO
 from fspo_recipe.data.synthetic import (
+    POLE_TEXT,
     POLES,
     PROPERTIES,
     classify,
@@ -101,3 +102,18 @@ def test_quick_study_runs_the_whole_pipeline(tmp_path) -> None:
         assert baseline["reward_accuracy"] == pytest.approx(0.5, abs=0.17), split
     assert set(study["results"]["fspo"]["heldout"]["shots"]) == {"0", "1", "2"}
     assert (out / "accuracy_vs_shots.png").stat().st_size > 0 and (out / "table.md").is_file()
+
+
+def test_the_rejected_response_is_written_for_a_user_with_its_poles() -> None:
+    """The rationale variant's rejected description must not be the user's own, or the targets give it away."""
+    train, _ = heldout_users(1, 1)
+    _, combos = interpolated_users()
+    for review, users in ((False, train), (True, combos)):
+        for user in users:
+            own = [p for p in PROPERTIES if set(POLES[p]) & set(user.poles)]
+            for row in source_rows([user], 10, seed=0, review=review):
+                chosen_level, rejected_level = (row["level_x"], row["level_y"])[:: 1 if row["label"] == 0 else -1]
+                assert chosen_level == row["scorer_level"] != rejected_level
+                got = classify(str((row["response_x"], row["response_y"])[1 - row["label"]]))
+                texts = [got[p] if review else POLE_TEXT[got[p]] for p in own]
+                assert rejected_level.endswith(" and ".join(texts)), (rejected_level, texts)

@@ -148,9 +148,15 @@ def source_rows(users: list[SyntheticUser], rows_per_user: int, seed: int, *, re
         rng = random.Random(f"synthetic:{seed}:{user.name}")
         level = user.attributes if review else user.level
         for question, chosen, rejected in pairs_of_user(user, rows_per_user, rng):
+            # As in Elix, each response is "written for" a user: the chosen one for this user, the rejected one
+            # for a user with the rejected response's poles (the rationale variant's rejected description).
+            got = classify(rejected)
+            other = SyntheticUser(user.name, tuple(got[_property_of(p)] for p in user.poles))
+            other_level = other.attributes if review else other.level
             label = rng.randrange(2)  # which column holds the preferred response
             x, y = (chosen, rejected) if label == 0 else (rejected, chosen)
-            out.append({"prompt": question, "response_x": x, "response_y": y, "level_x": level, "level_y": level,
+            lx, ly = (level, other_level) if label == 0 else (other_level, level)
+            out.append({"prompt": question, "response_x": x, "response_y": y, "level_x": lx, "level_y": ly,
                         "scorer_level": level, "label": label})
     return out
 
