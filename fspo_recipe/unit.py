@@ -42,7 +42,7 @@ from fspo_recipe.criteria import (
     resolve_criterion_name,
 )
 from fspo_recipe.distributed import repair_ddp_buffers
-from fspo_recipe.logprobs import ResponseLogpsInput, enable_response_logps_forward
+from fspo_recipe.logprobs import ResponseLogpsInput, enable_response_logps_forward, unwrap_decoder
 
 FSPO_UNIT: Final = "fspo"
 
@@ -286,13 +286,6 @@ def check_finite_loss(loss: Tensor, step_nr: int, ids: Sequence[object] | None) 
     )
 
 
-def unwrap(model: Module) -> Module:
-    """The model inside DDP / FSDP / activation-checkpoint wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, Module):
-        model = model.module
-    return model
-
-
 def check_same_vocabulary(policy_vocab: object, reference_vocab: object, policy_name: str,
                           reference_name: str) -> None:
     """Raise :class:`CriterionError` when the policy's and the reference's vocabularies (VocabularyInfo) differ.
@@ -337,8 +330,7 @@ class FspoFinetuneUnitHandler(POFinetuneUnitHandler):
             )
             freeze_parameters(reference_model)
             model_section = get_config_section(recipe_config, "model", ModelSection)
-            check_same_vocabulary(getattr(unwrap(model), "vocab_info", None),
-                                  getattr(unwrap(reference_model), "vocab_info", None),
+            check_same_vocabulary(unwrap_decoder(model).vocab_info, unwrap_decoder(reference_model).vocab_info,
                                   str(model_section.name or model_section.path), config.reference_model.name)
         elif criterion.needs_reference:
             log.info("FSPO unit: no reference model; reading reference scores from the data.")

@@ -18,6 +18,11 @@ SAMPLE = REPO / "datasets" / "samples" / "fspo_sample" / "train.jsonl"
 BOS, EOS, PAD = 256, 257, 260
 
 
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a command the tests run: extension errors fail, no stale tokenizer cache, ``extra``."""
+    return {**os.environ, "FAIRSEQ2_EXTENSION_TRACE": "1", "TIKTOKEN_CACHE_DIR": "", **extra}
+
+
 def sample_examples(n: int) -> list[dict[str, object]]:
     with SAMPLE.open(encoding="utf-8") as fp:
         return [json.loads(line) for _, line in zip(range(n), fp)]

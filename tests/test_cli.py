@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, cli_env
 
 FAIRSEQ2 = shutil.which("fairseq2", path=str(Path(sys.executable).parent)) or "fairseq2"
 
@@ -56,7 +56,7 @@ def test_prepared_cards_load_by_name(tiny_assets, tmp_path) -> None:
 
 def run(out: Path, preset: str, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cmd = [FAIRSEQ2, "lm", "preference_finetune", str(out), "--preset", preset, "--no-sweep-dir", "--config", *overrides]
-    full_env = {**os.environ, "FAIRSEQ2_EXTENSION_TRACE": "1", "TIKTOKEN_CACHE_DIR": "", **(env or {})}
+    full_env = cli_env(**(env or {}))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=REPO, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
 import torch
 
+from conftest import cli_env
 from test_cli import FAIRSEQ2, metrics, run, tiny_assets  # noqa: F401  (tiny_assets is a fixture)
 
 # Same global batch of 4 pairs per step: 4 pairs in one process, 2 pairs in each of two; no batch shuffle, so the
@@ -37,8 +37,7 @@ def test_two_processes_give_the_loss_trajectory_of_one(tiny_assets, tmp_path) ->
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", FAIRSEQ2,
            "lm", "preference_finetune", str(two), "--preset", "fspo_ipo", "--no-sweep-dir", "--config",
            f"common.assets.extra_path={tiny_assets}", "dataset.batch_size=2", *DDP_RUN]
-    env = {**os.environ, "FAIRSEQ2_EXTENSION_TRACE": "1", "TIKTOKEN_CACHE_DIR": "", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(OMP_NUM_THREADS="1"), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (two / "logs" / "rank_1.log").is_file()  # two processes did run
 

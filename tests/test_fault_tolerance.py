@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, cli_env as env
 from test_cli import FAIRSEQ2, metrics, run, tiny_assets  # noqa: F401  (tiny_assets is a fixture)
 
 SHORT_RUN = [
@@ -36,10 +35,6 @@ TIMINGS = {"Time", "Elapsed Time", "Wall Time", "Elements per Second", "Data Rea
 def command(out: Path, *overrides: str) -> list[str]:
     return [FAIRSEQ2, "lm", "preference_finetune", str(out), "--preset", "fspo_ipo", "--no-sweep-dir", "--config",
             *overrides]
-
-
-def env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "FAIRSEQ2_EXTENSION_TRACE": "1", "TIKTOKEN_CACHE_DIR": "", **extra}
 
 
 def test_a_run_killed_with_sigkill_resumes_and_ends_as_an_uninterrupted_one(tiny_assets, tmp_path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, cli_env
 
 SCRIPTS = REPO / "example_training_scripts"
 LAUNCHERS = ["torchrun.sh", "slurm.sbatch", "fspo_pipeline.sh"]
@@ -19,7 +19,7 @@ LAUNCHERS = ["torchrun.sh", "slurm.sbatch", "fspo_pipeline.sh"]
 
 def env(**extra: str) -> dict[str, str]:
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # this environment's fairseq2, torchrun
-    return {**os.environ, "PATH": path, "FAIRSEQ2_EXTENSION_TRACE": "1", "TIKTOKEN_CACHE_DIR": "", **extra}
+    return cli_env(PATH=path, **extra)
 
 
 def bash(script: str, timeout: int = 60, **variables: str) -> subprocess.CompletedProcess:

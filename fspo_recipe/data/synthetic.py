@@ -26,8 +26,8 @@ import argparse
 import json
 import random
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 PROPERTIES: Final = ("case", "length", "mood", "ending")
@@ -165,9 +165,10 @@ def pole_balance(rows: list[dict[str, object]]) -> dict[str, float]:
     """Fraction of pairs whose chosen response has pole A of each property, among pairs differing on it."""
     counts = {prop: [0, 0] for prop in PROPERTIES}
     for row in rows:
-        chosen, rejected = (row["response_x"], row["response_y"])[:: 1 if row["label"] == 0 else -1]
+        x, y = classify(str(row["response_x"])), classify(str(row["response_y"]))
+        chosen, rejected = (x, y) if row["label"] == 0 else (y, x)
         for prop in PROPERTIES:
-            c, r = classify(str(chosen))[prop], classify(str(rejected))[prop]
+            c, r = chosen[prop], rejected[prop]
             if c != r:
                 counts[prop][0] += c == POLES[prop][0]
                 counts[prop][1] += 1
