@@ -16,11 +16,12 @@ Every stage is one of the project's own commands, run as a user runs it:
        - baseline: the same preference pairs without shots (non-personalized);
        - fspo: N shots;
        - fspo+rationale: N shots, the targets first describe the user.
-  5. ``fairseq2 lm preference_eval`` on held-out and interpolated users (shots ablation 0..N for FSPO), and on
-     the untrained model.
+  5. ``fairseq2 lm preference_eval`` on held-out and interpolated users (shots ablation 0..N for FSPO; FSPO's
+     held-out users also at every IPO checkpoint), and on the untrained model.
 
 It prints a table of held-out accuracies (implicit reward, and policy-only: summed log-prob of chosen above
-rejected), writes ``OUT/study.json``, ``OUT/table.md`` and ``OUT/accuracy_vs_shots.png``. ``--quick`` is the
+rejected), FSPO's accuracy and preferred-response loss by number of shots, accuracy by the property each held-out
+user cares about, and FSPO's accuracy by IPO step; writes ``OUT/study.json``, ``OUT/table.md`` and ``OUT/accuracy_vs_shots.png``. ``--quick`` is the
 few-minute CI variant (tiny data, a few steps, no rationale variant): it checks the pipeline, not the learning.
 """
 
@@ -35,6 +36,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from fspo_recipe.data.synthetic import POLE_TEXT, POLES, PROPERTIES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,12 +61,16 @@ class Plan:
     """Train and evaluate the rationale variant too."""
     full_ablation: bool
     """Shots ablation on every FSPO evaluation (else on the held-out users of `fspo` only)."""
+    curve_every: int
+    """IPO checkpoint interval; FSPO's held-out accuracy is evaluated at each (accuracy versus step)."""
 
 
 FULL = Plan(users_per_pole=6, rows_per_user=80, test_rows_per_user=30, shots=2, batch_size=16, sft_steps=500,
-            sft_lr=3e-3, ipo_steps=1500, ipo_lr=3e-4, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=True, full_ablation=True)
+            sft_lr=3e-3, ipo_steps=1500, ipo_lr=1e-3, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=True, full_ablation=True,
+            curve_every=250)
 QUICK = Plan(users_per_pole=1, rows_per_user=12, test_rows_per_user=12, shots=2, batch_size=8, sft_steps=10, sft_lr=3e-3,
-             ipo_steps=5, ipo_lr=3e-4, ipo_beta=0.1, passes=2, bootstrap=200, rationale=False, full_ablation=False)
+             ipo_steps=5, ipo_lr=1e-3, ipo_beta=0.1, passes=2, bootstrap=200, rationale=False, full_ablation=False,
+             curve_every=5)
 
 MODEL = "syn_tiny"
 
@@ -100,7 +107,8 @@ def train(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Pa
                            f"lr_scheduler.config.num_warmup_steps={min(30, plan.sft_steps // 4)}",
                            "criterion.config.loss_params.sft.include_rejected=false"]),
         (ipo, "fspo_ipo", [f"common.assets.checkpoint_dir={sft}/checkpoints", f"optimizer.config.lr={plan.ipo_lr}",
-                           f"regime.num_steps={plan.ipo_steps}", f"regime.checkpoint_every_n_steps={plan.ipo_steps}",
+                           f"regime.num_steps={plan.ipo_steps}", f"regime.checkpoint_every_n_steps={plan.curve_every}",
+                           "regime.keep_last_n_checkpoints=null",
                            f"lr_scheduler.config.num_warmup_steps={min(20, plan.ipo_steps // 4)}",
                            f"criterion.config.loss_params.ipo.beta={plan.ipo_beta}"]),
     ):
@@ -112,14 +120,14 @@ def train(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Pa
 
 
 def evaluate(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Path, *,
-             policy: Path | None, reference: Path | None, beta: float, ablation: bool) -> dict:
+             policy: Path | None, reference: Path | None, beta: float, ablation: bool, curve: bool = False) -> dict:
     """preference_eval of one model on one split; return its metrics.json."""
     target = out / "eval" / name
     if target.exists():
         shutil.rmtree(target)
     which = ([f"model.run_dir={policy}", f"reference.run_dir={reference}"] if policy is not None
              else [f"model.name={MODEL}", f"reference.name={MODEL}"])
-    extra = [] if ablation else ["shots=[]"]
+    extra = ([] if ablation else ["shots=[]"]) + (["all_checkpoints=true"] if curve else [])
     sh(bin_path("fairseq2"), "lm", "preference_eval", target, "--no-sweep-dir", "--config",
        f"common.assets.extra_path={assets}", f"dataset={dataset}", *which, f"bootstrap_samples={plan.bootstrap}",
        "criterion.loss=ipo", f"criterion.loss_params.ipo.beta={beta}", *extra, log=logs / f"eval_{name}.log")
@@ -128,6 +136,18 @@ def evaluate(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs:
 
 def users_of(path: Path) -> set[str]:
     return {json.loads(line)["user"] for line in path.read_text().splitlines() if line.strip()}
+
+
+def by_property(per_user: dict[str, dict]) -> dict[str, float]:
+    """Pair-weighted implicit-reward accuracy of single-property users, by property (from their descriptions)."""
+    sums: dict[str, list[float]] = {}
+    for user, m in per_user.items():
+        kinds = {prop for prop, poles in POLES.items() for pole in poles if POLE_TEXT[pole] in user}
+        if len(kinds) == 1:
+            acc = sums.setdefault(kinds.pop(), [0.0, 0.0])
+            acc[0] += m["reward_accuracy"] * m["pairs"]
+            acc[1] += m["pairs"]
+    return {prop: a / n for prop, (a, n) in sums.items() if n}
 
 
 def fmt(x: float | None, ci: list[float] | None = None) -> str:
@@ -188,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             results[variant][split] = evaluate(out, assets, f"{variant.replace('+', '_')}_{split}",
                                                f"{data}{suffix}_test", plan, logs, policy=ipo, reference=sft,
                                                beta=plan.ipo_beta, ablation=variant != "baseline" and (
-                                                   plan.full_ablation or (variant, split) == ("fspo", "heldout")))
+                                                   plan.full_ablation or (variant, split) == ("fspo", "heldout")),
+                                               curve=(variant, split) == ("fspo", "heldout"))
     times["total"] = time.time() - start
 
     # Table.
@@ -200,9 +221,10 @@ def main(argv: list[str] | None = None) -> int:
             reward = None if variant == "untrained" else o["reward_accuracy"]
             rows.append(f"| {variant} | {split} | {fmt(reward, None if reward is None else o['reward_accuracy_ci95'])} "
                         f"| {fmt(o['policy_accuracy'], o['policy_accuracy_ci95'])} | {o['pairs']} |")
-    shots_rows = ["", "FSPO, accuracy by number of shots (the same held-out queries, the first k shots kept):", "",
-                  "| model | users | " + " | ".join(f"{k} shots" for k in range(plan.shots + 1)) + " |",
+    shots_head = ["| model | users | " + " | ".join(f"{k} shots" for k in range(plan.shots + 1)) + " |",
                   "|---|---|" + "---|" * (plan.shots + 1)]
+    shots_rows = ["", "FSPO, accuracy by number of shots (the same held-out queries, the first k shots kept):", "",
+                  *shots_head]
     for variant in [v for v, _ in variants if v != "baseline"]:
         for split, m in results[variant].items():
             if len(m["shots"]) < plan.shots + 1:
@@ -212,11 +234,30 @@ def main(argv: list[str] | None = None) -> int:
             shots_rows.append(f"| {variant} | {split} | " + " | ".join(cells) + " |")
     shots_rows.append("")
     shots_rows.append("(cells: implicit-reward / policy-only accuracy)")
-    table = "\n".join(rows + shots_rows)
+    # The direct sign that the model reads the shots: the preferred response costs it fewer nats with them.
+    shots_rows += ["", "FSPO, loss of the preferred response (-log p, nats) by number of shots:", "", *shots_head]
+    for variant in [v for v, _ in variants if v != "baseline"]:
+        for split, m in results[variant].items():
+            if len(m["shots"]) == plan.shots + 1:
+                shots_rows.append(f"| {variant} | {split} | " + " | ".join(
+                    f"{-m['shots'][str(k)]['chosen_logps']:.2f}" for k in range(plan.shots + 1)) + " |")
+    # Which preferences each model reads: held-out accuracy per property of the users' preference.
+    props = ["| model | " + " | ".join(PROPERTIES) + " |", "|---|" + "---|" * len(PROPERTIES)]
+    for variant in [v for v in results if v != "untrained"]:
+        by_prop = by_property(results[variant]["heldout"]["per_user"])
+        props.append(f"| {variant} | " + " | ".join(f"{by_prop.get(p, float('nan')):.3f}" for p in PROPERTIES) + " |")
+    props_rows = ["", "Held-out implicit-reward accuracy by the property the user cares about:", "", *props]
+    curve = results["fspo"]["heldout"].get("steps", {})
+    curve_rows = ["", "FSPO, held-out implicit-reward / policy-only accuracy by IPO step:", "",
+                  "| IPO step | " + " | ".join(curve) + " |", "|---|" + "---|" * len(curve),
+                  "| accuracy | " + " | ".join(f"{m['reward_accuracy']:.3f} / {m['policy_accuracy']:.3f}"
+                                            for m in curve.values()) + " |"]
+    table = "\n".join(rows + shots_rows + props_rows + curve_rows)
     summary = {"plan": plan.__dict__, "seconds": times, "machine": f"{os.cpu_count()} CPUs",
                "train_users": len(train_users), "heldout_users": len(heldout_users),
                "interpolated_users": len(interpolated_users),
-               "results": {v: {s: {"overall": m["overall"], "shots": m["shots"]} for s, m in sp.items()}
+               "results": {v: {s: {"overall": m["overall"], "shots": m["shots"],
+                                   "by_property": by_property(m["per_user"]), "steps": m.get("steps", {})} for s, m in sp.items()}
                            for v, sp in results.items()}}
     (out / "study.json").write_text(json.dumps(summary, indent=1))
     (out / "table.md").write_text(table + "\n")
@@ -229,12 +270,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(results: dict[str, dict[str, dict]], plan: Plan, path: Path) -> None:
+    """Left: accuracy versus shots (FSPO, FSPO+rationale; baselines dashed). Right: FSPO versus IPO step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, ax_steps) = plt.subplots(1, 2, figsize=(11, 4))
     ks = list(range(plan.shots + 1))
     for variant, style in (("fspo", "-o"), ("fspo+rationale", "-s")):
         for split, color in (("heldout", "tab:blue"), ("interpolated", "tab:orange")):
@@ -245,13 +287,23 @@ def plot(results: dict[str, dict[str, dict]], plan: Plan, path: Path) -> None:
     for split, color in (("heldout", "tab:blue"), ("interpolated", "tab:orange")):
         ax.axhline(results["baseline"][split]["overall"]["reward_accuracy"], ls="--", color=color,
                    label=f"no-shots baseline, {split}")
-    ax.axhline(0.5, color="grey", lw=0.8)
     ax.set_xticks(ks)
     ax.set_xlabel("shots in the prompt")
-    ax.set_ylabel("implicit-reward accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title("Synthetic users: held-out accuracy")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Held-out accuracy versus shots")
+
+    curve = results["fspo"]["heldout"].get("steps", {})
+    steps = [int(k) for k in curve]
+    for key, style, label in (("reward_accuracy", "-o", "implicit reward"), ("policy_accuracy", "-^", "policy only")):
+        ax_steps.plot(steps, [m[key] for m in curve.values()], style, color="tab:blue", label=f"FSPO, {label}")
+    ax_steps.axhline(results["baseline"]["heldout"]["overall"]["reward_accuracy"], ls="--", color="tab:blue",
+                     label="no-shots baseline (implicit reward)")
+    ax_steps.set_xlabel("IPO step")
+    ax_steps.set_title("FSPO, held-out users, versus IPO step")
+    for a in (ax, ax_steps):
+        a.axhline(0.5, color="grey", lw=0.8)
+        a.set_ylabel("accuracy" if a is ax_steps else "implicit-reward accuracy")
+        a.set_ylim(0, 1)
+        a.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -101,6 +101,10 @@ def test_quick_study_runs_the_whole_pipeline(tmp_path) -> None:
         assert baseline["policy_accuracy"] == pytest.approx(0.5, abs=0.17), split
         assert baseline["reward_accuracy"] == pytest.approx(0.5, abs=0.17), split
     assert set(study["results"]["fspo"]["heldout"]["shots"]) == {"0", "1", "2"}
+    # Every held-out user cares about one property: each property has its accuracy, a pair-weighted mean.
+    by_property = study["results"]["fspo"]["heldout"]["by_property"]
+    assert set(by_property) == set(PROPERTIES) and all(0.0 <= v <= 1.0 for v in by_property.values())
+    assert "loss of the preferred response" in proc.stdout and "| model | case | length | mood | ending |" in proc.stdout
     assert (out / "accuracy_vs_shots.png").stat().st_size > 0 and (out / "table.md").is_file()
 
 
