@@ -21,8 +21,9 @@ Every stage is one of the project's own commands, run as a user runs it:
 
 It prints a table of held-out accuracies (implicit reward, and policy-only: summed log-prob of chosen above
 rejected), FSPO's accuracy and preferred-response loss by number of shots, accuracy by the property each held-out
-user cares about, and FSPO's accuracy by IPO step; writes ``OUT/study.json``, ``OUT/table.md`` and ``OUT/accuracy_vs_shots.png``. ``--quick`` is the
-few-minute CI variant (tiny data, a few steps, no rationale variant): it checks the pipeline, not the learning.
+user cares about, and FSPO's accuracy by IPO step; writes ``OUT/study.json``, ``OUT/table.md`` and
+``OUT/accuracy_vs_shots.png`` (versus shots, and versus IPO step). ``--quick`` is the few-minute CI variant (tiny
+data, a few steps, no rationale variant): it checks the pipeline, not the learning.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ class Plan:
 
 
 FULL = Plan(users_per_pole=6, rows_per_user=80, test_rows_per_user=30, shots=2, batch_size=16, sft_steps=500,
-            sft_lr=3e-3, ipo_steps=1500, ipo_lr=1e-3, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=True, full_ablation=True,
-            curve_every=250)
+            sft_lr=3e-3, ipo_steps=1500, ipo_lr=1e-3, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=True,
+            full_ablation=True, curve_every=250)
 QUICK = Plan(users_per_pole=1, rows_per_user=12, test_rows_per_user=12, shots=2, batch_size=8, sft_steps=10, sft_lr=3e-3,
              ipo_steps=5, ipo_lr=1e-3, ipo_beta=0.1, passes=2, bootstrap=200, rationale=False, full_ablation=False,
              curve_every=5)
