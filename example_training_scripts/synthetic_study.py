@@ -226,39 +226,35 @@ def main(argv: list[str] | None = None) -> int:
                   "|---|---|" + "---|" * (plan.shots + 1)]
     shots_rows = ["", "FSPO, accuracy by number of shots (the same held-out queries, the first k shots kept):", "",
                   *shots_head]
+    # The direct sign that the model reads the shots: the preferred response costs it fewer nats with them.
+    loss_rows = ["", "FSPO, loss of the preferred response (-log p, nats) by number of shots:", "", *shots_head]
     for variant in [v for v, _ in variants if v != "baseline"]:
         for split, m in results[variant].items():
             if len(m["shots"]) < plan.shots + 1:
                 continue
-            cells = [f"{m['shots'][str(k)]['reward_accuracy']:.3f} / {m['shots'][str(k)]['policy_accuracy']:.3f}"
-                     for k in range(plan.shots + 1)]
-            shots_rows.append(f"| {variant} | {split} | " + " | ".join(cells) + " |")
-    shots_rows.append("")
-    shots_rows.append("(cells: implicit-reward / policy-only accuracy)")
-    # The direct sign that the model reads the shots: the preferred response costs it fewer nats with them.
-    shots_rows += ["", "FSPO, loss of the preferred response (-log p, nats) by number of shots:", "", *shots_head]
-    for variant in [v for v, _ in variants if v != "baseline"]:
-        for split, m in results[variant].items():
-            if len(m["shots"]) == plan.shots + 1:
-                shots_rows.append(f"| {variant} | {split} | " + " | ".join(
-                    f"{-m['shots'][str(k)]['chosen_logps']:.2f}" for k in range(plan.shots + 1)) + " |")
+            by_k = [m["shots"][str(k)] for k in range(plan.shots + 1)]
+            shots_rows.append(f"| {variant} | {split} | " + " | ".join(
+                f"{r['reward_accuracy']:.3f} / {r['policy_accuracy']:.3f}" for r in by_k) + " |")
+            loss_rows.append(f"| {variant} | {split} | " + " | ".join(f"{-r['chosen_logps']:.2f}" for r in by_k) + " |")
+    shots_rows += ["", "(cells: implicit-reward / policy-only accuracy)"]
     # Which preferences each model reads: held-out accuracy per property of the users' preference.
-    props = ["| model | " + " | ".join(PROPERTIES) + " |", "|---|" + "---|" * len(PROPERTIES)]
+    by_prop = {v: {s: by_property(m["per_user"]) for s, m in sp.items()} for v, sp in results.items()}
+    props_rows = ["", "Held-out implicit-reward accuracy by the property the user cares about:", "",
+                  "| model | " + " | ".join(PROPERTIES) + " |", "|---|" + "---|" * len(PROPERTIES)]
     for variant in [v for v in results if v != "untrained"]:
-        by_prop = by_property(results[variant]["heldout"]["per_user"])
-        props.append(f"| {variant} | " + " | ".join(f"{by_prop.get(p, float('nan')):.3f}" for p in PROPERTIES) + " |")
-    props_rows = ["", "Held-out implicit-reward accuracy by the property the user cares about:", "", *props]
+        props_rows.append(f"| {variant} | " + " | ".join(
+            f"{by_prop[variant]['heldout'].get(p, float('nan')):.3f}" for p in PROPERTIES) + " |")
     curve = results["fspo"]["heldout"].get("steps", {})
     curve_rows = ["", "FSPO, held-out implicit-reward / policy-only accuracy by IPO step:", "",
                   "| IPO step | " + " | ".join(curve) + " |", "|---|" + "---|" * len(curve),
                   "| accuracy | " + " | ".join(f"{m['reward_accuracy']:.3f} / {m['policy_accuracy']:.3f}"
                                             for m in curve.values()) + " |"]
-    table = "\n".join(rows + shots_rows + props_rows + curve_rows)
+    table = "\n".join(rows + shots_rows + loss_rows + props_rows + curve_rows)
     summary = {"plan": plan.__dict__, "seconds": times, "machine": f"{os.cpu_count()} CPUs",
                "train_users": len(train_users), "heldout_users": len(heldout_users),
                "interpolated_users": len(interpolated_users),
-               "results": {v: {s: {"overall": m["overall"], "shots": m["shots"],
-                                   "by_property": by_property(m["per_user"]), "steps": m.get("steps", {})} for s, m in sp.items()}
+               "results": {v: {s: {"overall": m["overall"], "shots": m["shots"], "by_property": by_prop[v][s],
+                                   "steps": m.get("steps", {})} for s, m in sp.items()}
                            for v, sp in results.items()}}
     (out / "study.json").write_text(json.dumps(summary, indent=1))
     (out / "table.md").write_text(table + "\n")
