@@ -1,10 +1,12 @@
 """Benchmark of data preparation: N Elix-schema rows -> 4-shot FSPO episodes, rows/s and peak memory.
 
-    python benchmarks/prepare_elix.py [--rows 200000] [--response-chars 400] [--keep DIR]
+    python benchmarks/prepare_elix.py [--rows 200000] [--users 5] [--response-chars 400] [--keep DIR]
 
-Writes synthetic rows (5 users, the real Elix columns) to a parquet file, then runs `fspo-prepare elix` on it in a
-child process and prints wall time, rows/s, episodes/s, output size and the child's peak resident memory.
-Target on the 2-core development machine (issue 3): 200,000 rows in under 60 s and under 3 GB.
+Writes synthetic rows (the real Elix columns; 5 users, or --users N, the rows dealt out in turn) to a parquet file,
+then runs `fspo-prepare elix` on it in a child process and prints wall time, rows/s, episodes/s, output size and the
+child's peak resident memory. Target on the 2-core development machine (issue 3): 200,000 rows in under 60 s and
+under 3 GB. With many users (`--users 100000 --rationale`) it shows that episode building is linear in the number of
+users (each user's rationale draws from all other users' descriptions).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ LEVELS = ["a child", "a preteen", "a teenager", "a young adult", "an expert"]
 WORDS = "the of light water energy cell star plant heat sound wave force atom cloud river stone time space".split()
 
 
-def synthetic_rows(n: int, response_chars: int, seed: int) -> dict[str, list]:
+def synthetic_rows(n: int, response_chars: int, seed: int, users: int = len(LEVELS)) -> dict[str, list]:
     rng = random.Random(seed)
 
     def text(chars: int) -> str:
@@ -37,12 +39,12 @@ def synthetic_rows(n: int, response_chars: int, seed: int) -> dict[str, list]:
     cols: dict[str, list] = {k: [] for k in
                              ("prompt", "response_x", "response_y", "level_x", "level_y", "scorer_level", "label")}
     for i in range(n):
-        scorer = LEVELS[i % len(LEVELS)]
+        scorer = LEVELS[i % len(LEVELS)] if users == len(LEVELS) else f"user {i % users}"
         cols["prompt"].append(f"Question {i}: explain {text(60)}?")
         cols["response_x"].append(text(response_chars))
         cols["response_y"].append(text(response_chars))
         cols["level_x"].append(scorer)
-        cols["level_y"].append(rng.choice(LEVELS))
+        cols["level_y"].append(rng.choice(LEVELS) if users == len(LEVELS) else f"user {rng.randrange(users)}")
         cols["scorer_level"].append(scorer)
         cols["label"].append(rng.randrange(2))
     return cols
@@ -53,6 +55,8 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--response-chars", type=int, default=400, help="characters per response (default: 400)")
     parser.add_argument("--shots", type=int, default=4)
+    parser.add_argument("--users", type=int, default=len(LEVELS), help="users the rows are dealt to (default: 5)")
+    parser.add_argument("--rationale", action="store_true", help="prepare with --rationale generated")
     parser.add_argument("--keep", type=Path, default=None, help="keep input and output in this directory")
     args = parser.parse_args()
 
@@ -64,11 +68,13 @@ def main() -> int:
     try:
         src = work / "train-00000-of-00001.parquet"
         t = time.perf_counter()
-        pq.write_table(pa.table(synthetic_rows(args.rows, args.response_chars, 0)), src)
-        print(f"input: {args.rows} rows, {src.stat().st_size / 1e6:.0f} MB parquet (made in {time.perf_counter() - t:.1f} s)")
+        pq.write_table(pa.table(synthetic_rows(args.rows, args.response_chars, 0, args.users)), src)
+        print(f"input: {args.rows} rows of {args.users} users, {src.stat().st_size / 1e6:.0f} MB parquet "
+              f"(made in {time.perf_counter() - t:.1f} s)")
 
         cmd = [sys.executable, "-m", "fspo_recipe.data.prepare", "elix", "--input", str(src), "--out", str(work / "out"),
-               "--shots", str(args.shots), "--no-progress"]
+               "--shots", str(args.shots), "--no-progress", "--quiet",
+               *(["--rationale", "generated"] if args.rationale else [])]
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t

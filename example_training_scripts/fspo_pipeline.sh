@@ -46,12 +46,27 @@ launch() {  # launch the recipe arguments of FSPO_ARGS with LAUNCHER
 
 if [[ "$PREPARE" == 1 ]]; then
     echo "== stage 0: fspo-prepare $SOURCE -> $ASSETS" >&2
+    # --overwrite: a second start of the pipeline re-prepares (the same seed gives the same files); fspo-prepare
+    # still refuses to replace anything it did not write.
     prep=(fspo-prepare "$SOURCE" --out "$ASSETS" --shots "$SHOTS" --split-mode heldout_users \
-        --test-users "$TEST_USERS" --no-progress)
+        --test-users "$TEST_USERS" --no-progress --overwrite)
     if [[ -n "$INPUT" ]]; then
         prep+=(--input "$INPUT")
     fi
     fspo_run "${prep[@]}"
+fi
+
+# Every split that a stage reads must exist before anything trains: a held-out split that fspo-prepare could not
+# make (too few users) must stop the pipeline here, not after hours of training.
+require_card() {
+    if [[ "$DRY_RUN" != 1 ]] && ! grep -rqsx --include='*.yaml' -e "name: $1" "$ASSETS"; then
+        echo "error: no data set card '$1' under $ASSETS; fspo-prepare's summary above says which splits it made" >&2
+        exit 1
+    fi
+}
+require_card "$DATASET"
+if [[ -n "$EVAL_DATASET" ]]; then
+    require_card "$EVAL_DATASET"
 fi
 
 echo "== stage 1: fspo_sft -> $RUN_ROOT/sft" >&2

@@ -77,28 +77,28 @@ def setup_fspo(context: RuntimeContext) -> None:
 
 
 def setup_fspo_cli(context: RuntimeContext, cli: object) -> None:
-    """The ``fairseq2.cli`` entry point: ``fairseq2 lm preference_eval``."""
-    from fairseq2.cli.commands.recipe import RecipeCommandHandler
-
-    from fspo_recipe.eval.recipe import PREFERENCE_EVAL, PreferenceEvalConfig, load_preference_evaluator
-
-    group = cli.get_group("lm")  # type: ignore[attr-defined]
-    if PREFERENCE_EVAL in getattr(group, "_commands", {}):
-        return
-    handler = RecipeCommandHandler(
-        loader=load_preference_evaluator, config_kls=PreferenceEvalConfig, default_preset="fspo_eval"
-    )
-    group.add_command(PREFERENCE_EVAL, handler, help="evaluate personalization on held-out users (fspo)")
-
-    # Print these as one-line errors (no traceback): they say what to change.
+    """The ``fairseq2.cli`` entry point: ``fairseq2 lm preference_eval``, and our loader behind
+    ``fairseq2 lm preference_finetune`` (fairseq2's own for other criteria; see :mod:`fspo_recipe.recipe`)."""
     from fspo_recipe.criteria import CriterionError
-    from fspo_recipe.eval.recipe import EvalError
-
     from fspo_recipe.data.jsonl import PreferenceDataError
+    from fspo_recipe.eval.recipe import PREFERENCE_EVAL, EvalError, PreferenceEvalConfig, load_preference_evaluator
+    from fspo_recipe.fairseq2_compat import FspoRecipeCommandHandler, has_command, replace_recipe_command
+    from fspo_recipe.reader import EmptyPassError
+    from fspo_recipe.recipe import FspoLoadError, load_preference_finetuner
     from fspo_recipe.unit import TrainingDivergedError
 
-    for kls in (EvalError, CriterionError, PreferenceDataError, TrainingDivergedError):
+    # Print these as one-line errors (no traceback): they say what to change. fairseq2 matches the exact type.
+    for kls in (EvalError, CriterionError, PreferenceDataError, EmptyPassError, TrainingDivergedError, FspoLoadError):
         cli.register_user_error_type(kls)  # type: ignore[attr-defined]
+
+    replace_recipe_command(cli, "lm", "preference_finetune", load_preference_finetuner)
+    if not has_command(cli, "lm", PREFERENCE_EVAL):
+        handler = FspoRecipeCommandHandler(
+            loader=load_preference_evaluator, config_kls=PreferenceEvalConfig, default_preset="fspo_eval"
+        )
+        cli.get_group("lm").add_command(  # type: ignore[attr-defined]
+            PREFERENCE_EVAL, handler, help="evaluate personalization on held-out users (fspo)"
+        )
 
 
 # The cards of the bundled samples live beside the package in a source checkout (`pip install -e .`).

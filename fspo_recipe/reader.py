@@ -16,7 +16,7 @@ in a card. Everything else (batching, shuffling, sharding, reference scores) is 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -47,9 +47,24 @@ class FitCounter:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.read = 0
         self.shortened = 0
         self.shots_dropped = 0
         self.dropped = 0
+        self.too_short = 0
+
+    def snapshot(self) -> tuple[int, int, int, int, int]:
+        """(read, shortened, shots dropped, dropped, shorter than min_seq_len) so far."""
+        with self._lock:
+            return self.read, self.shortened, self.shots_dropped, self.dropped, self.too_short
+
+    def count_read(self) -> None:
+        with self._lock:
+            self.read += 1
+
+    def count_too_short(self) -> None:
+        with self._lock:
+            self.too_short += 1
 
     def record(self, example_id: object, shots_dropped: int, dropped: bool, length: int, limit: int) -> None:
         with self._lock:
@@ -74,6 +89,7 @@ def fit_example(
     counter: FitCounter,
 ) -> dict[str, Any] | None:
     """Tokenize; drop oldest shots until P + Rc + Rr <= ``max_seq_len``; ``None`` if zero shots do not fit."""
+    counter.count_read()
     src = encode_src(example["src"])
     chosen = encode_tgt(example["tgt_chosen"])
     rejected = encode_tgt(example["tgt_rejected"])
@@ -115,6 +131,11 @@ class FspoPreferenceDataset(PreferenceDataset):
     @staticmethod
     def from_path(path: Path, name: str) -> FspoPreferenceDataset:
         path = path.expanduser().resolve()
+        if not path.exists():
+            raise PreferenceDataError(
+                f"Dataset '{name}': {path} does not exist (the `data` of its card, or `dataset.path`). Run "
+                "fspo-prepare again, or fix the path."
+            )
         if path.is_file():
             return FspoPreferenceDataset(name, [path], [1.0])
         files, weights = _load_files_and_weights(name, path)
@@ -155,8 +176,16 @@ class FspoPreferenceDataset(PreferenceDataset):
         encode_tgt = tokenizer.create_encoder(mode=options.target_encode_mode)
         counter = self.counter
 
+        def long_enough(ex: dict[str, Any] | None) -> bool:
+            if ex is None:
+                return False
+            if ex["total_tokens"] < min_seq_len:
+                counter.count_too_short()
+                return False
+            return True
+
         builder.map(lambda ex: fit_example(ex, encode_src, encode_tgt, max_seq_len, counter))
-        builder.filter(lambda ex: ex is not None and ex["total_tokens"] >= min_seq_len)
+        builder.filter(long_enough)
 
         def layout(ex: dict[str, Any]) -> dict[str, Any]:
             src = ex["src"]
@@ -211,4 +240,59 @@ class FspoPreferenceDataset(PreferenceDataset):
             return PreferenceBatch(sides[0], sides[1], tensors[0], tensors[1])
 
         pipeline = builder.map(to_batch).and_return()
-        return DataPipelineReader[PreferenceBatch](self._name, "default", pipeline, gang, options)
+        return FspoDataReader(self._name, "default", pipeline, gang, options, counter=counter,
+                              files=self._files, max_seq_len=max_seq_len, min_seq_len=min_seq_len)
+
+
+class EmptyPassError(PreferenceDataError):
+    """A full pass over the data gave no batch: training would run zero steps and report success."""
+
+
+class FspoDataReader(DataPipelineReader[PreferenceBatch]):
+    """fairseq2's pipeline reader that also ends every pass over the data with its counts, and stops with
+    :class:`EmptyPassError` when a pass that started from the beginning yields no batch (an empty file, or every
+    example too long for ``max_seq_len``): fairseq2 would otherwise train 0 steps and say "Training complete"."""
+
+    def __init__(self, name: str, split: str, pipeline: DataPipeline, gang: Gang, options: PreferenceReadOptions,
+                 *, counter: FitCounter, files: Sequence[Path], max_seq_len: int, min_seq_len: int) -> None:
+        super().__init__(name, split, pipeline, gang, options)
+        self._counter = counter
+        self._files = files
+        self._limits = (min_seq_len, max_seq_len)
+        self._pass_start = counter.snapshot()
+        self._pass_batches = 0
+        self._from_start = True  # False after a resume in the middle of a pass
+
+    def __next__(self) -> list[PreferenceBatch]:
+        try:
+            batches = super().__next__()
+        except StopIteration:
+            self._end_of_pass()
+            raise
+        self._pass_batches += 1  # a successful read is a global step: every rank gets the same verdict on the end
+        return batches
+
+    def _end_of_pass(self) -> None:
+        now = self._counter.snapshot()
+        read, shortened, shots, dropped, too_short = (a - b for a, b in zip(now, self._pass_start))
+        min_len, max_len = self._limits
+        where = ", ".join(map(str, self._files[:3])) + (" ..." if len(self._files) > 3 else "")
+        log.info("fspo_preference: end of a pass over {}: {} step(s); {} example(s) read on this rank, {} shortened ({} shots "
+                 "dropped), {} dropped as too long for max_seq_len {}, {} shorter than min_seq_len {}.",
+                 where, self._pass_batches, read, shortened, shots, dropped, max_len, too_short, min_len)
+        empty = self._pass_batches == 0 and self._from_start
+        self._pass_start, self._pass_batches = now, 0
+        if empty:
+            raise EmptyPassError(
+                f"A whole pass over {where} gave no batch: {read} example(s) read on this rank, {dropped} too long "
+                f"for dataset.max_seq_len={max_len} even without shots, {too_short} shorter than "
+                f"dataset.min_seq_len={min_len}. Nothing to train on: check the data and dataset.max_seq_len."
+            )
+
+    def reset(self) -> None:
+        super().reset()
+        self._pass_start, self._pass_batches, self._from_start = self._counter.snapshot(), 0, True
+
+    def load_state_dict(self, state_dict: Mapping[str, object]) -> None:
+        super().load_state_dict(state_dict)
+        self._pass_batches, self._from_start = 0, False

@@ -8,12 +8,15 @@
 Each output line is the input line with ``reference_score_chosen`` and ``reference_score_rejected`` (summed
 response log-probs, nats, the same numbers the live reference computes in training: same encoding, same
 shared-prefix forward). Interrupted runs resume: scored lines are appended to ``OUTPUT.partial`` chunk by chunk
-and the finished file is renamed to OUTPUT.
+and the finished file is renamed to OUTPUT. ``OUTPUT.partial.json`` records what the partial file was made from
+(the input's path, size and a hash of its first lines; the model and its checkpoint): a resume from another input
+or model is refused, and every resumed line must be its input line plus the two scores.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -21,6 +24,78 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+
+IDENTITY_LINES = 64  # input lines hashed into the partial file's identity
+
+
+class ResumeMismatchError(ValueError):
+    """``OUTPUT.partial`` was made from another input or model, or its lines do not match the input."""
+
+
+def partial_identity(input_path: Path, model: str, checkpoint: str | None) -> dict[str, object]:
+    """What a partial output depends on: the input (path, size, hash of its first lines) and the model."""
+    digest = hashlib.sha256()
+    with input_path.open("rb") as fp:
+        for _, line in zip(range(IDENTITY_LINES), fp):
+            digest.update(line)
+    return {"input": str(input_path.resolve()), "input_bytes": input_path.stat().st_size,
+            "input_head_sha256": digest.hexdigest(), "model": model, "checkpoint": checkpoint}
+
+
+def check_resume(meta_path: Path, expected: dict[str, object]) -> None:
+    """Refuse to resume a partial output whose recorded identity differs from ``expected`` (or has none)."""
+    partial = meta_path.with_suffix("")
+    try:
+        recorded = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResumeMismatchError(
+            f"{partial} has no record of what it was made from ({meta_path} is missing): remove {partial} and "
+            "score again."
+        ) from None
+    except ValueError as ex:
+        raise ResumeMismatchError(f"{meta_path} is not valid JSON ({ex}): remove {partial} and {meta_path}.") from None
+    differ = [key for key in expected if recorded.get(key) != expected[key]]
+    if differ:
+        what = "; ".join(f"{k}: {recorded.get(k)!r} then, {expected[k]!r} now" for k in differ)
+        raise ResumeMismatchError(
+            f"{partial} was made from another input or model ({what}). Remove {partial} and {meta_path} to start "
+            "over, or give the same --input and model."
+        )
+
+
+def check_resumed_lines(partial: Path, examples: list[dict[str, object]], done: int) -> None:
+    """Every one of the ``done`` lines of ``partial`` must be the matching input record plus its two scores."""
+    if done == 0:
+        return
+    with partial.open(encoding="utf-8") as fp:
+        for lineno, (line, example) in enumerate(zip(fp, examples[:done]), 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as ex:
+                raise ResumeMismatchError(f"{partial}, line {lineno}: not valid JSON ({ex.msg}).") from None
+            stripped = {k: v for k, v in record.items() if k not in SCORE_KEYS} if isinstance(record, dict) else None
+            if stripped != {k: v for k, v in example.items() if k not in SCORE_KEYS}:
+                raise ResumeMismatchError(
+                    f"{partial}, line {lineno} is not line {lineno} of the input (id {record.get('id') if isinstance(record, dict) else None!r} "
+                    f"vs {example.get('id')!r}): remove {partial} and score again."
+                )
+
+
+SCORE_KEYS = ("reference_score_chosen", "reference_score_rejected")
+
+
+def run_asset_path(run_dir: Path) -> Path | None:
+    """The ``common.assets.extra_path`` a training run was started with (from its ``config.yaml``), if any."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    assets = (config or {}).get("common", {}).get("assets", {}) if isinstance(config, dict) else {}
+    value = (assets.get("_set_") or assets).get("extra_path") if isinstance(assets, dict) else None
+    return Path(value) if value else None
 
 
 def _complete_lines(partial: Path) -> int:
@@ -59,26 +134,42 @@ def score_reference(
 
     from fspo_recipe.assets import add_card_directory
     from fspo_recipe.data.jsonl import read_preference_jsonl
+    from fspo_recipe.data.writers import atomic_file
     from fspo_recipe.eval.scoring import default_device, encode_pairs, score_pairs
 
     setup_fairseq2()
     context = get_runtime_context()
+    check_output_path(output_path)
     if assets_dir is not None:
         add_card_directory(context, assets_dir)
+    checkpoint = None
     if run_dir is not None:
         import tempfile
 
         from fspo_recipe.eval.recipe import register_run_cards
 
+        # The run's own card directory (its tokenizer's card often lives there, beside the base model's).
+        run_assets = run_asset_path(run_dir)
+        if run_assets is not None and run_assets.is_dir() and run_assets != assets_dir:
+            add_card_directory(context, run_assets)
         with tempfile.TemporaryDirectory() as card_dir:  # the cards are read into memory on registration
             steps = register_run_cards(context, run_dir, "reference", Path(card_dir))
         model_name = steps[max(steps)]
+        checkpoint = str((run_dir / "checkpoints" / f"step_{max(steps)}").resolve())
 
     examples = [record for _, record in read_preference_jsonl(input_path)]  # as in the file; bad lines are named
     partial = output_path.with_name(output_path.name + ".partial")
+    meta = output_path.with_name(output_path.name + ".partial.json")
+    identity = partial_identity(input_path, model_name, checkpoint)
+    if partial.exists():
+        check_resume(meta, identity)
+    else:
+        with atomic_file(meta) as fp:
+            json.dump(identity, fp, indent=1)
     done = _complete_lines(partial)
     if done > len(examples):
-        raise ValueError(f"{partial} has {done} lines but {input_path} only {len(examples)}: remove {partial}.")
+        raise ResumeMismatchError(f"{partial} has {done} lines but {input_path} only {len(examples)}: remove {partial}.")
+    check_resumed_lines(partial, examples, done)
 
     torch_device = default_device(device)
     model = load_reference_model(DecoderModel, context, model_name, fake_gangs(torch_device), dtype, mp=False).eval()
@@ -109,7 +200,16 @@ def score_reference(
         if bar is not None:
             bar.stop()
     os.replace(partial, output_path)
+    meta.unlink(missing_ok=True)
     return len(examples)
+
+
+def check_output_path(output_path: Path) -> None:
+    """Refuse, before any work, an ``--output`` that cannot be written as a file."""
+    if output_path.is_dir():
+        raise ValueError(f"--output {output_path} is a directory; name the JSONL file to write.")
+    if not output_path.parent.is_dir():
+        raise ValueError(f"--output {output_path}: the directory {output_path.parent} does not exist.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,12 +226,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--assets-dir", type=Path, default=None, help="extra fairseq2 card directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    from fspo_recipe.assets import describe_load_error, load_error_types
+
     try:
         n = score_reference(args.model or "", args.input, args.output, batch_size=args.batch_size,
                             dtype=getattr(torch, args.dtype), device=args.device, assets_dir=args.assets_dir,
                             run_dir=args.run_dir, progress=not args.no_progress)
     except (ValueError, OSError) as ex:
         print(f"fspo-score-reference: {ex}", file=sys.stderr)
+        return 1
+    except load_error_types() as ex:
+        hint = (" The model's or tokenizer's card is not known: pass --assets-dir with the directory of its card."
+                if "not a known" in describe_load_error(ex) or "cannot be found" in describe_load_error(ex) else "")
+        print(f"fspo-score-reference: {describe_load_error(ex)}.{hint}", file=sys.stderr)
         return 1
     print(f"wrote {n} scored examples to {args.output}")
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-dim", type=int, default=TinyModelSpec.model_dim, help="model width (default: 64)")
     parser.add_argument("--num-layers", type=int, default=TinyModelSpec.num_layers, help="decoder layers (default: 2)")
     args = parser.parse_args(argv)
+    blocking = next((p for p in [args.out_dir, *args.out_dir.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        print(f"fspo-tiny-assets: {blocking} is a file, not a directory; give a directory to write into.",
+              file=sys.stderr)
+        return 2
 
     spec = TinyModelSpec(model_dim=args.model_dim, num_layers=args.num_layers)
     card = write_tiny_assets(args.out_dir, seed=args.seed, name=args.name, spec=spec)

@@ -46,6 +46,10 @@ from fspo_recipe.logprobs import ResponseLogpsInput, enable_response_logps_forwa
 
 FSPO_UNIT: Final = "fspo"
 
+REFERENCE_OVERRIDE: Final = "--config 'criterion.config.reference_model={name: MODEL}'"
+"""How to name a reference model on the command line when the preset has none (``reference_model.name=MODEL``
+cannot be merged into a null section)."""
+
 
 @dataclass(kw_only=True)
 class FspoUnitConfig:
@@ -259,8 +263,8 @@ def reference_scores(batch: PreferenceBatch, device: torch.device) -> tuple[Tens
             which = [ids[i] if i < len(ids) else i for i in missing[:5]]
             raise CriterionError(
                 f"The criterion needs reference log-probs, but `criterion.config.reference_model` is null and "
-                f"{len(missing) or 'all'} example(s) of the batch have no `{key}` (ids: {which}). Set "
-                "`criterion.config.reference_model.name`, or score the data with the reference model first."
+                f"{len(missing) or 'all'} example(s) of the batch have no `{key}` (ids: {which}). Name a reference "
+                f"model with {REFERENCE_OVERRIDE}, or score the data with fspo-score-reference first."
             )
         return torch.tensor([float(v) for v in values], device=device)  # type: ignore[arg-type]
 

@@ -192,7 +192,7 @@ def test_malformed_json_line_is_named(tmp_path, capsys) -> None:
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps(load(SAMPLES / "elix" / "train.jsonl")[0]) + "\n{not json\n")
     assert prepare_main(["elix", "--input", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
-    assert f"{path}, line 2: not valid JSON" in capsys.readouterr().err
+    assert f"{path}, line 2, column 2: not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "out" / "elix").exists()
 
 
@@ -209,7 +209,8 @@ def test_a_crash_leaves_no_partial_output(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr("fspo_recipe.data.prepare.build_split_episodes", crash_midway)
     with pytest.raises(RuntimeError, match="disk full"):
-        prepare("elix", [str(SAMPLES / "elix")], tmp_path, options=EpisodeOptions(num_shots=2), progress=False)
+        prepare("elix", [str(SAMPLES / "elix")], tmp_path, options=EpisodeOptions(num_shots=2), progress=False,
+                overwrite=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "elix").iterdir()} == before  # the earlier output, intact
     assert [p.name for p in tmp_path.iterdir()] == ["elix"]  # no .partial directory left
     assert good["splits"]["train"]["episodes"] > 100

@@ -82,7 +82,7 @@ def test_oldest_shots_go_first_and_nothing_is_silent(tmp_path, tokenizer) -> Non
 @pytest.mark.parametrize(
     "content,match",
     [
-        ('{"src": "a", "tgt_chosen": "b", "tgt_rejected": "c"}\n{"src": "a", "tgt_chosen": \n', r"train.jsonl, line 2: not valid JSON"),
+        ('{"src": "a", "tgt_chosen": "b", "tgt_rejected": "c"}\n{"src": "a", "tgt_chosen": \n', r"train.jsonl, line 2, column 28: not valid JSON"),
         ('{"src": "a", "tgt_chosen": 3, "tgt_rejected": "c"}\n', r"line 1: field 'tgt_chosen' must be a string"),
         ('{"src": "a", "tgt_rejected": "c"}\n', r"line 1: field 'tgt_chosen' must be a string"),
         ('{"src": "a", "tgt_chosen": "", "tgt_rejected": "c"}\n', r"line 1: empty response"),

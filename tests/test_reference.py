@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 from test_cli import CPU_TINY, metrics, run
-from fspo_recipe.reference import main as score_main
+from fspo_recipe.reference import main as score_main, partial_identity
 
 SAMPLE = REPO / "datasets" / "samples" / "fspo_sample" / "train.jsonl"
 
@@ -41,8 +41,9 @@ def test_resume_after_interruption(scored, tmp_path) -> None:
     root, full = scored
     out = tmp_path / "scored.jsonl"
     lines = full.read_text().splitlines(keepends=True)
-    # A run killed after 20 lines, in the middle of writing the 21st:
+    # A run killed after 20 lines, in the middle of writing the 21st (with the record of what it scored):
     (tmp_path / "scored.jsonl.partial").write_text("".join(lines[:20]) + lines[20][:37])
+    (tmp_path / "scored.jsonl.partial.json").write_text(json.dumps(partial_identity(SAMPLE, "fspo_tiny_llama", None)))
     assert score_main(["--model", "fspo_tiny_llama", "--assets-dir", str(root / "assets"), "--input", str(SAMPLE),
                        "--output", str(out), "--batch-size", "3", "--no-progress"]) == 0
     resumed = [json.loads(line) for line in out.read_text().splitlines()]

@@ -51,10 +51,10 @@ class PairLogps:
         """
         if self.ref_chosen is None or self.ref_rejected is None:
             raise CriterionError(
-                "This criterion needs reference log-probs, but the run has neither a reference model "
-                "(`criterion.config.reference_model`) nor `reference_score_chosen`/`reference_score_rejected` "
-                "in the data. Set one of them, or use a reference-free criterion (simpo, sft, "
-                "dpo with reference_free=true)."
+                "This criterion needs reference log-probs, but the run has neither a reference model nor "
+                "`reference_score_chosen`/`reference_score_rejected` in the data. Name a reference model with "
+                "--config 'criterion.config.reference_model={name: MODEL}', score the data with "
+                "fspo-score-reference, or use a reference-free criterion (simpo, sft, dpo with reference_free=true)."
             )
         return self.policy_chosen - self.ref_chosen, self.policy_rejected - self.ref_rejected
 

@@ -6,12 +6,13 @@ Pure Python, deterministic: the same rows, options and seed give the same episod
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from fspo_recipe.data.episodes import render_from_bodies, shot_body
-from fspo_recipe.data.sources import PreferenceRow, review_attributes
+from fspo_recipe.data.sources import PreferenceRow
 
 Rationale = Literal["none", "generated", "teacher_forced"]
 SplitMode = Literal["source", "heldout_users", "interpolated"]
@@ -51,8 +52,14 @@ def group_by_user(rows: Sequence[PreferenceRow]) -> dict[str, list[PreferenceRow
     return dict(sorted(groups.items()))
 
 
-def _fraction_or_count(value: float, total: int) -> int:
-    return int(round(value * total)) if 0.0 < value < 1.0 else int(value)
+def user_count(value: float, total: int, what: str) -> int:
+    """How many of ``total`` users ``value`` asks for: a count (a whole number >= 1), or a fraction in (0, 1)
+    that rounds to at least one user (a fraction asks for some users, never for none)."""
+    if value < 0 or (value >= 1 and value != int(value)):
+        raise ValueError(f"{what} must be a number of users (0, 1, 2, ...) or a fraction in (0, 1), got {value:g}.")
+    if 0.0 < value < 1.0:
+        return max(1, int(round(value * total)))
+    return int(value)
 
 
 def assign_splits(
@@ -64,6 +71,7 @@ def assign_splits(
     valid_users: float = 0,
     test_users: float = 0,
     test_user_names: Sequence[str] = (),
+    attributes: Callable[[str], list[str]] | None = None,
 ) -> dict[str, list[PreferenceRow]]:
     """Distribute rows over train / valid / test.
 
@@ -71,9 +79,11 @@ def assign_splits(
       split in the source, that fraction of every user's train rows becomes valid.
     - ``heldout_users``: all rows pooled; ``test_users`` and ``valid_users`` (a count, or a fraction if below 1) or
       ``test_user_names`` pick whole users for test and valid, so no user of valid/test appears in train.
-    - ``interpolated`` (Review): users with one attribute train, users combining several are test; valid as in
-      ``source``.
+    - ``interpolated`` (sources whose users have attributes, i.e. Review; ``attributes`` maps a user to them):
+      users with one attribute train, users combining several are test; valid as in ``source``.
     """
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"--valid-fraction must be in [0, 1), got {valid_fraction:g}.")
     out: dict[str, list[PreferenceRow]] = {s: [] for s in SPLITS}
     rng = random.Random(f"splits:{seed}")
 
@@ -93,18 +103,22 @@ def assign_splits(
             else:
                 shuffled = list(users)
                 rng.shuffle(shuffled)
-                n_test = _fraction_or_count(test_users, len(users))
+                n_test = user_count(test_users, len(users), "--test-users")
                 test, rest = set(shuffled[:n_test]), shuffled[n_test:]
-            n_valid = _fraction_or_count(valid_users, len(users))
+            n_valid = user_count(valid_users, len(users), "--valid-users")
             valid = set(rest[:n_valid])
             if len(test) + len(valid) >= len(users):
-                raise ValueError(f"Held-out users leave no training user ({len(users)} users in all).")
+                raise ValueError(f"{len(test)} test and {len(valid)} valid user(s) leave no training user "
+                                 f"({len(users)} users in all).")
             for row in pooled:
                 out["test" if row.user in test else "valid" if row.user in valid else "train"].append(row)
             return out
         if mode == "interpolated":
+            if attributes is None:
+                raise ValueError("--split-mode interpolated needs users made of attributes (review); this source's "
+                                 "users have none. Use heldout_users (--test-user-names picks the test users).")
             for row in pooled:
-                out["test" if len(review_attributes(row.user)) > 1 else "train"].append(row)
+                out["test" if len(attributes(row.user)) > 1 else "train"].append(row)
         else:
             raise ValueError(f"Unknown split mode '{mode}'; expected source, heldout_users or interpolated.")
 
@@ -197,14 +211,38 @@ def build_split_episodes(
 ) -> Iterator[dict[str, Any]]:
     """Yield the episodes of every user of a split (users in sorted order); counts go to ``stats``."""
     groups = group_by_user(rows)
-    descriptions = {user: rs[0].preferred_description for user, rs in groups.items()}
-    for user, user_rows in groups.items():
+    descriptions = [rs[0].preferred_description for rs in groups.values()]
+    positions: dict[str, list[int]] = {}
+    for i, d in enumerate(descriptions):
+        positions.setdefault(d, []).append(i)
+    for index, (user, user_rows) in enumerate(groups.items()):
         if len(user_rows) < options.num_shots + 1:
             stats.users_too_few_rows += 1
             stats.rows_of_skipped_users += len(user_rows)
             continue
         stats.users += 1
-        others = [d for u, d in descriptions.items() if u != user and d != descriptions[user]]
+        others = _Excluding(descriptions, positions[descriptions[index]])
         for episode in build_user_episodes(user, user_rows, options, others):
             stats.episodes += 1
             yield episode
+
+
+class _Excluding(Sequence[str]):
+    """``items`` without the positions ``excluded`` (sorted), as a sequence, without copying: every user's list of
+    other users' descriptions in O(1) memory and O(log n) per look-up (a copy per user was quadratic)."""
+
+    def __init__(self, items: Sequence[str], excluded: Sequence[int]) -> None:
+        self._items, self._excluded = items, excluded
+
+    def __len__(self) -> int:
+        return len(self._items) - len(self._excluded)
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        # The answer is the smallest fixed point of p = index + (excluded positions <= p); iterating from
+        # p = index climbs to it without overshooting.
+        position = index
+        while (step := index + bisect_right(self._excluded, position)) != position:
+            position = step
+        return self._items[position]

@@ -17,7 +17,7 @@ def parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
     try:
         example = json.loads(line)
     except json.JSONDecodeError as ex:
-        raise PreferenceDataError(f"{path}, line {lineno}: not valid JSON ({ex.msg}).") from None
+        raise PreferenceDataError(f"{path}, line {lineno}, column {ex.colno}: not valid JSON ({ex.msg}).") from None
     if not isinstance(example, dict):
         raise PreferenceDataError(f"{path}, line {lineno}: expected a JSON object.")
     for key in ("src", "tgt_chosen", "tgt_rejected"):
@@ -33,13 +33,16 @@ def read_preference_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
     :raises PreferenceDataError: on a malformed line (file and line named) or bytes that are not UTF-8.
     """
-    with path.open(encoding="utf-8") as fp:
-        try:
-            for lineno, line in enumerate(fp, 1):
-                if line.strip():
-                    yield lineno, parse_line(line, path, lineno)
-        except UnicodeDecodeError as ex:
-            raise PreferenceDataError(f"{path}: not UTF-8 text ({ex.reason} at byte {ex.start}).") from None
+    with path.open("rb") as fp:
+        for lineno, raw in enumerate(fp, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as ex:
+                raise PreferenceDataError(
+                    f"{path}: not UTF-8 text (line {lineno}, byte {ex.start + 1}: {ex.reason})."
+                ) from None
+            if line.strip():
+                yield lineno, parse_line(line, path, lineno)
 
 
 def default_id(path: Path, lineno: int) -> str:

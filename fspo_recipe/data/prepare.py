@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,8 +21,54 @@ from pathlib import Path
 from typing import Any
 
 from fspo_recipe.data.build import SPLITS, EpisodeOptions, SplitStats, assign_splits, build_split_episodes
-from fspo_recipe.data.sources import SOURCES, ReadReport, SourceSchemaError, read_source
-from fspo_recipe.data.writers import atomic_directory, dataset_card, jsonl_line
+from fspo_recipe.data.sources import SOURCES, ReadReport, SourceSchemaError, get_source, read_source
+from fspo_recipe.data.writers import atomic_directory, dataset_card, jsonl_line, remove_stale_partials
+
+MARKER = "fspo-prepare"
+"""``summary.json``'s ``written_by``: the mark of a directory this command wrote (and may replace)."""
+
+
+class OutputRefusedError(ValueError):
+    """The output directory must not be written: it holds the input, or data this command did not write."""
+
+
+def check_output(final: Path, inputs: Sequence[str], *, overwrite: bool) -> None:
+    """Refuse an output that would destroy data: ``final`` is or contains an input, is a file, or is an existing
+    directory that is not a prepared data set (or is one, and ``overwrite`` is not given)."""
+    target = final.resolve()
+    for given in inputs:
+        path = Path(given)
+        if not path.exists():
+            continue  # a hub name
+        source = path.resolve()
+        if source == target or target in source.parents:
+            raise OutputRefusedError(
+                f"The output {final} is or contains the input {given}: writing it would delete the input. "
+                "Choose another --out or --name."
+            )
+    for parent in [target, *target.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise OutputRefusedError(f"{parent} is a file, not a directory: choose another --out.")
+    if not target.exists():
+        return
+    summary = target / "summary.json"
+    try:
+        written_by = json.loads(summary.read_text(encoding="utf-8")).get("written_by")
+    except (OSError, ValueError, AttributeError):
+        written_by = None
+    if written_by != MARKER:
+        raise OutputRefusedError(
+            f"{final} exists and was not written by fspo-prepare (no {summary} marked written_by: {MARKER}); "
+            "not replacing it. Choose another --out or --name, or remove it yourself."
+        )
+    if not overwrite:
+        raise OutputRefusedError(f"{final} holds a prepared data set already; pass --overwrite to replace it.")
+
+
+def _say(progress: bool, message: str) -> None:
+    """One line per stage on stderr, so that nobody watches a silent terminal (or log) for half a minute."""
+    if progress:
+        print(f"fspo-prepare: {message}", file=sys.stderr, flush=True)
 
 PERCENTILES = (50, 90, 99, 100)
 TOKEN_SAMPLE = 2000  # prompts per split whose tokens are counted for the summary
@@ -49,14 +96,32 @@ def prepare(
     test_user_names: Sequence[str] = (),
     count_tokens: Callable[[str], int] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
+    keep_identical: bool = False,
+    log: bool = True,
 ) -> dict[str, Any]:
-    """Prepare one source; return the summary that is also written as ``summary.json``."""
-    spec = SOURCES[source]
+    """Prepare one source; return the summary that is also written as ``summary.json``.
+
+    ``progress`` shows a progress bar on a terminal, ``log`` one line per stage on stderr. An existing output is
+    replaced only with ``overwrite`` and only if fspo-prepare wrote it (:func:`check_output`).
+    """
+    spec = get_source(source)
     name = name or source
+    if options.num_shots < 0:
+        raise ValueError(f"--shots must be >= 0, got {options.num_shots}.")
+    if options.num_passes is not None and options.num_passes < 1:
+        raise ValueError(f"--passes must be >= 1, got {options.num_passes}.")
+    final = out_dir / name
+    check_output(final, inputs, overwrite=overwrite)
+    for stale in remove_stale_partials(out_dir, name):
+        _say(log, f"removed {stale}, left by a process that was killed")
     report = ReadReport()
     started = time.perf_counter()
 
-    by_source_split = read_source(spec, inputs, report)
+    _say(log, f"reading {source} from {', '.join(inputs)}")
+    by_source_split = read_source(spec, inputs, report, keep_identical=keep_identical)
+    _say(log, f"read {report.rows_read} rows in {time.perf_counter() - started:.1f} s"
+         + "".join(f"; {line}" for line in report.lines()))
     splits = assign_splits(
         by_source_split,
         split_mode,  # type: ignore[arg-type]
@@ -65,7 +130,10 @@ def prepare(
         valid_users=valid_users,
         test_users=test_users,
         test_user_names=test_user_names,
+        attributes=spec.attributes,
     )
+    _say(log, "split (" + split_mode + "): " + ", ".join(
+        f"{split} {len(rows)} rows of {len({r.user for r in rows})} users" for split, rows in splits.items() if rows))
 
     summary: dict[str, Any] = {
         "source": source,
@@ -78,10 +146,12 @@ def prepare(
         "rationale": options.rationale,
         "rows_read": report.rows_read,
         "rows_skipped": dict(report.skipped),
+        "rows_flagged": dict(report.flagged),
+        "keep_identical_pairs": keep_identical,
         "splits": {},
+        "written_by": MARKER,
     }
 
-    final = out_dir / name
     with atomic_directory(final) as tmp:
         for split in SPLITS:
             rows = splits[split]
@@ -109,6 +179,8 @@ def prepare(
                         tick(stats.users - last_users)
                         last_users = stats.users
                 tick(len(users) - last_users)
+            _say(log, f"{split}: {stats.episodes} episodes of {stats.users} users "
+                 f"({time.perf_counter() - started:.1f} s so far)")
             if stats.episodes == 0:
                 (tmp / jsonl).unlink()
             else:
@@ -130,6 +202,11 @@ def prepare(
                 info["prompt_tokens_sample"] = len(sample)
             summary["splits"][split] = info
         summary["seconds"] = round(time.perf_counter() - started, 2)
+        if not any(info["episodes"] for info in summary["splits"].values()):
+            raise ValueError(
+                f"No episode was made from {report.rows_read} rows: every user has fewer than "
+                f"{options.num_shots + 1} usable rows (shots + 1) or every row was skipped. Nothing was written."
+            )
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -160,6 +237,8 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
     lines = [f"{summary['source']}: {summary['rows_read']} rows read in {summary['seconds']} s -> {out}"]
     for reason, count in sorted(summary["rows_skipped"].items()):
         lines.append(f"  skipped {count} row(s): {reason}")
+    for reason, count in sorted(summary.get("rows_flagged", {}).items()):
+        lines.append(f"  kept {count} row(s) with {reason}")
     for split, info in summary["splits"].items():
         line = f"  {split:<5} {info['episodes']:>8} episodes  {info['users']:>6} users  prompt chars {info['prompt_chars']}"
         if "prompt_tokens" in info:
@@ -188,11 +267,46 @@ def _token_counter(tokenizer: str, assets_dir: Path | None) -> Callable[[str], i
     return lambda text: len(encoder(text))
 
 
+def _count_or_fraction(text: str) -> float:
+    """argparse type of --test-users / --valid-users: a whole number of users, or a fraction in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of users or a fraction in (0, 1), got '{text}'") from None
+    if value < 0 or (value >= 1 and value != int(value)):
+        raise argparse.ArgumentTypeError(f"expected a number of users (0, 1, 2, ...) or a fraction in (0, 1), "
+                                         f"got {text}")
+    return value
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got '{text}'") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fspo-prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="source", required=True, metavar="{elix,review,roleplay}")
+    sub = parser.add_subparsers(dest="source", required=True, metavar="{" + ",".join(SOURCES) + "}")
     for key, spec in SOURCES.items():
         p = sub.add_parser(
             key,
@@ -203,35 +317,54 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"local parquet/JSON/JSONL files or directories, or a hub name (default: {spec.hub_name})")
         p.add_argument("--out", type=Path, required=True, help="output directory; the data set goes to OUT/NAME")
         p.add_argument("--name", default=key, help=f"name of the data set and prefix of its cards (default: {key})")
-        p.add_argument("--shots", type=int, default=spec.default_shots,
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace OUT/NAME if it holds a data set fspo-prepare wrote (never anything else)")
+        p.add_argument("--shots", type=_at_least(0), default=spec.default_shots,
                        help=f"shots per episode (default: {spec.default_shots}, as in the paper)")
-        p.add_argument("--passes", type=int, default=None, help="reshuffling passes per user (default: 2*(shots+1))")
+        p.add_argument("--passes", type=_at_least(1), default=None,
+                       help="reshuffling passes per user (default: 2*(shots+1))")
         p.add_argument("--seed", type=int, default=0, help="seed of shuffles and user splits (default: 0)")
         p.add_argument("--split-mode", choices=["source", "heldout_users", "interpolated"], default="source",
                        help="source: the data set's own splits; heldout_users: whole users for valid/test; "
-                       "interpolated (review): single-attribute users train, combinations test")
-        p.add_argument("--valid-fraction", type=float, default=0.0,
-                       help="source/interpolated: fraction of each user's train rows for valid (default: 0)")
-        p.add_argument("--test-users", type=float, default=0.1,
-                       help="heldout_users: number of test users, or a fraction if below 1 (default: 0.1)")
-        p.add_argument("--valid-users", type=float, default=0,
-                       help="heldout_users: number of valid users, or a fraction if below 1 (default: 0)")
+                       "interpolated (sources with attribute users, i.e. review): single-attribute users train, "
+                       "combinations test")
+        p.add_argument("--valid-fraction", type=_fraction, default=0.0,
+                       help="source/interpolated: fraction of each user's train rows for valid, in [0, 1) "
+                       "(default: 0)")
+        p.add_argument("--test-users", type=_count_or_fraction, default=0.1,
+                       help="heldout_users: number of test users, or a fraction in (0, 1) of the users, at least "
+                       "one (default: 0.1)")
+        p.add_argument("--valid-users", type=_count_or_fraction, default=0,
+                       help="heldout_users: number of valid users, or a fraction in (0, 1) (default: 0)")
         p.add_argument("--test-user-names", default="", help="heldout_users: comma-separated test users")
         p.add_argument("--no-dispreferred", action="store_true", help="show only the preferred response of each shot")
         p.add_argument("--rationale", choices=["none", "generated", "teacher_forced"], default="none",
                        help="user-description rationale: in the targets (generated) or the prompt (teacher_forced)")
+        p.add_argument("--keep-identical-pairs", action="store_true",
+                       help="keep rows whose preferred and dispreferred responses are equal (default: skip and "
+                       "count them: they carry no preference)")
         p.add_argument("--tokenizer", default=None,
                        help="fairseq2 tokenizer card for token percentiles in the summary (e.g. llama3_2_3b_instruct)")
         p.add_argument("--assets-dir", type=Path, default=None, help="extra fairseq2 card directory for --tokenizer")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--quiet", action="store_true", help="no per-stage lines on stderr (errors still print)")
     return parser
+
+
+class Interrupted(BaseException):
+    """SIGTERM (what SLURM and `kill` send) or SIGINT arrived: unwind so that nothing half-written stays."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.shots < 0:
-        print("fspo-prepare: --shots must be >= 0", file=sys.stderr)
-        return 2
     options = EpisodeOptions(
         num_shots=args.shots,
         num_passes=args.passes,
@@ -239,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         include_dispreferred=not args.no_dispreferred,
         rationale=args.rationale,
     )
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         count_tokens = _token_counter(args.tokenizer, args.assets_dir) if args.tokenizer else None
         summary = prepare(
@@ -254,10 +388,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             test_user_names=[u for u in args.test_user_names.split(",") if u],
             count_tokens=count_tokens,
             progress=not args.no_progress,
+            overwrite=args.overwrite,
+            keep_identical=args.keep_identical_pairs,
+            log=not args.quiet,
         )
+    except Interrupted as ex:
+        print(f"fspo-prepare: interrupted ({signal.Signals(ex.signum).name}), nothing written", file=sys.stderr)
+        return 128 + ex.signum
     except (SourceSchemaError, ValueError, OSError) as ex:
         print(f"fspo-prepare: {ex}", file=sys.stderr)
         return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(format_summary(summary, args.out / args.name))
     return 0
 

@@ -45,10 +45,18 @@ class ReadReport:
 
     rows_read: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    flagged: dict[str, int] = field(default_factory=dict)
+    """Rows kept but worth a look (e.g. a response equal to its question), by reason."""
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def skip(self, reason: str, row_id: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self._count(self.skipped, reason, row_id)
+
+    def flag(self, reason: str, row_id: str) -> None:
+        self._count(self.flagged, reason, row_id)
+
+    def _count(self, counts: dict[str, int], reason: str, row_id: str) -> None:
+        counts[reason] = counts.get(reason, 0) + 1
         shown = self.examples.setdefault(reason, [])
         if len(shown) < 3:
             shown.append(row_id)
@@ -57,6 +65,9 @@ class ReadReport:
         return [
             f"skipped {count} row(s): {reason} (e.g. {', '.join(self.examples[reason])})"
             for reason, count in sorted(self.skipped.items())
+        ] + [
+            f"kept {count} row(s) with {reason} (e.g. {', '.join(self.examples[reason])})"
+            for reason, count in sorted(self.flagged.items())
         ]
 
 
@@ -79,53 +90,76 @@ def review_description(level: str) -> str:
 
 
 @dataclass(frozen=True)
+class RowContext:
+    """What a source's row mapping needs besides the columns: where the rows come from and what to report."""
+
+    split: str
+    """The source split (or file name) the rows come from; row ids are ``<split>/<index>``."""
+
+    report: ReadReport
+    """Skipped and flagged rows are counted here."""
+
+    keep_identical: bool = False
+    """Keep pairs whose preferred and dispreferred responses are equal (skipped and counted by default)."""
+
+
+RowMapping = Callable[["SourceSpec", Mapping[str, Sequence[Any]], RowContext], list[PreferenceRow]]
+
+
+@dataclass(frozen=True)
 class SourceSpec:
-    """The schema of one source and how to turn its columns into rows."""
+    """One data source: its name, exact schema, and how its columns become :class:`PreferenceRow`.
+
+    Adding a source means writing one row mapping and calling :func:`register_source` with its spec; nothing
+    else (reading, splits, episodes, writing) changes.
+    """
 
     name: str
+    """The name on the command line (``fspo-prepare NAME``)."""
+
     hub_name: str
+    """The Hugging Face hub data set read when no local ``--input`` is given."""
+
     columns: Mapping[str, str]
     """Required column -> what it holds (shown in schema errors)."""
 
     default_shots: int
-    kind: str
-    """``pairwise`` (prompt, response_x, response_y, label) or ``persona`` (x, yw, yl)."""
+    """Shots per episode by default (the paper's value for this source)."""
 
-    describe: Callable[[str], str] = elix_description
+    to_rows: RowMapping
+    """Turns one split's columns into rows, counting bad rows in the context's report."""
+
+    describe: Callable[[str], str] | None = None
+    """The user's description (the rationale target) from a user/level text, for sources that derive it."""
+
+    attributes: Callable[[str], list[str]] | None = None
+    """A user's attributes (Review: ``positive concise`` -> [positive, concise]); sources that have them allow
+    ``--split-mode interpolated`` (users with one attribute train, combinations test)."""
 
     def schema_text(self) -> str:
         return ", ".join(f"{c} ({what})" for c, what in self.columns.items())
 
 
-_PAIRWISE_COLUMNS = {
-    "prompt": "the question",
-    "response_x": "first response",
-    "response_y": "second response",
-    "level_x": "user response_x was written for",
-    "level_y": "user response_y was written for",
-    "scorer_level": "the user who judged the pair",
-    "label": "0 if response_x is preferred, 1 if response_y is",
-}
+SOURCES: dict[str, SourceSpec] = {}
+"""The registered sources by name (see :func:`register_source`)."""
 
-SOURCES: dict[str, SourceSpec] = {
-    "elix": SourceSpec("elix", "Asap7772/elix_generations_gpt4omini_pref", _PAIRWISE_COLUMNS, 4, "pairwise",
-                       elix_description),
-    "review": SourceSpec("review", "Asap7772/steered_reviews_full_autolabel_gpt4o_pref", _PAIRWISE_COLUMNS, 8,
-                         "pairwise", review_description),
-    "roleplay": SourceSpec(
-        "roleplay",
-        "sher222/persona-iterative-responses",
-        {
-            "x": "the question",
-            "yw": "preferred response",
-            "yl": "dispreferred response",
-            "level": "persona id (the user)",
-            "score_persona": "struct with persona_description",
-        },
-        8,
-        "persona",
-    ),
-}
+
+def register_source(spec: SourceSpec) -> SourceSpec:
+    """Make ``spec`` available to ``fspo-prepare`` under ``spec.name``; a different spec under a taken name is an
+    error, the same one again is a no-op."""
+    old = SOURCES.get(spec.name)
+    if old is not None and old != spec:
+        raise ValueError(f"A data source named '{spec.name}' is already registered.")
+    SOURCES[spec.name] = spec
+    return spec
+
+
+def get_source(name: str) -> SourceSpec:
+    """The registered source ``name``; the error lists the known ones."""
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise ValueError(f"Unknown data source '{name}'; known sources: {', '.join(sorted(SOURCES))}.") from None
 
 
 def _text(value: Any) -> str:
@@ -143,52 +177,106 @@ def _check_columns(spec: SourceSpec, columns: Iterable[str], where: str) -> None
 
 
 def rows_from_columns(
-    spec: SourceSpec, split: str, data: Mapping[str, Sequence[Any]], report: ReadReport, where: str
+    spec: SourceSpec, split: str, data: Mapping[str, Sequence[Any]], report: ReadReport, where: str, *,
+    keep_identical: bool = False,
 ) -> list[PreferenceRow]:
     """Turn one split's columns (name -> list of values) into rows; bad rows are counted in ``report``."""
     _check_columns(spec, data.keys(), where)
-    n = len(next(iter(data.values()))) if data else 0
-    report.rows_read += n
+    report.rows_read += len(next(iter(data.values()))) if data else 0
+    return spec.to_rows(spec, data, RowContext(split, report, keep_identical))
+
+
+EMPTY_TEXT = "empty question, response or user"
+
+
+def accept_pair(ctx: RowContext, row_id: str, question: str, preferred: str, dispreferred: str) -> bool:
+    """The checks every source applies to a (question, preferred, dispreferred) row: empty texts and identical
+    responses are skipped (the latter unless ``keep_identical``), a response equal to its question is flagged."""
+    if not (question and preferred and dispreferred):
+        ctx.report.skip(EMPTY_TEXT, row_id)
+        return False
+    if preferred == dispreferred and not ctx.keep_identical:
+        ctx.report.skip("preferred equal to dispreferred (--keep-identical-pairs keeps them)", row_id)
+        return False
+    if question in (preferred, dispreferred):
+        ctx.report.flag("a response equal to its question", row_id)
+    return True
+
+
+_PAIRWISE_COLUMNS = {
+    "prompt": "the question",
+    "response_x": "first response",
+    "response_y": "second response",
+    "level_x": "user response_x was written for",
+    "level_y": "user response_y was written for",
+    "scorer_level": "the user who judged the pair",
+    "label": "0 if response_x is preferred, 1 if response_y is",
+}
+
+
+def scored_pair_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContext) -> list[PreferenceRow]:
+    """Elix / Review: two responses, each written for a level, and a label saying which the scorer preferred."""
+    describe = spec.describe or elix_description
     out: list[PreferenceRow] = []
-    append = out.append
+    cols = [data[c] for c in ("prompt", "response_x", "response_y", "level_x", "level_y", "scorer_level", "label")]
+    for i, (q, rx, ry, lx, ly, user, label) in enumerate(zip(*cols)):
+        row_id = f"{ctx.split}/{i}"
+        if label not in (0, 1) or isinstance(label, bool):
+            ctx.report.skip("label not 0 or 1", row_id)
+            continue
+        q, rx, ry, user = _text(q), _text(rx), _text(ry), _text(user)
+        if not user:
+            ctx.report.skip(EMPTY_TEXT, row_id)
+            continue
+        preferred, dispreferred = (rx, ry) if label == 0 else (ry, rx)
+        if not accept_pair(ctx, row_id, q, preferred, dispreferred):
+            continue
+        lx, ly = _text(lx) or user, _text(ly) or user
+        lp, ld = (lx, ly) if label == 0 else (ly, lx)
+        out.append(PreferenceRow(row_id, user, q, preferred, dispreferred, describe(lp), describe(ld)))
+    return out
 
-    if spec.kind == "pairwise":
-        describe = spec.describe
-        cols = [data[c] for c in ("prompt", "response_x", "response_y", "level_x", "level_y", "scorer_level", "label")]
-        for i, (q, rx, ry, lx, ly, user, label) in enumerate(zip(*cols)):
-            row_id = f"{split}/{i}"
-            if label not in (0, 1) or isinstance(label, bool):
-                report.skip("label not 0 or 1", row_id)
-                continue
-            q, rx, ry, user = _text(q), _text(rx), _text(ry), _text(user)
-            if not (q and rx and ry and user):
-                report.skip("empty question, response or user", row_id)
-                continue
-            lx, ly = _text(lx), _text(ly)
-            if label == 0:
-                append(PreferenceRow(row_id, user, q, rx, ry, describe(lx or user), describe(ly or user)))
-            else:
-                append(PreferenceRow(row_id, user, q, ry, rx, describe(ly or user), describe(lx or user)))
-        return out
 
+def persona_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContext) -> list[PreferenceRow]:
+    """Roleplay: preferred and dispreferred responses of a persona, and the persona's description."""
+    out: list[PreferenceRow] = []
     cols = [data[c] for c in ("x", "yw", "yl", "level", "score_persona")]
     for i, (q, yw, yl, level, persona) in enumerate(zip(*cols)):
-        row_id = f"{split}/{i}"
+        row_id = f"{ctx.split}/{i}"
         user = _text(str(level)) if level is not None else ""
         q, yw, yl = _text(q), _text(yw), _text(yl)
-        if not (q and yw and yl and user):
-            report.skip("empty question, response or user", row_id)
+        if not user:
+            ctx.report.skip(EMPTY_TEXT, row_id)
             continue
-        description = ""
-        if isinstance(persona, Mapping):
-            description = _text(persona.get("persona_description"))
+        if not accept_pair(ctx, row_id, q, yw, yl):
+            continue
+        description = _text(persona.get("persona_description")) if isinstance(persona, Mapping) else ""
         if not description:
-            report.skip("score_persona without persona_description", row_id)
+            ctx.report.skip("score_persona without persona_description", row_id)
             continue
         # Roleplay does not say whom the rejected response was written for; the episode builder picks another
         # persona's description for the rejected rationale.
-        append(PreferenceRow(row_id, user, q, yw, yl, description, ""))
+        out.append(PreferenceRow(row_id, user, q, yw, yl, description, ""))
     return out
+
+
+register_source(SourceSpec("elix", "Asap7772/elix_generations_gpt4omini_pref", _PAIRWISE_COLUMNS, 4,
+                           scored_pair_rows, elix_description))
+register_source(SourceSpec("review", "Asap7772/steered_reviews_full_autolabel_gpt4o_pref", _PAIRWISE_COLUMNS, 8,
+                           scored_pair_rows, review_description, attributes=review_attributes))
+register_source(SourceSpec(
+    "roleplay",
+    "sher222/persona-iterative-responses",
+    {
+        "x": "the question",
+        "yw": "preferred response",
+        "yl": "dispreferred response",
+        "level": "persona id (the user)",
+        "score_persona": "struct with persona_description",
+    },
+    8,
+    persona_rows,
+))
 
 
 # ---- reading -------------------------------------------------------------------------------------------------
@@ -205,42 +293,79 @@ def _split_of_file(path: Path) -> str:
     return "train"
 
 
+def _json_error(path: Path, ex: json.JSONDecodeError, lineno: int | None = None) -> SourceSchemaError:
+    where = f"{path}, line {lineno if lineno is not None else ex.lineno}, column {ex.colno}"
+    return SourceSchemaError(f"{where}: not valid JSON ({ex.msg}).")
+
+
+def _decode(path: Path, data: bytes, lineno: int | None = None) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as ex:
+        if lineno is None:  # a whole file: say on which line the bad byte is
+            lineno = data.count(b"\n", 0, ex.start) + 1
+            column = ex.start - (data.rfind(b"\n", 0, ex.start) + 1) + 1
+        else:
+            column = ex.start + 1
+        raise SourceSchemaError(
+            f"{path}, line {lineno}, byte {column}: not UTF-8 text ({ex.reason}); save the file as UTF-8."
+        ) from None
+
+
+def _read_json(path: Path) -> list[Any]:
+    """The records of a JSON array file or of a JSONL file (one object per line), errors named by line."""
+    with path.open("rb") as fp:
+        head = fp.read(4096).lstrip()
+        fp.seek(0)
+        if head.startswith(b"["):
+            try:
+                return json.loads(_decode(path, fp.read()))
+            except json.JSONDecodeError as ex:
+                raise _json_error(path, ex) from None
+        records = []
+        for lineno, raw in enumerate(fp, 1):
+            line = _decode(path, raw, lineno).rstrip("\r\n")
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as ex:
+                    raise _json_error(path, ex, lineno) from None
+        return records
+
+
 def _read_file(path: Path) -> dict[str, list[Any]]:
+    """The columns (name -> values) of one parquet / JSON / JSONL file; every error names the file."""
     fmt = _FILE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise SourceSchemaError(f"{path}: unsupported file type '{path.suffix}'; use .parquet, .jsonl or .json.")
+    if path.stat().st_size == 0:
+        raise SourceSchemaError(f"{path}: the file is empty (expected rows in the source schema).")
     if fmt == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pydict()
-    if fmt == "json":
-        with path.open(encoding="utf-8") as fp:
-            head = fp.read(1)
-            while head and head.isspace():
-                head = fp.read(1)
-            fp.seek(0)
-            if head == "[":
-                try:
-                    records = json.load(fp)
-                except json.JSONDecodeError as ex:
-                    raise SourceSchemaError(f"{path}: not valid JSON ({ex}).") from ex
-            else:
-                records = []
-                for lineno, line in enumerate(fp, 1):
-                    if line.strip():
-                        try:
-                            records.append(json.loads(line))
-                        except json.JSONDecodeError as ex:
-                            raise SourceSchemaError(f"{path}, line {lineno}: not valid JSON ({ex.msg}).") from ex
-        if not all(isinstance(r, dict) for r in records):
-            raise SourceSchemaError(f"{path}: every record must be a JSON object.")
-        keys: dict[str, None] = {}
-        for r in records:
-            keys.update(dict.fromkeys(r))
-        return {k: [r.get(k) for r in records] for k in keys}
-    raise SourceSchemaError(f"{path}: unsupported file type '{path.suffix}'; use .parquet, .jsonl or .json.")
+        try:
+            columns = pq.read_table(path).to_pydict()
+        except (pa.ArrowException, OSError) as ex:
+            raise SourceSchemaError(f"{path}: not a readable parquet file ({ex}).") from None
+        if not columns or not len(next(iter(columns.values()))):
+            raise SourceSchemaError(f"{path}: the file has no rows.")
+        return columns
+    records = _read_json(path)
+    if not records:
+        raise SourceSchemaError(f"{path}: the file has no records (only blank lines).")
+    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise SourceSchemaError(f"{path}: record {bad + 1} is not a JSON object; every record must be one.")
+    keys: dict[str, None] = {}
+    for r in records:
+        keys.update(dict.fromkeys(r))
+    return {k: [r.get(k) for r in records] for k in keys}
 
 
 def read_source(
-    spec: SourceSpec, inputs: Sequence[str], report: ReadReport, *, cache_dir: str | None = None
+    spec: SourceSpec, inputs: Sequence[str], report: ReadReport, *, cache_dir: str | None = None,
+    keep_identical: bool = False,
 ) -> dict[str, list[PreferenceRow]]:
     """Read ``inputs`` (local files or directories, or one hub name) into rows per source split.
 
@@ -262,12 +387,13 @@ def read_source(
         raise SourceSchemaError(f"{', '.join(map(str, local))}: no .parquet, .jsonl or .json file found.")
 
     for path in files:
-        rows = rows_from_columns(spec, path.name, _read_file(path), report, str(path))
+        rows = rows_from_columns(spec, path.name, _read_file(path), report, str(path), keep_identical=keep_identical)
         by_split.setdefault(_split_of_file(path), []).extend(rows)
 
     for name in remote:
         for split, data in _load_hub(name, cache_dir).items():
-            by_split.setdefault(split, []).extend(rows_from_columns(spec, split, data, report, f"{name} [{split}]"))
+            rows = rows_from_columns(spec, split, data, report, f"{name} [{split}]", keep_identical=keep_identical)
+            by_split.setdefault(split, []).extend(rows)
     return by_split
 
 

@@ -12,6 +12,19 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path, *, directory: bool) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would have: ``mkstemp``/``mkdtemp`` create 0600/0700,
+    which leaves outputs unreadable to the rest of a group on a shared cluster."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Yield a temporary file beside ``path`` (``mode`` "w" for UTF-8 text, "wb" for bytes); on success it
@@ -20,21 +33,64 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fp:
             yield fp
+        honour_umask(Path(tmp), directory=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _partial_prefix(name: str) -> str:
+    return f".{name}.partial-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_partials(parent: Path, name: str) -> list[Path]:
+    """Remove ``.NAME.partial-PID-*`` and ``.NAME.old-PID`` left in ``parent`` by processes that no longer run
+    (a SIGKILL leaves no chance to clean up); return what was removed. Live processes' directories are kept."""
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    for entry in parent.iterdir():
+        rest = None
+        if entry.name.startswith(_partial_prefix(name)):
+            rest = entry.name[len(_partial_prefix(name)) :].split("-", 1)[0]
+        elif entry.name.startswith(f".{name}.old-"):
+            rest = entry.name[len(f".{name}.old-") :]
+        if rest is None or not rest.isdigit() or _pid_alive(int(rest)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 @contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``final``; on success it replaces ``final``, on error it is removed.
 
-    A crash (an exception, Ctrl-C) leaves ``final`` as it was: an earlier complete output, or nothing.
+    A crash (an exception, Ctrl-C, a SIGTERM turned into an exception) leaves ``final`` as it was: an earlier
+    complete output, or nothing. The temporary name carries the process id, so a later run can tell the debris of
+    a killed process (:func:`remove_stale_partials`) from the work of one still running. Whether ``final`` may be
+    replaced at all is the caller's decision; a file there is never replaced.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    if final.exists() and not final.is_dir():
+        raise FileExistsError(f"{final} exists and is not a directory; not replacing it.")
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{_partial_prefix(final.name)}{os.getpid()}-"))
     try:
+        honour_umask(tmp, directory=True)
         yield tmp
         old = None
         if final.exists():

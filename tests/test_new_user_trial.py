@@ -1,0 +1,441 @@
+"""Bad and unusual input, as a new user gives it: nothing is lost, nothing succeeds silently, errors say where."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, cli_env
+from fspo_recipe.data.build import EpisodeOptions
+from fspo_recipe.data.prepare import main as prepare_main, prepare
+
+SAMPLES = REPO / "datasets" / "samples"
+
+
+def prepare_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fspo_recipe.data.prepare", *args]
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ---- 1. data loss ------------------------------------------------------------------------------------------
+
+
+def test_the_input_is_never_the_output(tmp_path, capsys) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "elix").mkdir()
+    for f in (SAMPLES / "elix").glob("*.jsonl"):
+        (raw / "elix" / f.name).write_bytes(f.read_bytes())
+    before = {f.name: f.read_bytes() for f in (raw / "elix").iterdir()}
+    assert prepare_main(["elix", "--input", str(raw / "elix"), "--out", str(raw), "--no-progress"]) == 1
+    assert "is or contains the input" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in (raw / "elix").iterdir()} == before
+    # The same when the input is a file inside the output directory, and even with --overwrite.
+    assert prepare_main(["elix", "--input", str(raw / "elix" / "train.jsonl"), "--out", str(raw), "--overwrite",
+                         "--no-progress"]) == 1
+    assert {f.name: f.read_bytes() for f in (raw / "elix").iterdir()} == before
+
+
+def test_an_existing_directory_is_replaced_only_with_overwrite_and_only_if_prepared(tmp_path, capsys) -> None:
+    args = ["elix", "--input", str(SAMPLES / "elix"), "--out", str(tmp_path), "--shots", "2", "--no-progress"]
+    assert prepare_main(args) == 0
+    first = (tmp_path / "elix" / "train.jsonl").read_bytes()
+    assert json.loads((tmp_path / "elix" / "summary.json").read_text())["written_by"] == "fspo-prepare"
+
+    assert prepare_main(args[:-3] + ["--shots", "3", "--no-progress"]) == 1  # no --overwrite
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "elix" / "train.jsonl").read_bytes() == first
+
+    assert prepare_main(args[:-3] + ["--shots", "3", "--no-progress", "--overwrite"]) == 0
+    assert (tmp_path / "elix" / "train.jsonl").read_bytes() != first
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my only copy")
+    assert prepare_main(["elix", "--input", str(SAMPLES / "elix"), "--out", str(tmp_path), "--name", "mine",
+                         "--overwrite", "--no-progress"]) == 1
+    assert "was not written by fspo-prepare" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "my only copy"
+
+
+# ---- 2, 3, 4. splits and numeric options ---------------------------------------------------------------------
+
+
+def test_a_test_fraction_holds_out_at_least_one_user(tmp_path, capsys) -> None:
+    summary = prepare("elix", [str(SAMPLES / "elix")], tmp_path, options=EpisodeOptions(num_shots=2),
+                      split_mode="heldout_users", test_users=0.1)  # 0.1 of 5 users rounds to 0
+    assert summary["splits"]["test"]["users"] == 1 and summary["splits"]["train"]["users"] == 4
+    assert (tmp_path / "elix" / "elix_test.yaml").is_file()
+    assert "test " in capsys.readouterr().err  # per-split user counts are said as the command runs
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--test-users", "-1", "--test-users: expected a number of users"),
+    ("--test-users", "1.5", "--test-users: expected a number of users"),
+    ("--valid-fraction", "1.5", "--valid-fraction: must be in [0, 1)"),
+    ("--passes", "0", "--passes: must be >= 1"),
+    ("--shots", "-2", "--shots: must be >= 0"),
+])
+def test_nonsense_numbers_are_refused_with_one_line(tmp_path, capsys, option, value, message) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_main(["elix", "--input", str(SAMPLES / "elix"), "--out", str(tmp_path), option, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "elix").exists()
+
+
+def test_the_python_api_refuses_them_too(tmp_path) -> None:
+    with pytest.raises(ValueError, match="--test-users must be a number of users"):
+        prepare("elix", [str(SAMPLES / "elix")], tmp_path, options=EpisodeOptions(num_shots=2),
+                split_mode="heldout_users", test_users=-1)
+    with pytest.raises(ValueError, match="--passes must be >= 1"):
+        prepare("elix", [str(SAMPLES / "elix")], tmp_path, options=EpisodeOptions(num_shots=2, num_passes=0))
+    assert not (tmp_path / "elix").exists()
+
+
+@pytest.mark.parametrize("source", ["elix", "roleplay"])
+def test_interpolated_needs_attribute_users(tmp_path, capsys, source) -> None:
+    assert prepare_main([source, "--input", str(SAMPLES / source), "--out", str(tmp_path),
+                         "--split-mode", "interpolated", "--no-progress"]) == 1
+    assert "needs users made of attributes" in capsys.readouterr().err
+    assert not (tmp_path / source).exists()
+
+
+def test_the_pipeline_checks_its_splits_before_training(tmp_path) -> None:
+    script = REPO / "example_training_scripts" / "fspo_pipeline.sh"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    # Two users, one of which has too few rows for an episode: one of the two splits cannot be made, so training
+    # must not start.
+    rows = [r for r in read_rows(SAMPLES / "elix" / "train.jsonl") if r["scorer_level"] in ("a child", "an expert")]
+    rows = [r for r in rows if r["scorer_level"] == "a child"] + [r for r in rows if r["scorer_level"] == "an expert"][:2]
+    write_rows(tmp_path / "in" / "train.jsonl", rows)
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env=cli_env(PATH=path, RUN_ROOT=str(tmp_path / "run"), INPUT=str(tmp_path / "in"), SHOTS="2",
+                                      TEST_USERS="1", MODEL="fspo_tiny_llama"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no data set card 'elix_t" in proc.stderr
+    assert not (tmp_path / "run" / "sft").exists()
+
+
+# ---- 5. resuming reference scores ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_cards(tmp_path_factory) -> Path:
+    from fspo_recipe.tiny import write_tiny_assets
+
+    out = tmp_path_factory.mktemp("tiny13")
+    write_tiny_assets(out, seed=0)
+    return out
+
+
+def test_a_partial_output_of_another_input_is_refused(tiny_cards, tmp_path, capsys) -> None:
+    from fspo_recipe.reference import main as score_main, partial_identity
+
+    elix = tmp_path / "elix.jsonl"
+    prepare("elix", [str(SAMPLES / "elix")], tmp_path / "p", options=EpisodeOptions(num_shots=1), log=False)
+    elix.write_bytes((tmp_path / "p" / "elix" / "train.jsonl").read_bytes())
+    roleplay = SAMPLES / "fspo_sample" / "train.jsonl"
+    out = tmp_path / "scored.jsonl"
+    common = ["--model", "fspo_tiny_llama", "--assets-dir", str(tiny_cards), "--output", str(out), "--no-progress"]
+    # A run over another input, killed after a few lines:
+    assert score_main([*common, "--input", str(roleplay)]) == 0
+    lines = out.read_text().splitlines(keepends=True)
+    assert not out.with_name("scored.jsonl.partial.json").exists()  # removed with a finished run
+    out.with_name("scored.jsonl.partial").write_text("".join(lines[:5]))
+    out.with_name("scored.jsonl.partial.json").write_text(json.dumps(partial_identity(roleplay, "fspo_tiny_llama", None)))
+    out.unlink()
+
+    assert score_main([*common, "--input", str(elix)]) == 1
+    err = capsys.readouterr().err
+    assert "was made from another input or model" in err and "input" in err
+    assert not out.exists()
+
+    # Same identity but lines that are not the input's (a hand-made partial): refused, naming the line.
+    out.with_name("scored.jsonl.partial.json").write_text(json.dumps(partial_identity(elix, "fspo_tiny_llama", None)))
+    assert score_main([*common, "--input", str(elix)]) == 1
+    assert "line 1 is not line 1 of the input" in capsys.readouterr().err
+
+    # A partial with no identity record at all (an older version, or copied by hand): refused too.
+    out.with_name("scored.jsonl.partial.json").unlink()
+    assert score_main([*common, "--input", str(elix)]) == 1
+    assert "has no record of what it was made from" in capsys.readouterr().err
+
+
+def test_score_reference_checks_its_output_first_and_finds_a_runs_cards(tiny_cards, tmp_path, capsys) -> None:
+    from fspo_recipe.reference import main as score_main
+
+    sample = SAMPLES / "fspo_sample" / "train.jsonl"
+    assert score_main(["--model", "fspo_tiny_llama", "--assets-dir", str(tiny_cards), "--input", str(sample),
+                       "--output", str(tmp_path), "--no-progress"]) == 1
+    assert "is a directory" in capsys.readouterr().err
+
+    # A run trained with its cards in common.assets.extra_path: --run-dir alone finds the tokenizer's card.
+    from test_cli import CPU_TINY, run
+
+    sft = tmp_path / "sft"
+    run(sft, "fspo_sft", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama", *CPU_TINY,
+        "regime.num_steps=1", "regime.checkpoint_every_n_steps=1")
+    out = tmp_path / "scored.jsonl"
+
+    def score(output: Path) -> subprocess.CompletedProcess:  # a fresh process: no card directory known before
+        return subprocess.run([sys.executable, "-m", "fspo_recipe.reference", "--run-dir", str(sft), "--input",
+                               str(sample), "--output", str(output), "--no-progress"], capture_output=True, text=True,
+                              env=cli_env(), cwd=REPO, timeout=300)
+
+    assert score(out).returncode == 0
+    assert len(out.read_text().splitlines()) == len(sample.read_text().splitlines())
+
+    # Without a way to find the card, one line that says what to pass.
+    (sft / "config.yaml").unlink()
+    proc = score(tmp_path / "x.jsonl")
+    assert proc.returncode == 1
+    assert "--assets-dir" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---- 6, 8, 10. training: no silent success, no tracebacks -------------------------------------------------
+
+
+def train(out: Path, *overrides: str) -> subprocess.CompletedProcess:
+    from test_cli import FAIRSEQ2
+
+    cmd = [FAIRSEQ2, "lm", "preference_finetune", str(out), "--preset", "fspo_sft", "--no-sweep-dir", "--config",
+           "trainer.dtype=float32", "dataset.batch_size=2", "regime.num_steps=2", *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(COLUMNS="400"), cwd=REPO, timeout=300)
+
+
+def test_an_empty_data_set_and_a_max_len_that_drops_all_fail(tiny_cards, tmp_path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "train.jsonl").write_text("")
+    proc = train(tmp_path / "a", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
+                 f"dataset.path={empty}")
+    assert proc.returncode == 1
+    assert "gave no batch: 0 example(s) read" in proc.stderr and "Training complete" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    proc = train(tmp_path / "b", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
+                 "dataset.max_seq_len=10")
+    assert proc.returncode == 1
+    assert "48 too long for dataset.max_seq_len=10" in proc.stderr
+    log = (tmp_path / "b" / "logs" / "rank_0.log").read_text()
+    assert "end of a pass over" in log and "48 dropped as too long for max_seq_len 10" in log
+
+
+def test_the_end_of_every_pass_logs_its_counts(tiny_cards, tmp_path) -> None:
+    proc = train(tmp_path / "run", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
+                 "dataset.max_seq_len=700", "dataset.batch_size=16", "regime.num_steps=8", "regime.num_data_epochs=null")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    passes = [line for line in (tmp_path / "run" / "logs" / "rank_0.log").read_text().splitlines()
+              if "end of a pass over" in line]
+    assert len(passes) >= 2  # 48 examples in batches of 16, 8 steps: two passes end
+    assert all("shortened" in line and "dropped as too long for max_seq_len 700" in line for line in passes)
+
+
+def test_missing_data_file_and_file_as_output_dir_are_one_line(tiny_cards, tmp_path) -> None:
+    import shutil
+
+    cards = tmp_path / "cards"
+    shutil.copytree(tiny_cards, cards)
+    (cards / "ghost.yaml").write_text("name: ghost\ndataset_family: fspo_preference\ndata: missing.jsonl\n")
+    proc = train(tmp_path / "a", f"common.assets.extra_path={cards}", "model.name=fspo_tiny_llama", "dataset.name=ghost")
+    assert proc.returncode == 1
+    assert "missing.jsonl" in proc.stderr and "Traceback" not in proc.stderr
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    proc = train(a_file / "run", "model.name=fspo_tiny_llama")
+    assert proc.returncode == 2
+    assert f"{a_file} is a file, not a directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_reference_hint_works_as_printed(tiny_cards, tmp_path) -> None:
+    from fspo_recipe.unit import REFERENCE_OVERRIDE
+
+    proc = train(tmp_path / "a", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
+                 "criterion.config.loss=ipo", "criterion.config.reference_model=null")
+    assert proc.returncode == 1
+    assert REFERENCE_OVERRIDE in proc.stderr.replace("\n", " ") or "reference_model={name: MODEL}" in proc.stderr
+    hint = REFERENCE_OVERRIDE.split(" ", 1)[1].strip("'").replace("MODEL", "fspo_tiny_llama")
+    proc = train(tmp_path / "b", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
+                 "criterion.config.loss=ipo", hint)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# ---- 7. SIGTERM and Ctrl-C -------------------------------------------------------------------------------
+
+
+def big_elix(path: Path, rows: int = 30000) -> Path:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from prepare_elix import synthetic_rows
+    finally:
+        sys.path.pop(0)
+    cols = synthetic_rows(rows, 300, 0)
+    write_rows(path, [dict(zip(cols, values)) for values in zip(*cols.values())])
+    return path
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_leaves_nothing_behind(tmp_path, sig) -> None:
+    src = big_elix(tmp_path / "in" / "train.jsonl")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(prepare_cli("elix", "--input", str(src), "--out", str(out), "--no-progress"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while not any((p / "train.jsonl").exists() for p in out.glob(".elix.partial-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, stderr
+    assert stderr.strip().splitlines()[-1].startswith("fspo-prepare: interrupted") and "nothing written" in stderr
+    assert "Traceback" not in stderr
+    assert list(out.iterdir()) == []
+
+
+def test_debris_of_killed_runs_is_removed(tmp_path) -> None:
+    out = tmp_path / "out"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / f".elix.partial-{dead.pid}-abc").mkdir(parents=True)
+    (out / f".elix.partial-{dead.pid}-abc" / "train.jsonl").write_text("half")
+    (out / f".elix.old-{dead.pid}").write_text("old")
+    live = out / f".elix.partial-{os.getpid()}-xyz"  # a process that still runs: its work is left alone
+    live.mkdir()
+    prepare("elix", [str(SAMPLES / "elix")], out, options=EpisodeOptions(num_shots=2))
+    assert sorted(p.name for p in out.iterdir()) == sorted(["elix", live.name])
+
+
+# ---- 8, 9. messages that say where ------------------------------------------------------------------------
+
+
+def test_tiny_assets_given_a_file(tmp_path) -> None:
+    from fspo_recipe.tiny import main as tiny_main
+
+    (tmp_path / "f").write_text("x")
+    assert tiny_main([str(tmp_path / "f")]) == 2
+
+
+def test_prepare_given_a_file_as_output(tmp_path, capsys) -> None:
+    (tmp_path / "f").write_text("x")
+    assert prepare_main(["elix", "--input", str(SAMPLES / "elix"), "--out", str(tmp_path / "f"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "is a file, not a directory" in err and "Errno" not in err
+
+
+@pytest.mark.parametrize("content,expected", [
+    (b"", "the file is empty"),
+    (b"\n\n", "the file has no records"),
+    (b'{"prompt": "caf\xe9"}\n', "line 1, byte 16: not UTF-8 text"),
+    (b'{"prompt": "a"}\n{"prompt": "unterminated\n', "line 2, column 12: not valid JSON (Unterminated string"),
+])
+def test_input_errors_name_file_line_and_column(tmp_path, capsys, content, expected) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(content)
+    assert prepare_main(["elix", "--input", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}" in err and expected in err, err
+
+
+def test_training_data_errors_give_the_column(tmp_path) -> None:
+    from fspo_recipe.data.jsonl import PreferenceDataError, read_preference_jsonl
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"src": "a", "tgt_chosen": "b", "tgt_rejected": "c"}\n{"src": "unterminated\n')
+    with pytest.raises(PreferenceDataError, match=r"train.jsonl, line 2, column 9: not valid JSON \(Unterminated"):
+        list(read_preference_jsonl(path))
+
+
+# ---- 11. permissions -----------------------------------------------------------------------------------------
+
+
+def test_outputs_honour_the_umask(tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        prepare("elix", [str(SAMPLES / "elix")], tmp_path, options=EpisodeOptions(num_shots=2), log=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "elix").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "elix" / "train.jsonl").stat().st_mode) == 0o644
+
+    from fspo_recipe.data.writers import atomic_file
+
+    old = os.umask(0o002)
+    try:
+        with atomic_file(tmp_path / "metrics.json") as fp:
+            fp.write("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o664
+
+
+# ---- 12. silent oddities ---------------------------------------------------------------------------------------
+
+
+def test_identical_pairs_are_skipped_and_echoes_flagged(tmp_path) -> None:
+    rows = read_rows(SAMPLES / "elix" / "train.jsonl")
+    rows[0]["response_y"] = rows[0]["response_x"]
+    rows[1]["response_x"] = rows[1]["prompt"]
+    src = write_rows(tmp_path / "in" / "train.jsonl", rows)
+    summary = prepare("elix", [str(src)], tmp_path / "a", options=EpisodeOptions(num_shots=2), log=False)
+    assert summary["rows_skipped"] == {"preferred equal to dispreferred (--keep-identical-pairs keeps them)": 1}
+    assert summary["rows_flagged"] == {"a response equal to its question": 1}
+    kept = prepare("elix", [str(src)], tmp_path / "b", options=EpisodeOptions(num_shots=2), keep_identical=True,
+                   log=False)
+    assert kept["rows_skipped"] == {} and kept["keep_identical_pairs"] is True
+
+
+def test_stages_are_logged_when_not_on_a_terminal(tmp_path) -> None:
+    proc = subprocess.run(prepare_cli("elix", "--input", str(SAMPLES / "elix"), "--out", str(tmp_path)),
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("fspo-prepare: ")]
+    assert any(line.startswith("fspo-prepare: read 200 rows") for line in lines)
+    assert any("train:" in line and "episodes of 5 users" in line for line in lines)
+
+
+def test_episode_building_is_linear_in_users(tmp_path) -> None:
+    """Every user's rationale draws from all other users' descriptions; that list is no longer copied per user."""
+    from fspo_recipe.data import build
+    from fspo_recipe.data.build import SplitStats, build_split_episodes
+    from fspo_recipe.data.sources import PreferenceRow
+
+    def rows(users: int) -> list[PreferenceRow]:
+        return [PreferenceRow(f"t/{u}/{i}", f"u{u:06d}", "q", "p", "d", f"desc {u % 1000}", "")
+                for u in range(users) for i in range(2)]
+
+    def seconds(users: int) -> float:
+        data = rows(users)
+        start = time.perf_counter()
+        for _ in build_split_episodes(data, EpisodeOptions(num_shots=1, num_passes=1, rationale="generated"),
+                                      SplitStats()):
+            pass
+        return time.perf_counter() - start
+
+    small, large = seconds(2000), seconds(20000)
+    assert large < 25 * small  # quadratic would be 100x
+
+    # The draws are those of the full list: the same rationale as a plain list gives.
+    descriptions = [f"d{i % 7}" for i in range(50)]
+    positions = [i for i, d in enumerate(descriptions) if d == "d3"]
+    view = build._Excluding(descriptions, positions)
+    assert list(view) == [d for d in descriptions if d != "d3"]
