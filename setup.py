@@ -21,10 +21,10 @@ setup(
         "fairseq2.extension": ["fspo = fspo_recipe:setup_fairseq2_extension"],
         "fairseq2.cli": ["fspo = fspo_recipe:setup_fairseq2_cli"],
         "console_scripts": [
-            "fspo-tiny-assets = fspo_recipe.tiny:main",
+            "fspo-tiny-assets = fspo_recipe.models.tiny:main",
             "fspo-metrics = fspo_recipe.report:main",
             "fspo-prepare = fspo_recipe.data.prepare:main",
-            "fspo-score-reference = fspo_recipe.reference:main",
+            "fspo-score-reference = fspo_recipe.scoring.reference:main",
             "fspo-synthetic-users = fspo_recipe.data.synthetic:main",
         ],
     },

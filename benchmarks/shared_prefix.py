@@ -37,16 +37,19 @@ def child(variant: str, prompt: int, response: int, pairs: int, steps: int) -> d
     from fairseq2.utils.structured import structure
 
     from fspo_recipe.criteria import get_criterion
-    from fspo_recipe.tiny import TinyModelSpec
-    from fspo_recipe.unit import FspoFinetuneUnit
+    from fspo_recipe.models.llama import FspoLLaMAFactory
+    from fspo_recipe.models.tiny import TinyModelSpec
+    from fspo_recipe.train.unit import FspoFinetuneUnit
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = TinyModelSpec(model_dim=256, num_layers=4, num_attn_heads=4, num_key_value_heads=4, ffn_inner_dim=1024,
                          max_seq_len=prompt + 2 * response + 8)
     config = structure(spec.model_config(), LLaMAConfig)
-    model = LLaMAFactory(config).create_model().to(device).train()
-    reference = LLaMAFactory(config).create_model().to(device).eval().requires_grad_(False)
+    # fairseq2's unit gets fairseq2's model; ours the model FSPO's commands load (the packed-pairs subclasses).
+    factory = LLaMAFactory if variant == "builtin" else FspoLLaMAFactory
+    model = factory(config).create_model().to(device).train()
+    reference = factory(config).create_model().to(device).eval().requires_grad_(False)
     gangs = fake_gangs(device)
 
     def side(prompt_ids: torch.Tensor, resp: torch.Tensor, scores: list[float | None]) -> SequenceBatch:

@@ -15,34 +15,19 @@ from fairseq2.optim import OptimizerHandler
 from fairseq2.recipes.lm import POFinetuneUnitHandler
 
 from fspo_recipe.assets import add_card_directory
-from fspo_recipe.optim import RMSPROP_OPTIMIZER, RMSpropHandler
-from fspo_recipe.presets import register_fspo_presets
-from fspo_recipe.reader import FSPO_PREFERENCE_FAMILY, FspoPreferenceDataset
-from fspo_recipe.unit import FSPO_UNIT, FspoFinetuneUnitHandler
-
-# (name, display name, priority) of the unit's metrics; names fairseq2 already knows are left to it.
-METRICS = (
-    ("fspo_loss", "FSPO Loss", 0),
-    ("criterion_loss", "Criterion Loss", 1),
-    ("nll_loss", "NLL Loss", 2),
-    ("reward_accuracy", "Reward Accuracy", 10),
-    ("reward_margin", "Reward Margin", 11),
-    ("chosen_rewards", "Chosen Rewards", 12),
-    ("rejected_rewards", "Rejected Rewards", 13),
-    ("chosen_logps", "Chosen Sequence Log Probabilities", 50),
-    ("rejected_logps", "Rejected Sequence Log Probabilities", 50),
-    ("chosen_lengths", "Chosen Sequence Length", 70),
-    ("rejected_lengths", "Rejected Sequence Length", 70),
-)
+from fspo_recipe.train.metrics import UNIT_METRICS
+from fspo_recipe.train.optim import RMSPROP_OPTIMIZER, RMSpropHandler
+from fspo_recipe.train.presets import register_fspo_presets
+from fspo_recipe.train.reader import FSPO_PREFERENCE_FAMILY, FspoPreferenceDataset
+from fspo_recipe.train.unit import FSPO_UNIT, FspoFinetuneUnitHandler
 
 
 def setup_fspo(context: RuntimeContext) -> None:
-    """Register the FSPO unit, the fspo_preference reader, rmsprop, the metric names and the ``fspo_*`` presets."""
-    from fspo_recipe import distributed, resume
+    """Register the FSPO unit, the fspo_preference reader, rmsprop, the metric names and the ``fspo_*`` presets.
 
-    distributed.install()  # torchrun on CPU (gloo); CUDA calls pass through unchanged
-    resume.install()  # a resumed run rewrites its metrics file without the steps it redoes
-
+    Registration only: no fairseq2 behaviour changes here. The workarounds of fairseq2 defects and the packed-pairs
+    model classes are switched on by the FSPO training loader (:mod:`fspo_recipe.train.recipe`) for FSPO runs.
+    """
     units = context.get_registry(POFinetuneUnitHandler)
     if not units.has(FSPO_UNIT):
         units.register(FSPO_UNIT, FspoFinetuneUnitHandler(context))
@@ -63,7 +48,7 @@ def setup_fspo(context: RuntimeContext) -> None:
         datasets.register(FSPO_PREFERENCE_FAMILY, handler)
 
     descriptors = context.get_registry(MetricDescriptor)
-    for name, display_name, priority in METRICS:
+    for name, display_name, priority in UNIT_METRICS:  # names fairseq2 already knows are left to it
         if not descriptors.has(name):
             descriptors.register(name, MetricDescriptor(name, display_name, priority, format_as_float))
 
@@ -83,9 +68,9 @@ def setup_fspo_cli(context: RuntimeContext, cli: object) -> None:
     from fspo_recipe.data.jsonl import PreferenceDataError
     from fspo_recipe.eval.recipe import PREFERENCE_EVAL, EvalError, PreferenceEvalConfig, load_preference_evaluator
     from fspo_recipe.fairseq2_compat import FspoRecipeCommandHandler, has_command, replace_recipe_command
-    from fspo_recipe.reader import EmptyPassError
-    from fspo_recipe.recipe import FspoLoadError, load_preference_finetuner
-    from fspo_recipe.unit import TrainingDivergedError
+    from fspo_recipe.train.reader import EmptyPassError
+    from fspo_recipe.train.recipe import FspoLoadError, load_preference_finetuner
+    from fspo_recipe.train.unit import TrainingDivergedError
 
     # Print these as one-line errors (no traceback): they say what to change. fairseq2 matches the exact type.
     for kls in (EvalError, CriterionError, PreferenceDataError, EmptyPassError, TrainingDivergedError, FspoLoadError):
@@ -110,9 +95,11 @@ def register_checkout_asset_cards(context: RuntimeContext, cards: Path = CHECKOU
 
     They are added as fairseq2's own (non-user) cards, so a user's card of the same name wins.
     """
-    store = context.asset_store
-    registered: set[Path] = store.__dict__.setdefault("_fspo_card_dirs", set())
-    if not cards.is_dir() or cards in registered:
+    key = (id(context.asset_store), cards)
+    if not cards.is_dir() or key in _REGISTERED_CARD_DIRS:
         return
     add_card_directory(context, cards, user=False)
-    registered.add(cards)
+    _REGISTERED_CARD_DIRS.add(key)
+
+
+_REGISTERED_CARD_DIRS: set[tuple[int, Path]] = set()

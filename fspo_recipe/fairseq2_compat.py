@@ -7,9 +7,17 @@ it. Nothing here changes fairseq2's behaviour at import or when the extension is
 
 from __future__ import annotations
 
+import functools
+import json
 from argparse import ArgumentParser, Namespace
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Module
 
 from fairseq2.cli import CliArgumentError
 from fairseq2.cli.commands.recipe import RecipeCommandHandler
@@ -49,3 +57,195 @@ def replace_recipe_command(cli: Any, group_name: str, command_name: str, loader:
 def has_command(cli: Any, group_name: str, command_name: str) -> bool:
     """Whether ``group_name command_name`` is registered (CliGroup has no public look-up)."""
     return command_name in cli.get_group(group_name)._commands  # noqa: SLF001
+
+
+# ---- model handlers (the packed-pairs subclasses of llama and mistral, while FSPO loads its models) --------------
+
+
+@contextmanager
+def replaced_model_handlers(context: RuntimeContext, handlers: Mapping[str, object]) -> Iterator[None]:
+    """Within the block, ``context``'s model registry returns ``handlers`` for their families; restored after."""
+    from fairseq2.models import ModelHandler
+
+    registry = context.get_registry(ModelHandler)
+    # Private: fairseq2 0.4.6's Registry can register a key only once and has no replace or remove.
+    entries = registry._entries  # noqa: SLF001
+    saved = {family: entries.get(family) for family in handlers}
+    entries.update(handlers)
+    try:
+        yield
+    finally:
+        for family, handler in saved.items():
+            if handler is None:
+                entries.pop(family, None)
+            else:
+                entries[family] = handler
+
+
+# ---- data ------------------------------------------------------------------------------------------------------
+
+
+def load_files_and_weights(name: str, path: Path) -> tuple[list[Path], list[float]]:
+    """The JSONL files of a data set directory and their sampling weights (its MANIFEST), as fairseq2 reads them."""
+    # Private: the generic preference reader's directory and MANIFEST handling, which our reader must match.
+    from fairseq2.datasets._utils import _load_files_and_weights  # noqa: PLC2701
+
+    files, weights = _load_files_and_weights(name, path)
+    return list(files), list(weights)
+
+
+# ---- workarounds of fairseq2 0.4.6 defects, active in FSPO training runs only ----------------------------------
+
+
+def _is_cuda(device: object) -> bool:
+    return device is not None and torch.device(device).type == "cuda"  # type: ignore[arg-type]
+
+
+def _cpu_process_group_fixes() -> list[tuple[object, str, object]]:
+    """Several CPU processes (torchrun over gloo) with torch 2.6 fail in fairseq2 0.4.6's ProcessGroupGang:
+
+    1. ``init_root_process_group`` calls ``dist.init_process_group(..., device_id=<cpu>)``; torch 2.6 accepts only
+       a CUDA device with an index there. Fix: drop a CPU ``device_id``.
+    2. ``barrier`` calls ``dist.barrier(device_ids=[device.index])``, i.e. ``[None]`` on CPU, which gloo rejects.
+       Fix: a CPU barrier without ``device_ids``.
+    3. ``all_gather`` hands gloo's ``all_gather_into_tensor`` the 0-d tensor with which the data readers agree on
+       the number of batches; gloo needs at least one dimension. Fix: gather it as a 1-element tensor.
+
+    Each fix changes only the CPU case. Returns (owner, attribute, replacement) for :func:`fspo_workarounds`.
+    """
+    import torch.distributed as dist
+    from fairseq2.gang import GangError, ProcessGroupGang
+
+    original_init = dist.init_process_group
+
+    @functools.wraps(original_init)
+    def init_process_group(*args: Any, device_id: object = None, **kwargs: Any) -> None:
+        if device_id is not None and not _is_cuda(device_id):
+            device_id = None
+        if device_id is None:
+            return original_init(*args, **kwargs)
+        return original_init(*args, device_id=device_id, **kwargs)
+
+    original_barrier = ProcessGroupGang.barrier
+
+    @functools.wraps(original_barrier)
+    def barrier(self: ProcessGroupGang) -> None:
+        # Private: the gang's process groups; fairseq2 0.4.6 exposes neither.
+        if self.device.type == "cpu" and self._monitor_pg is None:  # noqa: SLF001
+            try:
+                dist.barrier(group=self._pg)  # noqa: SLF001
+            except RuntimeError as ex:
+                raise GangError("The `barrier` collective operation has failed.") from ex
+            return
+        original_barrier(self)
+
+    original_all_gather = ProcessGroupGang.all_gather
+
+    @functools.wraps(original_all_gather)
+    def all_gather(self: ProcessGroupGang, output_tensor: Tensor, input_tensor: Tensor) -> None:
+        if self.device.type == "cpu" and input_tensor.dim() == 0:
+            input_tensor = input_tensor.reshape(1)
+        original_all_gather(self, output_tensor, input_tensor)
+
+    return [(dist, "init_process_group", init_process_group), (ProcessGroupGang, "barrier", barrier),
+            (ProcessGroupGang, "all_gather", all_gather)]
+
+
+def _resumable_metrics_fix() -> list[tuple[object, str, object]]:
+    """fairseq2 0.4.6 resumes a killed run from its last checkpoint and appends to ``metrics/<run>.jsonl``: the lines
+    of the steps it redoes appear twice, and a line cut by the kill stays. Fix: the first line a process writes to a
+    file first rewrites that file (atomically) without the lines of that step and later, and without cut lines."""
+    from fairseq2.logging import log
+    from fairseq2.metrics.recorders import JsonlMetricRecorder
+
+    original = JsonlMetricRecorder.record_metrics
+
+    @functools.wraps(original)
+    def record_metrics(self: JsonlMetricRecorder, run: str, values: Mapping[str, object],
+                       step_nr: int | None = None, *, flush: bool = True) -> None:
+        name = run.strip()
+        # Private: the recorder's open streams (a run's first write opens one) and its output directory.
+        if step_nr is not None and name not in self._streams:  # noqa: SLF001
+            path = self._output_dir.joinpath(name).with_suffix(".jsonl")  # noqa: SLF001
+            dropped = truncate_metrics_file(path, step_nr)
+            if dropped:
+                log.info("Resumed at step {}: dropped {} line(s) of step {} or later from {}.", step_nr, dropped,
+                         step_nr, path)
+        original(self, run, values, step_nr, flush=flush)
+
+    return [(JsonlMetricRecorder, "record_metrics", record_metrics)]
+
+
+def truncate_metrics_file(path: Path, step_nr: int) -> int:
+    """Keep the complete lines of ``path`` whose ``Step`` is before ``step_nr`` (or absent); return lines dropped."""
+    from fspo_recipe.data.writers import atomic_file
+
+    if not path.is_file():
+        return 0
+    kept: list[str] = []
+    dropped = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1  # cut by a kill mid-write
+            continue
+        if isinstance(record, dict) and isinstance(record.get("Step"), int) and record["Step"] >= step_nr:
+            dropped += 1  # written after the checkpoint the run resumes from; it is about to be redone
+            continue
+        kept.append(line)
+    if dropped:
+        with atomic_file(path, "w") as fp:
+            fp.writelines(f"{line}\n" for line in kept)
+    return dropped
+
+
+_ACTIVE: list[tuple[object, str, object]] = []
+
+
+def activate_fspo_workarounds() -> None:
+    """Apply the workarounds above for the rest of the process (idempotent). Called by the FSPO training loader,
+    before fairseq2 creates the process group; a `fairseq2` process runs one recipe, so other recipes never see
+    them. In-process callers that need them undone use :func:`fspo_workarounds` instead."""
+    if _ACTIVE:
+        return
+    for owner, name, replacement in _cpu_process_group_fixes() + _resumable_metrics_fix():
+        _ACTIVE.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, replacement)
+
+
+def deactivate_fspo_workarounds() -> None:
+    """Undo :func:`activate_fspo_workarounds`."""
+    while _ACTIVE:
+        owner, name, original = _ACTIVE.pop()
+        setattr(owner, name, original)
+
+
+@contextmanager
+def fspo_workarounds() -> Iterator[None]:
+    """The workarounds, active within the block only (when they were not active before it)."""
+    was_active = bool(_ACTIVE)
+    activate_fspo_workarounds()
+    try:
+        yield
+    finally:
+        if not was_active:
+            deactivate_fspo_workarounds()
+
+
+def repair_ddp_buffers(model: Module) -> None:
+    """Recompute the non-persistent buffers (rotary tables) of a DDP-wrapped ``model`` on every rank.
+
+    fairseq2 0.4.6's ``to_ddp`` materializes the model on ranks other than 0 with ``to_empty`` and then resets the
+    non-persistent buffers of the top module only (``recurse=False``); DDP is built with ``broadcast_buffers=False``,
+    so the rotary encoders' ``freqs`` of those ranks keep uninitialized memory. Measured with two CPU processes:
+    rank 1's table differed from rank 0's by up to 1.0, and its step-1 log-probs of the same weights by 0.3 nats.
+    Not specific to CPU. The buffers are pure functions of the configuration, so recomputing them on every rank
+    (rank 0 included) is exact; other models are untouched. Called by the FSPO unit on its own model.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    from fairseq2.nn.utils.module import reset_non_persistent_buffers
+
+    if isinstance(model, DistributedDataParallel):
+        reset_non_persistent_buffers(model.module)

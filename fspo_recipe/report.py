@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fspo_recipe.extension import METRICS
+from fspo_recipe.train.metrics import UNIT_METRICS
 
-SHOWN = [display for _, display, _ in METRICS] + ["Gradient Norm", "Learning Rate", "Total Number of Examples"]
+SHOWN = [m.display_name for m in UNIT_METRICS] + ["Gradient Norm", "Learning Rate", "Total Number of Examples"]
 
 
 def last_metrics(run_dir: Path) -> dict[str, object]:

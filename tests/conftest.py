@@ -58,13 +58,15 @@ def make_batch(examples: list[dict[str, object]], device: torch.device | None = 
 
 @pytest.fixture()
 def tiny_model():
-    from fspo_recipe.tiny import TinyModelSpec, make_tiny_state_dict
-    from fairseq2.models.llama import LLaMAConfig, LLaMAFactory
+    """The tiny llama as FSPO's commands load it: built by the packed-pairs factory (fspo_recipe.models.llama)."""
+    from fspo_recipe.models.llama import FspoLLaMAFactory
+    from fspo_recipe.models.tiny import TinyModelSpec, make_tiny_state_dict
+    from fairseq2.models.llama import LLaMAConfig
     from fairseq2.utils.structured import structure
 
     def build(seed: int = 0):
         spec = TinyModelSpec()
-        model = LLaMAFactory(structure(spec.model_config(), LLaMAConfig)).create_model()
+        model = FspoLLaMAFactory(structure(spec.model_config(), LLaMAConfig)).create_model()
         model.load_state_dict(make_tiny_state_dict(spec, seed))
         return model
 

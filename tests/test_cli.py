@@ -31,7 +31,7 @@ CPU_TINY = [
 
 @pytest.fixture(scope="module")
 def tiny_assets(tmp_path_factory) -> Path:
-    from fspo_recipe.tiny import write_tiny_assets
+    from fspo_recipe.models.tiny import write_tiny_assets
 
     out = tmp_path_factory.mktemp("tiny")
     write_tiny_assets(out, seed=0)

@@ -124,7 +124,7 @@ def test_user_module_criterion_by_one_name(monkeypatch) -> None:
 
 
 def test_unit_config_builds_selected_criterion_and_checks_all_entries() -> None:
-    from fspo_recipe.unit import FspoUnitConfig
+    from fspo_recipe.train.unit import FspoUnitConfig
 
     config = FspoUnitConfig(loss="dpo", loss_params={"dpo": {"beta": 0.3}, "ipo": {"beta": 0.01}})
     config.validate()

@@ -217,7 +217,7 @@ def test_a_crash_leaves_no_partial_output(tmp_path, monkeypatch) -> None:
 
 
 def test_token_percentiles_with_a_fairseq2_tokenizer(tmp_path) -> None:
-    from fspo_recipe.tiny import write_tiny_assets
+    from fspo_recipe.models.tiny import write_tiny_assets
 
     write_tiny_assets(tmp_path / "tiny", seed=0)
     assert prepare_main(["elix", "--input", str(SAMPLES / "elix"), "--out", str(tmp_path / "out"), "--shots", "2",

@@ -56,10 +56,8 @@ def test_repair_ddp_buffers_recomputes_every_rotary_table(tiny_model, tmp_path) 
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from fspo_recipe.distributed import install, repair_ddp_buffers
+    from fspo_recipe.fairseq2_compat import fspo_workarounds, repair_ddp_buffers
 
-    install()
-    install()  # idempotent
     model = tiny_model()
     expected = {k: v.clone() for k, v in model.named_buffers() if k.endswith("freqs")}
     assert expected
@@ -67,8 +65,9 @@ def test_repair_ddp_buffers_recomputes_every_rotary_table(tiny_model, tmp_path) 
         if k.endswith("freqs"):
             v.fill_(7.0)  # what `to_empty` may leave behind
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1,
-                            device_id=torch.device("cpu"))  # our patch drops the CPU device_id torch rejects
+    with fspo_workarounds():
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1,
+                                device_id=torch.device("cpu"))  # our workaround drops the CPU device_id torch rejects
     try:
         ddp = DistributedDataParallel(model, broadcast_buffers=False)
         repair_ddp_buffers(ddp)

@@ -21,8 +21,8 @@ from fspo_recipe.data.build import EpisodeOptions
 from fspo_recipe.data.episodes import parse_prompt, render_episode, render_with_shots
 from fspo_recipe.data.prepare import prepare
 from fspo_recipe.eval.metrics import bootstrap_interval, pair_metrics, summarize
-from fspo_recipe.eval.scoring import PairScores, encode_pairs, score_pairs
-from fspo_recipe.unit import FspoFinetuneUnit
+from fspo_recipe.scoring.pairs import PairScores, encode_pairs, score_pairs
+from fspo_recipe.train.unit import FspoFinetuneUnit
 
 SAMPLES = REPO / "datasets" / "samples"
 
@@ -85,7 +85,7 @@ def test_shots_ablation_is_the_episode_renderer(tmp_path) -> None:
 
 def test_trained_model_scores_above_chance_on_its_training_users(tiny_model, gangs, tmp_path) -> None:
     from fairseq2.data.text.tokenizers.llama import LLaMA3Tokenizer
-    from fspo_recipe.tiny import write_tiny_assets
+    from fspo_recipe.models.tiny import write_tiny_assets
 
     write_tiny_assets(tmp_path, seed=0)
     tokenizer = LLaMA3Tokenizer(tmp_path / "tokenizer.model")
@@ -115,7 +115,7 @@ def test_trained_model_scores_above_chance_on_its_training_users(tiny_model, gan
 
 @pytest.fixture(scope="module")
 def eval_assets(tmp_path_factory) -> Path:
-    from fspo_recipe.tiny import write_tiny_assets
+    from fspo_recipe.models.tiny import write_tiny_assets
 
     assets = tmp_path_factory.mktemp("eval_assets")
     write_tiny_assets(assets, seed=0)

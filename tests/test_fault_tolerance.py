@@ -68,7 +68,7 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_as_an_uninterrupted_one(tiny
 
 
 def test_truncate_metrics_file_drops_redone_steps_and_a_cut_line(tmp_path) -> None:
-    from fspo_recipe.resume import truncate_metrics_file
+    from fspo_recipe.fairseq2_compat import truncate_metrics_file
 
     path = tmp_path / "train.jsonl"
     path.write_text('{"Step": 1, "a": 1}\n{"Step": 2, "a": 2}\n{"Step": 3, "a": 3}\n{"Step": 4, "a"')
@@ -99,7 +99,7 @@ def test_a_reference_with_another_vocabulary_is_refused(tiny_assets, tmp_path) -
     from fairseq2.models.llama import LLaMAConfig, LLaMAFactory
     from fairseq2.utils.structured import structure
 
-    from fspo_recipe.tiny import TinyModelSpec
+    from fspo_recipe.models.tiny import TinyModelSpec
 
     spec = TinyModelSpec()
     config = spec.model_config()

@@ -72,7 +72,7 @@ def test_dry_runs_print_the_commands_and_run_nothing(tmp_path) -> None:
 
 
 def test_pipeline_runs_sft_then_ipo_with_two_processes_then_evaluates(tmp_path) -> None:
-    from fspo_recipe.tiny import write_tiny_assets
+    from fspo_recipe.models.tiny import write_tiny_assets
 
     root = tmp_path / "fspo"
     write_tiny_assets(root / "data", seed=0)  # the tiny model's card beside the prepared data

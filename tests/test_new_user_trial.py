@@ -140,7 +140,7 @@ def test_the_pipeline_checks_its_splits_before_training(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_cards(tmp_path_factory) -> Path:
-    from fspo_recipe.tiny import write_tiny_assets
+    from fspo_recipe.models.tiny import write_tiny_assets
 
     out = tmp_path_factory.mktemp("tiny13")
     write_tiny_assets(out, seed=0)
@@ -148,7 +148,7 @@ def tiny_cards(tmp_path_factory) -> Path:
 
 
 def test_a_partial_output_of_another_input_is_refused(tiny_cards, tmp_path, capsys) -> None:
-    from fspo_recipe.reference import main as score_main, partial_identity
+    from fspo_recipe.scoring.reference import main as score_main, partial_identity
 
     elix = tmp_path / "elix.jsonl"
     prepare("elix", [str(SAMPLES / "elix")], tmp_path / "p", options=EpisodeOptions(num_shots=1), log=False)
@@ -181,7 +181,7 @@ def test_a_partial_output_of_another_input_is_refused(tiny_cards, tmp_path, caps
 
 
 def test_score_reference_checks_its_output_first_and_finds_a_runs_cards(tiny_cards, tmp_path, capsys) -> None:
-    from fspo_recipe.reference import main as score_main
+    from fspo_recipe.scoring.reference import main as score_main
 
     sample = SAMPLES / "fspo_sample" / "train.jsonl"
     assert score_main(["--model", "fspo_tiny_llama", "--assets-dir", str(tiny_cards), "--input", str(sample),
@@ -197,7 +197,7 @@ def test_score_reference_checks_its_output_first_and_finds_a_runs_cards(tiny_car
     out = tmp_path / "scored.jsonl"
 
     def score(output: Path) -> subprocess.CompletedProcess:  # a fresh process: no card directory known before
-        return subprocess.run([sys.executable, "-m", "fspo_recipe.reference", "--run-dir", str(sft), "--input",
+        return subprocess.run([sys.executable, "-m", "fspo_recipe.scoring.reference", "--run-dir", str(sft), "--input",
                                str(sample), "--output", str(output), "--no-progress"], capture_output=True, text=True,
                               env=cli_env(), cwd=REPO, timeout=300)
 
@@ -268,7 +268,7 @@ def test_missing_data_file_and_file_as_output_dir_are_one_line(tiny_cards, tmp_p
 
 
 def test_the_reference_hint_works_as_printed(tiny_cards, tmp_path) -> None:
-    from fspo_recipe.unit import REFERENCE_OVERRIDE
+    from fspo_recipe.train.unit import REFERENCE_OVERRIDE
 
     proc = train(tmp_path / "a", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
                  "criterion.config.loss=ipo", "criterion.config.reference_model=null")
@@ -329,7 +329,7 @@ def test_debris_of_killed_runs_is_removed(tmp_path) -> None:
 
 
 def test_tiny_assets_given_a_file(tmp_path) -> None:
-    from fspo_recipe.tiny import main as tiny_main
+    from fspo_recipe.models.tiny import main as tiny_main
 
     (tmp_path / "f").write_text("x")
     assert tiny_main([str(tmp_path / "f")]) == 2

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fspo_recipe.data.episodes import parse_prompt, render_episode, render_with_shots
-from fspo_recipe.reader import FspoPreferenceDataset, PreferenceDataError
+from fspo_recipe.train.reader import FspoPreferenceDataset, PreferenceDataError
 
 SHOTS = [(f"question {i}?", f"preferred answer number {i}", f"dispreferred answer {i}") for i in range(1, 5)]
 
@@ -16,7 +16,7 @@ SHOTS = [(f"question {i}?", f"preferred answer number {i}", f"dispreferred answe
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     from fairseq2.data.text.tokenizers.llama import LLaMA3Tokenizer
-    from fspo_recipe.tiny import write_tiny_assets
+    from fspo_recipe.models.tiny import write_tiny_assets
 
     d = tmp_path_factory.mktemp("tok")
     write_tiny_assets(d, seed=0)

@@ -9,14 +9,14 @@ import pytest
 
 from conftest import REPO
 from test_cli import CPU_TINY, metrics, run
-from fspo_recipe.reference import main as score_main, partial_identity
+from fspo_recipe.scoring.reference import main as score_main, partial_identity
 
 SAMPLE = REPO / "datasets" / "samples" / "fspo_sample" / "train.jsonl"
 
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    from fspo_recipe.tiny import write_tiny_assets
+    from fspo_recipe.models.tiny import write_tiny_assets
 
     root = tmp_path_factory.mktemp("ref")
     write_tiny_assets(root / "assets", seed=0)

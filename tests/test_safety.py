@@ -24,7 +24,7 @@ class _Exploit:
 
 @pytest.fixture()
 def assets(tmp_path):
-    from fspo_recipe.tiny import write_tiny_assets
+    from fspo_recipe.models.tiny import write_tiny_assets
 
     write_tiny_assets(tmp_path / "assets", seed=0)
     return tmp_path / "assets"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fspo_recipe.report import last_metrics, main as metrics_main
-from fspo_recipe.tiny import BYTE_VOCAB_SIZE, write_tiny_assets
+from fspo_recipe.models.tiny import BYTE_VOCAB_SIZE, write_tiny_assets
 
 
 def test_same_seed_same_assets(tmp_path) -> None:

@@ -9,8 +9,8 @@ import torch
 
 from conftest import make_batch, sample_examples
 from fspo_recipe.criteria import CriterionError, get_criterion
-from fspo_recipe.logprobs import response_logps
-from fspo_recipe.unit import FspoFinetuneUnit
+from fspo_recipe.scoring.logps import response_logps
+from fspo_recipe.train.unit import FspoFinetuneUnit
 
 
 def full_logits_logps(model, batch):
@@ -173,7 +173,7 @@ def test_shared_prefix_equals_paired_logps_loss_and_gradients(tiny_model, gangs)
 
 def test_shared_prefix_is_exact_in_float64(tiny_model) -> None:
     """In float64 the two layouts agree to rounding: the float32 differences above are summation order only."""
-    from fspo_recipe.logprobs import pair_logps
+    from fspo_recipe.scoring.logps import pair_logps
 
     examples = sample_examples(3)
     examples[0]["tgt_rejected"] = "z"
@@ -191,7 +191,7 @@ def test_shared_prefix_is_exact_in_float64(tiny_model) -> None:
 
 
 def test_shared_prefix_rejects_pairs_with_different_prompts(tiny_model) -> None:
-    from fspo_recipe.logprobs import shared_prefix_logps
+    from fspo_recipe.scoring.logps import shared_prefix_logps
 
     examples = sample_examples(2)
     batch = make_batch(examples)
@@ -203,7 +203,7 @@ def test_shared_prefix_rejects_pairs_with_different_prompts(tiny_model) -> None:
 def test_shared_prefix_under_activation_checkpointing(tiny_model) -> None:
     """fairseq2 recomputes each layer during backward; the shared-prefix positions must survive that."""
     from fairseq2.nn.checkpointing import use_layerwise_activation_checkpointing
-    from fspo_recipe.logprobs import pair_logps
+    from fspo_recipe.scoring.logps import pair_logps
 
     batch = make_batch(sample_examples(3))
     grads = []
@@ -219,7 +219,8 @@ def test_shared_prefix_under_activation_checkpointing(tiny_model) -> None:
 
 def test_split_attention_equals_the_dense_shared_prefix_mask(tiny_model, monkeypatch) -> None:
     """The fast split attention and the plain [L, L] boolean mask give the same log-probs."""
-    from fspo_recipe import logprobs
+    from fspo_recipe.models import transformer
+    from fspo_recipe.scoring import logps as logprobs
 
     examples = sample_examples(3)
     examples[2]["tgt_chosen"] = "q"
@@ -227,10 +228,7 @@ def test_split_attention_equals_the_dense_shared_prefix_mask(tiny_model, monkeyp
     model = tiny_model(seed=8)
     split, _ = logprobs.pair_logps(model, batch.chosen, batch.rejected, shared_prefix=True)
 
-    def dense(self, seqs, keys, key_padding_mask, values, *, attn_mask=None, needs_weights=False):
-        return self.inner(seqs, keys, key_padding_mask, values, attn_mask=attn_mask, needs_weights=needs_weights)
-
-    monkeypatch.setattr(logprobs._SplitSharedPrefixSDPA, "forward", dense)
+    monkeypatch.setattr(transformer, "packed_attention", transformer.dense_attention)
     dense_logps, _ = logprobs.pair_logps(model, batch.chosen, batch.rejected, shared_prefix=True)
     paired, _ = logprobs.pair_logps(model, batch.chosen, batch.rejected, shared_prefix=False)
     torch.testing.assert_close(dense_logps, split, rtol=1e-5, atol=1e-4)

@@ -5,6 +5,7 @@ with :func:`register_criterion`. See docs/writing_a_criterion.md.
 """
 
 from fspo_recipe.criteria._base import (
+    CriterionChoice as CriterionChoice,
     CriterionConfig as CriterionConfig,
     CriterionError as CriterionError,
     PairLogps as PairLogps,

@@ -200,3 +200,31 @@ def get_criterion(name: str, **params: Any) -> PreferenceCriterion:
     """
     kls, _ = get_criterion_entry(name)
     return kls(make_criterion_config(name, params))
+
+
+@dataclass(kw_only=True)
+class CriterionChoice:
+    """A criterion chosen by name with hyper-parameters per name: the ``criterion.config`` of training (which adds
+    more fields) and the ``criterion`` section of evaluation."""
+
+    loss: str = "ipo"
+    """The preference criterion: a registered name (dpo, ipo, simpo, sft, ...) or ``my.module:name``."""
+
+    loss_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Hyper-parameters per criterion name; only the entry of ``loss`` is used, so switching ``loss`` is one
+    override (``loss_params.dpo.beta=0.1`` sets one). Missing entries take the defaults."""
+
+    def validate(self) -> None:
+        name = resolve_criterion_name(self.loss)
+        known = set(criterion_names())
+        for key, params in self.loss_params.items():
+            if key in (name, self.loss):
+                make_criterion_config(self.loss, params)
+            elif key in known:
+                make_criterion_config(key, params)  # catch bad values in entries kept for later switches
+            # Other keys belong to criteria of modules this run does not import; they are kept as they are.
+
+    def build_criterion(self) -> PreferenceCriterion:
+        """Build the selected criterion with its entry of ``loss_params``."""
+        name = resolve_criterion_name(self.loss)
+        return get_criterion(name, **self.loss_params.get(self.loss, self.loss_params.get(name, {})))

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fspo_recipe.data.episodes import render_from_bodies, shot_body
+from fspo_recipe.data.episodes import PromptParts, Shot, render_from_bodies, shot_body
 from fspo_recipe.data.sources import PreferenceRow
 
 Rationale = Literal["none", "generated", "teacher_forced"]
@@ -184,6 +184,9 @@ def build_user_episodes(
                 rationale_rejected=(rejected_description or query.preferred_description) if generated else None,
                 teacher_forced=teacher_forced,
             )
+            parts = PromptParts(tuple(Shot(rows[i].question, rows[i].preferred, rows[i].dispreferred) for i in window[:n]),
+                                query.question, options.include_dispreferred, generated,
+                                query.preferred_description if teacher_forced else None)
             yield {
                 "id": f"{user}/{p}/{w}",
                 "src": ep.prompt,
@@ -193,6 +196,7 @@ def build_user_episodes(
                 "num_shots": n,
                 "shot_row_ids": [rows[i].row_id for i in window[:n]],
                 "query_row_id": query.row_id,
+                "episode": parts.to_record(),
             }
 
 

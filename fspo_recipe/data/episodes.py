@@ -133,22 +133,81 @@ def render_from_bodies(
 
 
 @dataclass(frozen=True)
-class ParsedPrompt:
-    """A rendered FSPO prompt taken apart (see :func:`parse_prompt`)."""
+class PromptParts:
+    """The parts of an FSPO prompt: the shots, the query's question, and the template variant. Rendered with
+    :meth:`render` (any number of the shots); stored with every prepared example as its ``episode`` field, so that
+    readers and evaluators re-render prompts (fewer shots) from structure instead of parsing ``src`` back."""
 
-    shots: list[Shot]
+    shots: tuple[Shot, ...]
     question: str
-    include_dispreferred: bool
-    rationale: bool
-    teacher_forced_description: str | None
+    include_dispreferred: bool = True
+    rationale: bool = False
+    """The targets start with a user description (the instruction asks for it)."""
+
+    teacher_forced_description: str | None = None
+    """A user description appended to the prompt (teacher-forced rationale)."""
+
+    def render(self, num_shots: int | None = None, *, newest: bool = False) -> str:
+        """The prompt with ``num_shots`` shots (all by default): the first ones, or with ``newest`` the last ones
+        (dropping the oldest first), renumbered from 1."""
+        k = len(self.shots) if num_shots is None else max(0, min(num_shots, len(self.shots)))
+        kept = self.shots[len(self.shots) - k :] if newest else self.shots[:k]
+        forced = self.teacher_forced_description
+        return render_episode(
+            kept,
+            self.question,
+            "",
+            "",
+            include_dispreferred=self.include_dispreferred,
+            rationale_chosen=forced if forced is not None else ("" if self.rationale else None),
+            rationale_rejected="" if self.rationale else None,
+            teacher_forced=forced is not None,
+        ).prompt
+
+    def to_record(self) -> dict[str, object]:
+        """The ``episode`` field of a prepared JSONL line."""
+        return {
+            "shots": [{"question": q, "preferred": p, "dispreferred": d} for q, p, d in self.shots],
+            "query": self.question,
+            "include_dispreferred": self.include_dispreferred,
+            "rationale": self.rationale,
+            "description": self.teacher_forced_description,
+        }
+
+    @staticmethod
+    def from_record(record: object) -> PromptParts:
+        """The inverse of :meth:`to_record`. :raises ValueError: naming the field that is missing or wrong."""
+        if not isinstance(record, dict):
+            raise ValueError("field 'episode' must be an object")
+        shots = record.get("shots")
+        if not isinstance(shots, list):
+            raise ValueError("field 'episode.shots' must be a list")
+        parsed = []
+        for i, shot in enumerate(shots):
+            texts = [shot.get(k) for k in ("question", "preferred", "dispreferred")] if isinstance(shot, dict) else None
+            if texts is None or not all(isinstance(t, str) for t in texts):
+                raise ValueError(f"field 'episode.shots[{i}]' must have string question, preferred, dispreferred")
+            parsed.append(Shot(*texts))  # type: ignore[arg-type]
+        question, description = record.get("query"), record.get("description")
+        if not isinstance(question, str):
+            raise ValueError("field 'episode.query' must be a string")
+        if description is not None and not isinstance(description, str):
+            raise ValueError("field 'episode.description' must be a string or null")
+        return PromptParts(tuple(parsed), question, bool(record.get("include_dispreferred", True)),
+                           bool(record.get("rationale", False)), description)
+
+
+ParsedPrompt = PromptParts
+"""The former name of :class:`PromptParts` (what :func:`parse_prompt` returns)."""
 
 
 class PromptParseError(ValueError):
     """A prompt is not in the FSPO template."""
 
 
-def parse_prompt(prompt: str) -> ParsedPrompt:
-    """Take a prompt rendered by :func:`render_episode` apart, so it can be rendered again with fewer shots.
+def parse_prompt(prompt: str) -> PromptParts:
+    """Take a prompt rendered by :func:`render_episode` apart: for files prepared before examples carried their
+    ``episode`` field (and for prompts a user rendered), so they can be rendered again with fewer shots.
 
     The result renders back to exactly ``prompt`` (checked), so an ambiguous text (a response that itself contains
     the template's headers) raises :class:`PromptParseError` instead of being split wrongly.
@@ -189,31 +248,26 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
                 q, _, p = body.partition("\n" + RESPONSE_HEADER)
                 shots.append(Shot(q, p.removesuffix("\n\n").removesuffix("\n"), ""))
 
-    parsed = ParsedPrompt(shots, question, include_dispreferred, rationale, description)
-    again = render_episode(
-        shots, question, "", "", include_dispreferred=include_dispreferred,
-        rationale_chosen=description if description is not None else ("" if rationale else None),
-        rationale_rejected="" if rationale else None, teacher_forced=description is not None,
-    ).prompt
-    if again != prompt:
+    parsed = PromptParts(tuple(shots), question, include_dispreferred, rationale, description)
+    if parsed.render() != prompt:
         raise PromptParseError("the prompt does not render back to itself (a text contains template headers?)")
     return parsed
 
 
-def render_with_shots(parsed: ParsedPrompt, num_shots: int, *, newest: bool = False) -> str:
-    """The prompt of ``parsed`` with only ``num_shots`` shots, rendered by :func:`render_episode`.
+def render_with_shots(parts: PromptParts, num_shots: int, *, newest: bool = False) -> str:
+    """``parts.render(num_shots, newest=newest)``: the prompt with only ``num_shots`` shots."""
+    return parts.render(num_shots, newest=newest)
 
-    The first shots are kept, or with ``newest`` the last ones (dropping the oldest first), renumbered from 1.
+
+def prompt_parts(example: dict[str, object]) -> PromptParts:
+    """The parts of a prepared example's prompt: its ``episode`` field, or (older files) its ``src`` parsed back.
+
+    :raises ValueError: the ``episode`` field is malformed or does not render to ``src``;
+        :class:`PromptParseError`: there is no ``episode`` and ``src`` is not in the FSPO template.
     """
-    teacher_forced = parsed.teacher_forced_description is not None
-    kept = parsed.shots[len(parsed.shots) - num_shots :] if newest else parsed.shots[:num_shots]
-    return render_episode(
-        kept,
-        parsed.question,
-        "",
-        "",
-        include_dispreferred=parsed.include_dispreferred,
-        rationale_chosen=parsed.teacher_forced_description if teacher_forced else ("" if parsed.rationale else None),
-        rationale_rejected="" if parsed.rationale else None,
-        teacher_forced=teacher_forced,
-    ).prompt
+    if "episode" not in example:
+        return parse_prompt(str(example["src"]))
+    parts = PromptParts.from_record(example["episode"])
+    if parts.render() != example["src"]:
+        raise ValueError("field 'src' is not the prompt its 'episode' field renders (edited by hand?)")
+    return parts

@@ -25,6 +25,13 @@ def parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
             raise PreferenceDataError(f"{path}, line {lineno}: field '{key}' must be a string.")
     if not example["tgt_chosen"] or not example["tgt_rejected"]:
         raise PreferenceDataError(f"{path}, line {lineno}: empty response.")
+    if "episode" in example:
+        from fspo_recipe.data.episodes import prompt_parts
+
+        try:
+            prompt_parts(example)
+        except ValueError as ex:
+            raise PreferenceDataError(f"{path}, line {lineno}: {ex}.") from None
     return example
 
 

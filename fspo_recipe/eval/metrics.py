@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from fspo_recipe.criteria import PairLogps, PreferenceCriterion
-from fspo_recipe.eval.scoring import PairScores
+from fspo_recipe.scoring.pairs import PairScores
 
 HEADLINE = ("reward_accuracy", "policy_accuracy", "policy_accuracy_normalized", "reward_margin", "loss")
 """The metrics reported with a 95% bootstrap interval."""

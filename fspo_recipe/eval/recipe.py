@@ -33,13 +33,13 @@ from fairseq2.utils.structured import structure
 from fairseq2.utils.validation import ValidationError, ValidationResult, validate
 
 from fspo_recipe.assets import add_card_directory
-from fspo_recipe.criteria import PreferenceCriterion
-from fspo_recipe.data.episodes import PromptParseError, parse_prompt, render_with_shots
+from fspo_recipe.criteria import CriterionChoice, PreferenceCriterion
+from fspo_recipe.data.episodes import prompt_parts
 from fspo_recipe.data.jsonl import default_id, read_preference_jsonl
 from fspo_recipe.data.writers import atomic_file
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
-from fspo_recipe.eval.scoring import PairScores, default_device, encode_pairs, score_pairs, with_prompts
-from fspo_recipe.unit import FspoUnitConfig, check_same_vocabulary
+from fspo_recipe.scoring.pairs import EncodedPair, PairScores, default_device, encode_pairs, score_pairs, with_prompts
+from fspo_recipe.train.unit import check_same_vocabulary
 
 PREFERENCE_EVAL: Final = "preference_eval"
 
@@ -101,7 +101,7 @@ class PreferenceEvalConfig:
     max_examples: int | None = None
     """Evaluate only the first examples of the split."""
 
-    criterion: FspoUnitConfig = field(default_factory=FspoUnitConfig)
+    criterion: CriterionChoice = field(default_factory=CriterionChoice)
     """The criterion whose loss and implicit rewards are reported (``loss``, ``loss_params``), as in training."""
 
     batch_size: int = 8
@@ -149,7 +149,7 @@ class PreferenceEvalConfig:
 
 def register_eval_presets(context: RuntimeContext) -> None:
     """``fspo_eval``: the paper's IPO criterion (beta 0.01) and every built-in's hyper-parameters."""
-    from fspo_recipe.presets import PAPER_LOSS_PARAMS
+    from fspo_recipe.train.presets import PAPER_LOSS_PARAMS
 
     registry = context.get_config_registry(PreferenceEvalConfig)
     if not registry.has("fspo_eval"):
@@ -252,8 +252,42 @@ def stored_reference(examples: Sequence[Mapping[str, Any]]) -> PairScores | None
 
 
 @final
+@dataclass
+class EvalData:
+    """The examples of the evaluated split, encoded once for every model."""
+
+    path: Path
+    examples: list[dict[str, Any]]
+    users: list[str]
+    stored_reference: PairScores | None
+    """Reference log-probs stored in the data (``reference_score_*``), if any."""
+
+    pairs: list[EncodedPair] = field(default_factory=list)
+    """Every example's prompt and responses as token ids."""
+
+    ablation: dict[int, list[EncodedPair]] = field(default_factory=dict)
+    """The same pairs with their prompts re-rendered with k shots, per k of the shots ablation."""
+
+
+@final
+@dataclass
+class ModelNames:
+    """The asset names of what is evaluated: the policy per step (one entry unless ``all_checkpoints``), the final
+    policy and the reference."""
+
+    steps: dict[int, str]
+    final: str
+    reference: str | None
+
+
+@final
 class PreferenceEvaluator:
-    """Runs one evaluation; called by fairseq2's recipe command with a progress reporter."""
+    """Runs one evaluation; called by fairseq2's recipe command with a progress reporter.
+
+    Steps: resolve the model names (:meth:`resolve_models`), read and encode the split (:meth:`read_data`), score the
+    reference (:meth:`score_reference`), score and summarize each policy checkpoint (:meth:`evaluate_policy`, with the
+    shots ablation and generation for the final one), and write the outputs (:meth:`write`).
+    """
 
     def __init__(self, context: RuntimeContext, config: PreferenceEvalConfig, output_dir: Path) -> None:
         self._context = context
@@ -261,106 +295,121 @@ class PreferenceEvaluator:
         self._out = output_dir
         self._device = default_device(config.device)
         self._gangs = fake_gangs(self._device)
+        self._criterion = config.criterion.build_criterion()
 
     def __call__(self, progress: ProgressReporter) -> dict[str, Any]:
-        config = self._config
-        register_extra_asset_paths(self._context, config)
-        criterion = config.criterion.build_criterion()
+        register_extra_asset_paths(self._context, self._config)
+        names = self.resolve_models()
+        tokenizer = get_text_tokenizer_hub().load(names.final)
+        data = self.read_data(tokenizer, names)
+        with progress:
+            reference, ablation_refs, ref_vocab = self.score_reference(progress, names, data)
+            per_step: dict[int, dict[str, Any]] = {}
+            final: tuple[dict[str, np.ndarray], dict[str, Any], dict[int, dict[str, Any]]] | None = None
+            for step, name in sorted(names.steps.items()):
+                is_final = name == names.final
+                per_pair, summary, shots = self.evaluate_policy(progress, name, names.reference, ref_vocab, data,
+                                                               reference, ablation_refs, tokenizer, final=is_final)
+                if step >= 0:
+                    per_step[step] = summary["overall"]
+                if is_final:
+                    final = (per_pair, summary, shots)
+        assert final is not None
+        per_pair, summary, shots = final
+        result = {
+            "model": names.final,
+            "reference": names.reference or ("reference scores of the data" if data.stored_reference else None),
+            "dataset": str(data.path),
+            "criterion": self._config.criterion.loss,
+            **summary,
+            "shots": {str(k): v for k, v in sorted(shots.items())},
+            "steps": {str(k): v for k, v in sorted(per_step.items())},
+        }
+        self.write(result, per_pair, data.examples)
+        log.info("preference_eval: {}", headline(result))
+        print(headline(result))
+        return result
 
+    def resolve_models(self) -> ModelNames:
+        """Cards for the checkpoints of ``model.run_dir`` / ``reference.run_dir``; the names to load."""
+        config = self._config
         card_dir = self._out / "cards"
-        steps: dict[int, str] = {}
         if config.model.run_dir is not None:
             steps = register_run_cards(self._context, config.model.run_dir, "policy", card_dir)
             if not config.all_checkpoints:
-                last = max(steps)
-                steps = {last: steps[last]}
-            model_name = steps[max(steps)]
+                steps = {max(steps): steps[max(steps)]}
+            final = steps[max(steps)]
         else:
-            model_name = config.model.name  # type: ignore[assignment]
-        reference_name = config.reference.name
+            final = config.model.name  # type: ignore[assignment]
+            steps = {-1: final}  # -1: not a step of a run
+        reference = config.reference.name
         if config.reference.run_dir is not None:
             ref_steps = register_run_cards(self._context, config.reference.run_dir, "reference", card_dir)
-            reference_name = ref_steps[max(ref_steps)]
+            reference = ref_steps[max(ref_steps)]
+        return ModelNames(steps, final, reference)
 
-        path = dataset_file(self._context, config.dataset)
-        examples = read_examples(path, config.max_examples)
-        users = [str(e["user"]) for e in examples]
-        log.info("preference_eval: {} pairs of {} users from {}.", len(examples), len(set(users)), path)
-
-        stored = stored_reference(examples)
-        if criterion.needs_reference and reference_name is None and stored is None:
+    def read_data(self, tokenizer: Any, names: ModelNames) -> EvalData:
+        """Read the split, check that a needed reference exists, and encode the pairs and the shots ablation."""
+        path = dataset_file(self._context, self._config.dataset)
+        examples = read_examples(path, self._config.max_examples)
+        data = EvalData(path, examples, [str(e["user"]) for e in examples], stored_reference(examples))
+        log.info("preference_eval: {} pairs of {} users from {}.", len(examples), len(set(data.users)), path)
+        if self._criterion.needs_reference and names.reference is None and data.stored_reference is None:
             raise EvalError(
                 f"{path} has no reference_score_chosen/_rejected and no reference model is set: set "
                 "`reference.name` or `reference.run_dir`, or use a reference-free criterion "
                 "(`criterion.loss=simpo`/`sft`)."
             )
+        data.pairs = encode_pairs(tokenizer, [e["src"] for e in examples], [e["tgt_chosen"] for e in examples],
+                                  [e["tgt_rejected"] for e in examples])
+        data.ablation = {k: with_prompts(tokenizer, data.pairs, prompts)
+                         for k, prompts in self._ablation_prompts(examples).items()}
+        return data
 
-        tokenizer = get_text_tokenizer_hub().load(model_name)
-        pairs = encode_pairs(tokenizer, [e["src"] for e in examples], [e["tgt_chosen"] for e in examples],
-                             [e["tgt_rejected"] for e in examples])
-        ablation_pairs = {
-            k: with_prompts(tokenizer, pairs, prompts) for k, prompts in self._ablation_prompts(examples).items()
-        }
+    def score_reference(self, progress: ProgressReporter, names: ModelNames, data: EvalData
+                        ) -> tuple[PairScores | None, dict[int, PairScores], object]:
+        """The reference's scores of the pairs and of every ablation (or the stored scores), and its vocabulary."""
+        if names.reference is None:
+            if data.ablation and self._criterion.needs_reference:
+                log.warning("preference_eval: no reference model, so the shots ablation reports policy-only figures "
+                            "(the stored reference scores belong to the full prompts).")
+            return data.stored_reference, {}, None
+        model = self._load(names.reference)
+        scores = self._score(progress, model, data.pairs, "reference")
+        ablation = {k: self._score(progress, model, pairs, f"reference, {k} shots") for k, pairs in data.ablation.items()}
+        return scores, ablation, model.vocab_info
 
-        reference = None
-        ref_vocab = None
-        ablation_refs: dict[int, PairScores] = {}
-        with progress:
-            if reference_name is not None:
-                ref_model = self._load(reference_name)
-                ref_vocab = ref_model.vocab_info
-                reference = self._score(progress, ref_model, pairs, "reference")
-                for k, k_pairs in ablation_pairs.items():
-                    ablation_refs[k] = self._score(progress, ref_model, k_pairs, f"reference, {k} shots")
-                del ref_model
-            else:
-                reference = stored
-                if ablation_pairs and criterion.needs_reference:
-                    log.warning("preference_eval: no reference model, so the shots ablation reports policy-only "
-                                "figures (the stored reference scores belong to the full prompts).")
+    def evaluate_policy(self, progress: ProgressReporter, name: str, reference_name: str | None, ref_vocab: object,
+                        data: EvalData, reference: PairScores | None, ablation_refs: dict[int, PairScores],
+                        tokenizer: Any, *, final: bool
+                        ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[int, dict[str, Any]]]:
+        """Per-pair metrics and their summary for one policy; for the final one also the shots ablation (and the
+        generations)."""
+        model = self._load(name)
+        if reference_name is not None:
+            check_same_vocabulary(model.vocab_info, ref_vocab, name, reference_name)
+        per_pair = pair_metrics(self._score(progress, model, data.pairs, name), reference, self._criterion)
+        summary = self._summarize(per_pair, data.users)
+        shots: dict[int, dict[str, Any]] = {}
+        if final:
+            for k, pairs in data.ablation.items():
+                k_ref = ablation_refs.get(k)
+                k_crit = self._criterion if (k_ref is not None or not self._criterion.needs_reference) else _PolicyOnly()
+                k_scores = self._score(progress, model, pairs, f"{k} shots")
+                shots[k] = self._summarize(pair_metrics(k_scores, k_ref, k_crit), data.users)["overall"]
+            if self._config.generation.enabled:
+                self._generate(model, tokenizer, data.examples)
+        return per_pair, summary, shots
 
-            per_step: dict[int, dict[str, Any]] = {}
-            final_per_pair: dict[str, np.ndarray] = {}
-            final_summary: dict[str, Any] = {}
-            shots_summary: dict[int, dict[str, Any]] = {}
-            for step, name in (sorted(steps.items()) or [(None, model_name)]):  # type: ignore[list-item]
-                model = self._load(name)
-                if reference_name is not None:
-                    check_same_vocabulary(model.vocab_info, ref_vocab, name, reference_name)
-                scores = self._score(progress, model, pairs, name)
-                per_pair = pair_metrics(scores, reference, criterion)
-                summary = summarize(per_pair, users, bootstrap_samples=config.bootstrap_samples, seed=config.seed)
-                if step is not None:
-                    per_step[step] = summary["overall"]
-                if name == model_name:
-                    final_per_pair, final_summary = per_pair, summary
-                    for k, k_pairs in ablation_pairs.items():
-                        k_scores = self._score(progress, model, k_pairs, f"{k} shots")
-                        k_ref = ablation_refs.get(k)
-                        k_crit = criterion if (k_ref is not None or not criterion.needs_reference) else _PolicyOnly()
-                        shots_summary[k] = summarize(pair_metrics(k_scores, k_ref, k_crit), users,
-                                                     bootstrap_samples=config.bootstrap_samples,
-                                                     seed=config.seed)["overall"]
-                    if config.generation.enabled:
-                        self._generate(model, tokenizer, examples)
-                del model
-
-        result = {
-            "model": model_name,
-            "reference": reference_name or ("reference scores of the data" if stored is not None else None),
-            "dataset": str(path),
-            "criterion": config.criterion.loss,
-            **final_summary,
-            "shots": {str(k): v for k, v in sorted(shots_summary.items())},
-            "steps": {str(k): v for k, v in sorted(per_step.items())},
-        }
-        self._write(result, final_per_pair, examples)
-        log.info("preference_eval: {}", headline(result))
-        print(headline(result))
-        return result
+    def _summarize(self, per_pair: Mapping[str, np.ndarray], users: Sequence[str]) -> dict[str, Any]:
+        return summarize(per_pair, users, bootstrap_samples=self._config.bootstrap_samples, seed=self._config.seed)
 
     def _load(self, name: str) -> DecoderModel:
-        model = load_reference_model(DecoderModel, self._context, name, self._gangs, self._config.dtype, mp=False)
+        """The model ``name`` for scoring (the packed-pairs classes of llama and mistral; fairseq2's otherwise)."""
+        from fspo_recipe.models.llama import packed_model_families
+
+        with packed_model_families(self._context):
+            model = load_reference_model(DecoderModel, self._context, name, self._gangs, self._config.dtype, mp=False)
         return model.eval()
 
     def _score(self, progress: ProgressReporter, model: DecoderModel, pairs: Sequence[Any], label: str) -> PairScores:
@@ -372,17 +421,18 @@ class PreferenceEvaluator:
             task.close()
 
     def _ablation_prompts(self, examples: Sequence[Mapping[str, Any]]) -> dict[int, list[str]]:
+        """The prompts of every example with its first k shots, per k (from the examples' ``episode`` fields)."""
         if self._config.shots == []:
             return {}
         try:
-            parsed = [parse_prompt(e["src"]) for e in examples]
-        except PromptParseError as ex:
+            parts = [prompt_parts(dict(e)) for e in examples]
+        except ValueError as ex:  # PromptParseError included
             log.warning("preference_eval: no shots ablation, the prompts are not in the FSPO template ({}).", ex)
             return {}
-        most = max(len(p.shots) for p in parsed)
+        most = max(len(p.shots) for p in parts)
         counts = self._config.shots if self._config.shots is not None else list(range(most + 1))
         # k shots means min(k, available) for an example with fewer shots.
-        return {k: [render_with_shots(p, k) for p in parsed] for k in sorted(set(counts)) if 0 <= k <= most}
+        return {k: [p.render(k) for p in parts] for k in sorted(set(counts)) if 0 <= k <= most}
 
     def _generate(self, model: DecoderModel, tokenizer: Any, examples: Sequence[Mapping[str, Any]]) -> None:
         from fairseq2.generation import SamplingSequenceGenerator, TopPSampler
@@ -414,7 +464,7 @@ class PreferenceEvaluator:
                         rec["baseline_response"] = baseline[str(e["id"])]
                     fp.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
-    def _write(self, result: dict[str, Any], per_pair: Mapping[str, np.ndarray], examples: Sequence[Mapping[str, Any]]) -> None:
+    def write(self, result: dict[str, Any], per_pair: Mapping[str, np.ndarray], examples: Sequence[Mapping[str, Any]]) -> None:
         from fspo_recipe.eval.plots import plot_all
 
         self._out.mkdir(parents=True, exist_ok=True)

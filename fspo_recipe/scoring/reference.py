@@ -135,7 +135,7 @@ def score_reference(
     from fspo_recipe.assets import add_card_directory
     from fspo_recipe.data.jsonl import read_preference_jsonl
     from fspo_recipe.data.writers import atomic_file
-    from fspo_recipe.eval.scoring import default_device, encode_pairs, score_pairs
+    from fspo_recipe.scoring.pairs import default_device, encode_pairs, score_pairs
 
     setup_fairseq2()
     context = get_runtime_context()

@@ -1,4 +1,4 @@
-"""Summed response log-probs of preference pairs under a model, batched, response-only logits."""
+"""Preference pairs as token ids, and their summed response log-probs under a model, batched (evaluation and reference scoring)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fairseq2.models.decoder import DecoderModel
 from fairseq2.models.sequence import SequenceBatch
 from fairseq2.nn.padding import PaddingMask
 
-from fspo_recipe.logprobs import pair_logps
+from fspo_recipe.scoring.logps import pair_logps
 
 
 def default_device(device: str | None = None) -> torch.device:

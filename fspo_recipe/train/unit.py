@@ -7,7 +7,7 @@ Adding a criterion never touches this file: the unit only knows :class:`Preferen
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, final
 
 import torch
@@ -31,18 +31,11 @@ from fairseq2.typing import DataType
 from fairseq2.utils.structured import structure
 from fairseq2.utils.validation import validate
 
-from fspo_recipe.criteria import (
-    CriterionError,
-    PairLogps,
-    PreferenceCriterion,
-    chosen_nll,
-    criterion_names,
-    get_criterion,
-    make_criterion_config,
-    resolve_criterion_name,
-)
-from fspo_recipe.distributed import repair_ddp_buffers
-from fspo_recipe.logprobs import ResponseLogpsInput, enable_response_logps_forward, unwrap_decoder
+from fspo_recipe.criteria import CriterionChoice, CriterionError, PairLogps, PreferenceCriterion, chosen_nll
+from fspo_recipe.fairseq2_compat import repair_ddp_buffers
+from fspo_recipe.models.packing import PairLogpsRequest
+from fspo_recipe.scoring.logps import stock_pair_logps, supports_packing, unwrap_decoder
+from fspo_recipe.train.metrics import METRIC_NAMES
 
 FSPO_UNIT: Final = "fspo"
 
@@ -52,15 +45,8 @@ cannot be merged into a null section)."""
 
 
 @dataclass(kw_only=True)
-class FspoUnitConfig:
-    """``criterion.config`` of ``criterion.name=fspo``."""
-
-    loss: str = "ipo"
-    """The preference criterion: a registered name (dpo, ipo, simpo, sft, ...) or ``my.module:name``."""
-
-    loss_params: dict[str, dict[str, object]] = field(default_factory=dict)
-    """Hyper-parameters per criterion name; only the entry of ``loss`` is used, so switching ``loss`` is one
-    override (``criterion.config.loss_params.dpo.beta=0.1`` sets one). Missing entries take the defaults."""
+class FspoUnitConfig(CriterionChoice):
+    """``criterion.config`` of ``criterion.name=fspo``: the criterion (``loss``, ``loss_params``) and how to run it."""
 
     nll_scale: float = 0.0
     """Weight of an extra per-token NLL term on the chosen response, added to any criterion's loss."""
@@ -76,56 +62,19 @@ class FspoUnitConfig:
     """Run each pair as one sequence [prompt, chosen, rejected] (the prompt once, same log-probs as two sequences)."""
 
     def validate(self) -> None:
-        name = resolve_criterion_name(self.loss)
-        known = set(criterion_names())
-        for key, params in self.loss_params.items():
-            if key in (name, self.loss):
-                make_criterion_config(self.loss, params)
-            elif key in known:
-                make_criterion_config(key, params)  # catch bad values in entries kept for later switches
-            # Other keys belong to criteria of modules this run does not import; they are kept as they are.
+        super().validate()
         if self.nll_scale < 0.0:
             raise CriterionError(f"criterion.config.nll_scale must be >= 0, got {self.nll_scale}.")
-
-    def build_criterion(self) -> PreferenceCriterion:
-        """Build the selected criterion with its entry of ``loss_params``."""
-        name = resolve_criterion_name(self.loss)
-        return get_criterion(name, **self.loss_params.get(self.loss, self.loss_params.get(name, {})))
 
 
 @final
 class FspoMetricBag(SequenceMetricBag):
-    """The metrics of the FSPO unit; every value is a mean over pairs, synchronized over data-parallel ranks."""
-
-    fspo_loss: Mean
-    criterion_loss: Mean
-    nll_loss: Mean
-    reward_accuracy: Mean
-    reward_margin: Mean
-    chosen_rewards: Mean
-    rejected_rewards: Mean
-    chosen_logps: Mean
-    rejected_logps: Mean
-    chosen_lengths: Mean
-    rejected_lengths: Mean
-
-    NAMES: Final = (
-        "fspo_loss",
-        "criterion_loss",
-        "nll_loss",
-        "reward_accuracy",
-        "reward_margin",
-        "chosen_rewards",
-        "rejected_rewards",
-        "chosen_logps",
-        "rejected_logps",
-        "chosen_lengths",
-        "rejected_lengths",
-    )
+    """The metrics of the FSPO unit (:data:`~fspo_recipe.train.metrics.UNIT_METRICS`); every value is a mean over
+    pairs, synchronized over data-parallel ranks."""
 
     def __init__(self, gang: Gang) -> None:
         super().__init__(gang)
-        for name in self.NAMES:
+        for name in METRIC_NAMES:
             if not hasattr(self, name):  # SequenceMetricBag already has `nll_loss`
                 self.register_metric(name, Mean(device=gang.device), persistent=False)
 
@@ -158,9 +107,11 @@ class FspoFinetuneUnit(AbstractTrainUnit[PreferenceBatch]):
     ) -> None:
         super().__init__(model)
         repair_ddp_buffers(model)
-        enable_response_logps_forward(model)
-        if reference_model is not None:
-            enable_response_logps_forward(reference_model)
+        self._packed = supports_packing(model)
+        if not self._packed:
+            log.info("FSPO unit: {} does not implement the packed-pairs interface (fspo_recipe.models.packing); "
+                     "pairs run on the paired path with full logits.", type(unwrap_decoder(model)).__name__)
+        self._reference_packed = reference_model is not None and supports_packing(reference_model)
         self._reference_model = reference_model
         self._criterion = criterion
         self._nll_scale = nll_scale
@@ -178,17 +129,16 @@ class FspoFinetuneUnit(AbstractTrainUnit[PreferenceBatch]):
 
     def compute_logps(self, batch: PreferenceBatch) -> PairLogps:
         """Run the policy (with grad) and the reference (without) over ``batch``; see :class:`PairLogps`."""
-        pairs = ResponseLogpsInput(batch.chosen, batch.rejected, shared_prefix=self._shared_prefix)
         size = batch.chosen.batch_size
 
-        logps, lengths = self._model(pairs)
+        logps, lengths = self._pair_logps(self._model, self._packed, batch)
 
         ref_chosen: Tensor | None = None
         ref_rejected: Tensor | None = None
         if self._criterion.needs_reference:
             if self._reference_model is not None:
                 with torch.no_grad():
-                    ref_logps, _ = self._reference_model(pairs)
+                    ref_logps, _ = self._pair_logps(self._reference_model, self._reference_packed, batch)
                 ref_chosen, ref_rejected = ref_logps[:size], ref_logps[size:]
             else:
                 ref_chosen, ref_rejected = reference_scores(batch, logps.device)
@@ -201,6 +151,12 @@ class FspoFinetuneUnit(AbstractTrainUnit[PreferenceBatch]):
             chosen_lengths=lengths[:size],
             rejected_lengths=lengths[size:],
         )
+
+    def _pair_logps(self, model: Module, packed: bool, batch: PreferenceBatch) -> tuple[Tensor, Tensor]:
+        """Through the (possibly DDP/FSDP-wrapped) model's forward: the packed entry point, or the paired path."""
+        if packed:
+            return model(PairLogpsRequest(batch.chosen, batch.rejected, shared_prefix=self._shared_prefix))
+        return stock_pair_logps(model, batch.chosen, batch.rejected)
 
     @override
     def __call__(self, batch: PreferenceBatch) -> tuple[Tensor, int]:

@@ -47,9 +47,9 @@ from fairseq2.recipes.config import (
 )
 from fairseq2.recipes.lm import POCriterionSection, POFinetuneConfig
 
-from fspo_recipe.optim import RMSPROP_OPTIMIZER, RMSpropConfig
-from fspo_recipe.reader import FSPO_PREFERENCE_FAMILY
-from fspo_recipe.unit import FSPO_UNIT, FspoUnitConfig
+from fspo_recipe.train.optim import RMSPROP_OPTIMIZER, RMSpropConfig
+from fspo_recipe.train.reader import FSPO_PREFERENCE_FAMILY
+from fspo_recipe.train.unit import FSPO_UNIT, FspoUnitConfig
 
 PAPER_MODEL: Final = "llama3_2_3b_instruct"
 SFT_CHECKPOINT: Final = "last_checkpoint@"

@@ -5,7 +5,8 @@ what exceeds ``max_seq_len``; FSPO prompts of 4k+ tokens lose most of the data t
 
 - counts an example as the shared-prefix layout holds it: P + Rc + Rr;
 - shortens one that does not fit by dropping whole shots, oldest first (``# Example 1`` first), re-rendered with
-  the data-prep template; text is never cut inside a shot;
+  the data-prep template from the example's ``episode`` field (files without it: ``src`` parsed back); text is
+  never cut inside a shot;
 - drops an example only when even zero shots do not fit;
 - counts and logs every shortened and dropped example, and names a malformed line by file and line number.
 
@@ -26,7 +27,6 @@ from typing_extensions import override
 from fairseq2.data import CollateOptionsOverride, Collater, DataPipeline, create_bucket_sizes, read_sequence
 from fairseq2.data.text.tokenizers import TextTokenizer
 from fairseq2.datasets import DataPipelineReader, LengthBatching, StaticBatching
-from fairseq2.datasets._utils import _load_files_and_weights
 from fairseq2.datasets.preference import PreferenceBatch, PreferenceDataset, PreferenceReadOptions
 from fairseq2.error import NotSupportedError
 from fairseq2.gang import Gang
@@ -34,9 +34,10 @@ from fairseq2.logging import log
 from fairseq2.models.sequence import SequenceBatch
 from fairseq2.nn.padding import get_seqs_and_padding_mask
 
-from fspo_recipe.data.episodes import PromptParseError, parse_prompt, render_with_shots
+from fspo_recipe.data.episodes import PromptParseError, PromptParts, parse_prompt
 from fspo_recipe.data.jsonl import PreferenceDataError as PreferenceDataError
 from fspo_recipe.data.jsonl import default_id, read_preference_jsonl
+from fspo_recipe.fairseq2_compat import load_files_and_weights
 
 FSPO_PREFERENCE_FAMILY: Final = "fspo_preference"
 
@@ -97,14 +98,14 @@ def fit_example(
     length = len(src) + targets
     if length > max_seq_len:
         original = length
-        try:
-            parsed = parse_prompt(example["src"])
+        try:  # the `episode` field (checked against `src` when the file was read), else `src` parsed back
+            parts = PromptParts.from_record(example["episode"]) if "episode" in example else parse_prompt(example["src"])
         except PromptParseError:
             counter.record(example["id"], 0, True, original, max_seq_len)  # not a few-shot prompt: cannot shorten
             return None
-        total = len(parsed.shots)
+        total = len(parts.shots)
         for keep in range(total - 1, -1, -1):
-            prompt = render_with_shots(parsed, keep, newest=True)
+            prompt = parts.render(keep, newest=True)
             src = encode_src(prompt)
             length = len(src) + targets
             if length <= max_seq_len:
@@ -138,7 +139,7 @@ class FspoPreferenceDataset(PreferenceDataset):
             )
         if path.is_file():
             return FspoPreferenceDataset(name, [path], [1.0])
-        files, weights = _load_files_and_weights(name, path)
+        files, weights = load_files_and_weights(name, path)
         return FspoPreferenceDataset(name, files, weights)
 
     def _read_jsonl(self, path: Path) -> list[dict[str, Any]]:

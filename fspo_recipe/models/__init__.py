@@ -1,0 +1,1 @@
+"""Model families and the packed-pairs interface they implement for FSPO; the tiny CPU model (fspo-tiny-assets)."""

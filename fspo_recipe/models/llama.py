@@ -1,0 +1,123 @@
+"""fairseq2's llama and mistral families with the packed-pairs interface, for FSPO's commands.
+
+:class:`FspoLLaMAFactory` and :class:`FspoMistralFactory` build the same models as fairseq2's factories (same
+modules, parameters, state-dict keys and checkpoints) from :mod:`fspo_recipe.models.transformer`'s subclasses.
+Their handlers are fairseq2's with only ``_create_model`` overridden. They replace fairseq2's handlers of these two
+families only while an FSPO command or unit loads its models (:func:`packed_model_families`); other recipes in the
+same environment get fairseq2's models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import cast
+
+from torch.nn import Module
+
+from fairseq2.context import RuntimeContext
+from fairseq2.models.llama import LLaMAConfig, LLaMAFactory, LLaMAModelHandler
+from fairseq2.models.mistral import MistralConfig, MistralFactory, MistralModelHandler
+from fairseq2.models.transformer_decoder import TransformerDecoderModel
+from fairseq2.nn import PositionEncoder
+from fairseq2.nn.transformer import (
+    CausalAttentionMaskFactory,
+    LocalAttentionStateFactory,
+    MultiheadAttention,
+    TransformerDecoder,
+    TransformerNormOrder,
+    create_default_sdpa,
+)
+from fairseq2.utils.file import StandardTensorLoader
+
+from fspo_recipe.models.transformer import FspoDecoderModel, FspoTransformerDecoder, PackedMultiheadAttention
+
+# fairseq2 0.4.6's default architectures of the two families (setup/_models.py), for cards without `model_arch`.
+LLAMA_DEFAULT_ARCH = "llama3_1_8b"
+MISTRAL_DEFAULT_ARCH = "7b"
+
+
+class FspoLLaMAFactory(LLaMAFactory):
+    """fairseq2's llama factory building :class:`FspoDecoderModel` with packed-aware attention."""
+
+    def create_model(self) -> TransformerDecoderModel:
+        config = self._config
+        return FspoDecoderModel(self.create_decoder_frontend(), self.create_decoder(), self.create_final_proj(),
+                                max_seq_len=config.max_seq_len, vocab_info=config.vocab_info)
+
+    def create_decoder(self) -> TransformerDecoder:
+        pos_encoder = self.create_position_encoder()
+        layers = [self.create_decoder_layer(pos_encoder) for _ in range(self._config.num_layers)]
+        return FspoTransformerDecoder(layers, dropout_p=self._config.dropout_p, norm_order=TransformerNormOrder.PRE,
+                                      layer_norm_factory=self.create_layer_norm)
+
+    def create_attention(self, pos_encoder: PositionEncoder) -> MultiheadAttention:
+        config = self._config
+        return PackedMultiheadAttention(config.model_dim, config.num_attn_heads,
+                                        num_key_value_heads=config.num_key_value_heads,
+                                        sdpa=create_default_sdpa(attn_dropout_p=config.dropout_p),
+                                        pos_encoder=pos_encoder, bias=False)
+
+
+class FspoMistralFactory(MistralFactory):
+    """fairseq2's mistral factory building :class:`FspoDecoderModel`; rows longer than the sliding attention window
+    are not packed (``packed_max_len``), since the packed attention is full causal attention."""
+
+    def create_model(self) -> TransformerDecoderModel:
+        config = self._config
+        model = FspoDecoderModel(self.create_decoder_frontend(), self.create_decoder(), self.create_final_proj(),
+                                 max_seq_len=config.max_seq_len, vocab_info=config.vocab_info)
+        model.packed_max_len = config.attn_window_len
+        return model
+
+    def create_decoder(self) -> TransformerDecoder:
+        config = self._config
+        pos_encoder = self.create_position_encoder()
+        layers = [self.create_decoder_layer(pos_encoder) for _ in range(config.num_layers)]
+        return FspoTransformerDecoder(
+            layers, self_attn_mask_factory=CausalAttentionMaskFactory(attn_window_len=config.attn_window_len),
+            norm_order=TransformerNormOrder.PRE, layer_norm_factory=self.create_layer_norm,
+        )
+
+    def create_attention(self, pos_encoder: PositionEncoder) -> MultiheadAttention:
+        config = self._config
+        return PackedMultiheadAttention(config.model_dim, config.num_attn_heads,
+                                        num_key_value_heads=config.num_key_value_heads,
+                                        sdpa=create_default_sdpa(attn_dropout_p=config.dropout_p),
+                                        pos_encoder=pos_encoder, bias=False,
+                                        state_factory=LocalAttentionStateFactory(config.attn_window_len))
+
+
+class FspoLLaMAModelHandler(LLaMAModelHandler):
+    """fairseq2's llama handler (configs, checkpoint conversion, sharding) building :class:`FspoLLaMAFactory`'s model."""
+
+    def _create_model(self, config: object) -> Module:
+        return FspoLLaMAFactory(cast(LLaMAConfig, config)).create_model()
+
+
+class FspoMistralModelHandler(MistralModelHandler):
+    """fairseq2's mistral handler building :class:`FspoMistralFactory`'s model."""
+
+    def _create_model(self, config: object) -> Module:
+        return FspoMistralFactory(cast(MistralConfig, config)).create_model()
+
+
+def fspo_handlers(context: RuntimeContext) -> dict[str, object]:
+    """Our handlers of fairseq2's llama and mistral families, made from the context's public parts."""
+    loader = StandardTensorLoader(context.file_system)
+    downloads = context.asset_download_manager
+    return {
+        "llama": FspoLLaMAModelHandler(context.get_config_registry(LLaMAConfig), LLAMA_DEFAULT_ARCH, downloads, loader),
+        "mistral": FspoMistralModelHandler(context.get_config_registry(MistralConfig), MISTRAL_DEFAULT_ARCH, downloads,
+                                           loader),
+    }
+
+
+@contextmanager
+def packed_model_families(context: RuntimeContext) -> Iterator[None]:
+    """Within the block, models of the llama and mistral families that fairseq2 loads or creates in ``context`` are
+    built by our factories; fairseq2's handlers are back afterwards."""
+    from fspo_recipe.fairseq2_compat import replaced_model_handlers
+
+    with replaced_model_handlers(context, fspo_handlers(context)):
+        yield

@@ -1,0 +1,105 @@
+"""The model-family interface for packed preference pairs: what a family implements so that FSPO runs a pair as one
+sequence [prompt, chosen, rejected] and projects only response positions to the vocabulary.
+
+A packed batch is a [B, L] token tensor plus a :class:`PackedSpans`: for every row, the lengths (P, Rc, Rr) of its
+prompt, chosen and rejected segments, and every token's rotary position ([B, L]). Rejected tokens restart at
+position P and attend to the prompt and to themselves, never to chosen, so each log-prob equals that of the
+separate [prompt, response] sequence. A plain row (one response, Rr = 0) is the paired layout, positions 0..n-1.
+
+A family implements :class:`PackedDecoder`:
+
+- ``decode_packed(seqs, spans)`` returns the final hidden states [B, L, D] of the packed rows; its attention
+  layers read the spans (their attention pattern) and the positions (their rotary encoding) from ``spans``;
+- the model's ``forward`` accepts a :class:`PairLogpsRequest` and returns the pairs' summed response log-probs
+  and token counts (see :func:`fspo_recipe.scoring.logps.packed_pair_logps`). That is the entry point DDP and
+  FSDP need: they synchronize gradients and gather parameters only when the wrapped module's ``forward`` runs.
+
+fairseq2's llama and mistral get it from :mod:`fspo_recipe.models.llama` (subclasses built by their own factory
+when an FSPO command loads the model), qwen3 from its own family. A model without it is trained on the paired
+path through its ordinary ``forward`` (full logits), with one logged line.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import final
+
+import torch
+from torch import Tensor
+
+from fairseq2.models.sequence import SequenceBatch
+from fairseq2.nn.transformer import AttentionMask
+
+
+@final
+class PackedSpans(AttentionMask):
+    """The layout of a packed batch, passed to every attention layer as its ``attn_mask``.
+
+    ``spans[i] = (P, Rc, Rr)``: row i holds P prompt tokens, then Rc tokens of the first response, then Rr tokens
+    of the second (Rr = 0: a plain causal row); positions beyond P + Rc + Rr are padding. ``positions`` is [B, L]
+    (int64), the rotary position of every token. The layout travels with the mask because the mask is an argument
+    of every decoder layer: activation checkpointing recomputes a layer from its arguments during backward.
+    """
+
+    def __init__(self, spans: Sequence[tuple[int, int, int]], width: int, positions: Tensor) -> None:
+        self.spans = tuple((int(p), int(c), int(r)) for p, c, r in spans)
+        self.width = width
+        self.positions = positions
+        self._dense: Tensor | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Every row is one causal sequence (the paired layout): no second response attends around a first."""
+        return all(r == 0 for _, _, r in self.spans)
+
+    def materialize(self) -> Tensor:
+        """The equivalent [B, 1, L, L] boolean mask (True = may attend); padded query rows see themselves only."""
+        if self._dense is None:
+            self._dense = dense_packed_mask(self.spans, self.width, self.positions.device)
+        return self._dense
+
+
+def dense_packed_mask(spans: Sequence[tuple[int, int, int]], width: int, device: torch.device) -> Tensor:
+    """[B, 1, L, L] bool: causal over each row's tokens, except that the second response does not see the first."""
+    mask = torch.zeros((len(spans), 1, width, width), dtype=torch.bool, device=device)
+    causal = torch.ones((width, width), dtype=torch.bool, device=device).tril_()
+    for i, (p, nc, nr) in enumerate(spans):
+        n = p + nc + nr
+        m = mask[i, 0]
+        m[:n, :n] = causal[:n, :n]
+        m[p + nc : n, p : p + nc] = False
+        idx = torch.arange(n, width, device=device)
+        m[idx, idx] = True
+    return mask
+
+
+@final
+@dataclass(frozen=True)
+class PairLogpsRequest:
+    """The input of a :class:`PackedDecoder`'s ``forward`` that asks for response log-probs of preference pairs.
+
+    ``chosen`` and ``rejected`` are the batches of fairseq2's preference reader ([B, T], target masks on response
+    tokens). With ``shared_prefix`` each pair runs as one [prompt, chosen, rejected] row, else as two
+    [prompt, response] rows. The answer is ([2B] summed log-probs in nats, [2B] token counts), chosen first.
+    """
+
+    chosen: SequenceBatch
+    rejected: SequenceBatch
+    shared_prefix: bool = True
+
+    def __post_init__(self) -> None:
+        if self.chosen.target_mask is None or self.rejected.target_mask is None:
+            raise ValueError("The batch has no target mask: cannot tell prompt tokens from response tokens.")
+
+
+class PackedDecoder(ABC):
+    """Implemented by a model family that runs packed rows (see the module docstring)."""
+
+    packed_max_len: int | None = None
+    """The longest packed row the family represents exactly (e.g. a sliding attention window); None: any."""
+
+    @abstractmethod
+    def decode_packed(self, seqs: Tensor, spans: PackedSpans) -> Tensor:
+        """Return the final hidden states [B, L, D] (after the last layer norm) of the packed rows ``seqs`` [B, L]."""

@@ -1,0 +1,165 @@
+"""Transformer decoder classes that implement :class:`~fspo_recipe.models.packing.PackedDecoder`.
+
+They are subclasses of fairseq2's own, built by a family's factory (see :mod:`fspo_recipe.models.llama` and
+:mod:`fspo_recipe.models.qwen3`): the same parameters and state-dict keys, the same behaviour for every ordinary
+call (training forward, scoring, incremental decoding), plus the packed path. Nothing is patched on a live model.
+
+    FspoDecoderModel.forward(PairLogpsRequest)   -> response log-probs (the entry point DDP/FSDP wrap)
+      decode_packed(seqs, spans)                  -> frontend, FspoTransformerDecoder(..., spans=spans)
+        each decoder layer, called with spans as its self-attention mask
+          PackedMultiheadAttention: q, k, v; rotary at spans.positions; packed_attention(...)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+from fairseq2.models.transformer_decoder import TransformerDecoderModel
+from fairseq2.nn import RotaryEncoder
+from fairseq2.nn.transformer import StandardMultiheadAttention, StandardTransformerDecoder
+
+from fspo_recipe.models.packing import PackedDecoder, PackedSpans, PairLogpsRequest
+
+
+class FspoDecoderModel(TransformerDecoderModel, PackedDecoder):
+    """fairseq2's decoder model whose ``forward`` also answers a :class:`PairLogpsRequest` (response log-probs of
+    preference pairs, logits only at response positions); every other input goes to fairseq2's ``forward``."""
+
+    def forward(self, batch: Any) -> Any:  # type: ignore[override]
+        if isinstance(batch, PairLogpsRequest):
+            from fspo_recipe.scoring.logps import packed_pair_logps
+
+            return packed_pair_logps(self, batch)
+        return super().forward(batch)
+
+    def decode_packed(self, seqs: Tensor, spans: PackedSpans) -> Tensor:
+        seqs, _ = self.decoder_frontend(seqs, None)
+        hidden, _ = self.decoder(seqs, None, spans=spans)
+        return hidden  # type: ignore[no-any-return]
+
+
+class FspoTransformerDecoder(StandardTransformerDecoder):
+    """fairseq2's decoder stack that, given ``spans``, runs every layer with them as the self-attention mask.
+
+    Through ``forward`` (not a separate method) so that a stack wrapped by FSDP gathers its parameters.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        seqs: Tensor,
+        padding_mask: Any,
+        encoder_output: Tensor | None = None,
+        encoder_padding_mask: Any = None,
+        *,
+        state_bag: Any = None,
+        spans: PackedSpans | None = None,
+    ) -> tuple[Tensor, Any]:
+        if spans is None:
+            return super().forward(seqs, padding_mask, encoder_output, encoder_padding_mask, state_bag=state_bag)
+        if self.training and self.layer_drop_p > 0.0:
+            raise NotImplementedError("LayerDrop is not supported with packed preference pairs.")
+        for layer in self.layers:
+            seqs, _ = layer(seqs, None, spans)
+        if self.layer_norm is not None:
+            seqs = self.layer_norm(seqs)
+        if self.dropout is not None:
+            seqs = self.dropout(seqs)
+        return seqs, None
+
+
+class PackedMultiheadAttention(StandardMultiheadAttention):
+    """fairseq2's multi-head attention with a packed path: when its mask is a :class:`PackedSpans`, the rotary
+    encoding is applied at the spans' positions and the attention follows the spans (:func:`packed_attention`).
+
+    Families with extra per-head steps before the rotary encoding (Qwen3's QK-norm) override :meth:`prepare_qk`.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        seqs: Tensor,
+        padding_mask: Any,
+        keys: Tensor,
+        key_padding_mask: Any,
+        values: Tensor,
+        *,
+        attn_mask: Any = None,
+        state_bag: Any = None,
+    ) -> Tensor:
+        if not isinstance(attn_mask, PackedSpans):
+            return super().forward(seqs, padding_mask, keys, key_padding_mask, values, attn_mask=attn_mask,
+                                   state_bag=state_bag)
+        # [B, L, H, E] per projection (self-attention: keys and values are seqs).
+        q = self.q_proj(seqs).unflatten(-1, (self.num_heads, -1))
+        k = self.k_proj(keys).unflatten(-1, (self.num_key_value_heads, -1))
+        v = self.v_proj(values).unflatten(-1, (self.num_key_value_heads, -1))
+        q, k = self.prepare_qk(q, k)
+        if self.pos_encoder is not None:
+            if not isinstance(self.pos_encoder, RotaryEncoder):
+                raise NotImplementedError(f"Packed rows need a rotary position encoder, not {self.pos_encoder}.")
+            q = rotate(q, self.pos_encoder.freqs, attn_mask.positions)
+            k = rotate(k, self.pos_encoder.freqs, attn_mask.positions)
+        attn = packed_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask)  # [B, H, L, E]
+        attn = attn.transpose(1, 2).flatten(2, 3)
+        return self.output_proj(attn)  # type: ignore[no-any-return]
+
+    def prepare_qk(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-head steps between the projections and the rotary encoding; q [B, L, H, E], k [B, L, H_kv, E]."""
+        return q, k
+
+
+def rotate(x: Tensor, freqs: Tensor, positions: Tensor) -> Tensor:
+    """Rotary encoding of ``x`` [B, L, H, E] at ``positions`` [B, L], with fairseq2's table and pair layout.
+
+    ``freqs`` is a :class:`RotaryEncoder`'s table [max_seq_len, E/2, 2] of (cos, sin) per position and frequency;
+    channels (2i, 2i+1) form the rotated pairs, as in fairseq2 (Hugging Face checkpoints are permuted into this
+    layout when converted). Computed in float32 at least, as fairseq2 does, and returned in ``x``'s dtype. Tested
+    against fairseq2's RotaryEncoder (tests/test_models.py).
+    """
+    compute = torch.promote_types(x.dtype, torch.float32)
+    table = freqs[positions].to(compute).unsqueeze(2)  # [B, L, 1, E/2, 2]
+    cos, sin = table[..., 0], table[..., 1]
+    pairs = x.to(compute).unflatten(-1, (-1, 2))  # [B, L, H, E/2, 2]
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2).to(x.dtype)
+
+
+def packed_attention(q: Tensor, k: Tensor, v: Tensor, spans: PackedSpans) -> Tensor:
+    """Attention over packed rows: q [B, H, L, E], k and v [B, H_kv, L, E] -> [B, H, L, E_v].
+
+    Plain rows (the paired layout): one causal kernel over the whole batch; a row's padding lies after its tokens,
+    where no real token looks. Rows with two responses: per row, a causal kernel over [prompt, first response] and
+    a small [Rr, P + Rr] attention of the second response's queries to the prompt and to itself; no [L, L] mask.
+    Outputs at padded positions are never read (zeros, or whatever the causal kernel gives there).
+    """
+    if (groups := q.size(1) // k.size(1)) > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    if spans.plain:
+        return sdpa(q, k, v, is_causal=True)
+    width = q.size(2)
+    rows = []
+    for i, (p, nc, nr) in enumerate(spans.spans):
+        qi, ki, vi = q[i : i + 1], k[i : i + 1], v[i : i + 1]
+        a = p + nc
+        parts = [sdpa(qi[:, :, :a], ki[:, :, :a], vi[:, :, :a], is_causal=True)]
+        if nr:
+            rect = torch.ones((nr, p + nr), dtype=torch.bool, device=q.device)
+            rect[:, p:] = torch.ones((nr, nr), dtype=torch.bool, device=q.device).tril_()
+            kr = torch.cat([ki[:, :, :p], ki[:, :, a : a + nr]], dim=2)
+            vr = torch.cat([vi[:, :, :p], vi[:, :, a : a + nr]], dim=2)
+            parts.append(sdpa(qi[:, :, a : a + nr], kr, vr, attn_mask=rect))
+        if a + nr < width:
+            parts.append(qi.new_zeros(qi.shape[:2] + (width - a - nr, vi.size(-1))))
+        rows.append(torch.cat(parts, dim=2))
+    return torch.cat(rows, dim=0)
+
+
+def dense_attention(q: Tensor, k: Tensor, v: Tensor, spans: PackedSpans) -> Tensor:
+    """The same attention as :func:`packed_attention` through the materialized [B, 1, L, L] mask (for tests: slow,
+    quadratic memory)."""
+    if (groups := q.size(1) // k.size(1)) > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return sdpa(q, k, v, attn_mask=spans.materialize())
