@@ -9,13 +9,17 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["fspo_recipe", "fspo_recipe.*"]),
+    package_data={"fspo_recipe.cards": ["*.yaml"], "fspo_recipe.eval": ["*.txt"]},
     python_requires=">=3.10,<3.13",
-    install_requires=["fairseq2==0.4.6", "pyyaml", "matplotlib"],
+    # safetensors, tokenizers, jinja2, huggingface_hub: Hugging Face model directories, tokenizers, chat templates.
+    install_requires=["fairseq2==0.4.6", "pyyaml", "matplotlib", "safetensors>=0.4.3", "tokenizers>=0.21",
+                      "jinja2>=3.1", "huggingface_hub>=0.30"],
     extras_require={
         # fairseq2 0.4.6 pins numpy 1.x: pyarrow 22+ needs numpy 2, and datasets 5 needs pyarrow 24+.
         "data": ["datasets>=3,<5", "pyarrow>=15,<22", "orjson"],
         "flash": ["flash-attn"],
-        "dev": ["pytest", "pytest-timeout"],
+        # transformers: the reference implementation the model families are tested against (5.23 runs on torch 2.6).
+        "dev": ["pytest", "pytest-timeout", "transformers==5.23.0"],
     },
     entry_points={
         "fairseq2.extension": ["fspo = fspo_recipe:setup_fairseq2_extension"],
@@ -26,6 +30,7 @@ setup(
             "fspo-prepare = fspo_recipe.data.prepare:main",
             "fspo-score-reference = fspo_recipe.scoring.reference:main",
             "fspo-synthetic-users = fspo_recipe.data.synthetic:main",
+            "fspo-hf-card = fspo_recipe.models.hf:main",
         ],
     },
 )

@@ -54,6 +54,17 @@ def setup_fspo(context: RuntimeContext) -> None:
 
     register_fspo_presets(context)
 
+    from fairseq2.data.text.tokenizers import TextTokenizerHandler
+
+    from fspo_recipe.models.hf import HF_TOKENIZER_FAMILY, HfTokenizerHandler
+    from fspo_recipe.models.qwen3 import register_qwen3
+
+    register_qwen3(context)  # a new model family (qwen3); fairseq2's families are left as they are
+    register_package_cards(context)  # qwen3_0.6b ... qwen3_8b (+ _base): Hugging Face hub models by name
+    tokenizers = context.get_registry(TextTokenizerHandler)
+    if not tokenizers.has(HF_TOKENIZER_FAMILY):
+        tokenizers.register(HF_TOKENIZER_FAMILY, HfTokenizerHandler(context.asset_download_manager))
+
     from fspo_recipe.eval.recipe import register_eval_presets
 
     register_eval_presets(context)
@@ -103,3 +114,14 @@ def register_checkout_asset_cards(context: RuntimeContext, cards: Path = CHECKOU
 
 
 _REGISTERED_CARD_DIRS: set[tuple[int, Path]] = set()
+
+
+def register_package_cards(context: RuntimeContext, package: str = "fspo_recipe.cards") -> None:
+    """The cards shipped inside the package (installed or editable), as fairseq2's own cards (idempotent)."""
+    from fairseq2.setup import register_package_metadata_provider
+
+    key = (id(context.asset_store), Path(package))
+    if key in _REGISTERED_CARD_DIRS:
+        return
+    register_package_metadata_provider(context, package)
+    _REGISTERED_CARD_DIRS.add(key)

@@ -56,17 +56,15 @@ def make_batch(examples: list[dict[str, object]], device: torch.device | None = 
     return PreferenceBatch(side("tgt_chosen"), side("tgt_rejected"), None, None)
 
 
-@pytest.fixture()
-def tiny_model():
-    """The tiny llama as FSPO's commands load it: built by the packed-pairs factory (fspo_recipe.models.llama)."""
-    from fspo_recipe.models.llama import FspoLLaMAFactory
+@pytest.fixture(params=["llama"])
+def tiny_model(request):
+    """The tiny model as FSPO's commands load it (the family's packed-pairs classes): a llama, or with
+    ``@pytest.mark.parametrize("tiny_model", ["llama", "qwen3"], indirect=True)`` each family in turn."""
     from fspo_recipe.models.tiny import TinyModelSpec, make_tiny_state_dict
-    from fairseq2.models.llama import LLaMAConfig
-    from fairseq2.utils.structured import structure
 
     def build(seed: int = 0):
-        spec = TinyModelSpec()
-        model = FspoLLaMAFactory(structure(spec.model_config(), LLaMAConfig)).create_model()
+        spec = TinyModelSpec(family=request.param)
+        model = spec.create_model()
         model.load_state_dict(make_tiny_state_dict(spec, seed))
         return model
 

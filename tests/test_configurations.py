@@ -34,7 +34,16 @@ def lookup(config: dict, dotted: str) -> object:
     for part in dotted.split("."):
         assert isinstance(node, dict), dotted
         node = node["_set_"][part] if "_set_" in node and part in node["_set_"] else node[part]
-    return node
+    return plain(node)
+
+
+def plain(node: object) -> object:
+    """A dict value as set (``--dump-config`` writes nested dicts in mergeable form, with ``_set_``)."""
+    if not isinstance(node, dict):
+        return node
+    out = {k: plain(v) for k, v in node.items() if k != "_set_"}
+    out.update({k: plain(v) for k, v in (node.get("_set_") or {}).items()})
+    return out
 
 
 def test_there_is_one_per_stage() -> None:

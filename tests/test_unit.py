@@ -23,6 +23,7 @@ def full_logits_logps(model, batch):
     return (token * targets.target_mask).sum(-1)
 
 
+@pytest.mark.parametrize("tiny_model", ["llama", "qwen3"], indirect=True)
 def test_response_only_logits_equal_full_logits(tiny_model) -> None:
     model = tiny_model()
     examples = sample_examples(3)
@@ -139,6 +140,7 @@ def test_accumulation_normalizes_over_pairs(tiny_model, gangs) -> None:
     torch.testing.assert_close(full_metric, split_metric)
 
 
+@pytest.mark.parametrize("tiny_model", ["llama", "qwen3"], indirect=True)
 def test_shared_prefix_equals_paired_logps_loss_and_gradients(tiny_model, gangs) -> None:
     """One [prompt, chosen, rejected] sequence per pair gives the paired path's numbers, padding included."""
     examples = sample_examples(4)
@@ -171,6 +173,7 @@ def test_shared_prefix_equals_paired_logps_loss_and_gradients(tiny_model, gangs)
     assert float((flat(shared_grads) - flat(paired_grads)).norm() / flat(paired_grads).norm()) < 2e-4
 
 
+@pytest.mark.parametrize("tiny_model", ["llama", "qwen3"], indirect=True)
 def test_shared_prefix_is_exact_in_float64(tiny_model) -> None:
     """In float64 the two layouts agree to rounding: the float32 differences above are summation order only."""
     from fspo_recipe.scoring.logps import pair_logps
@@ -200,6 +203,7 @@ def test_shared_prefix_rejects_pairs_with_different_prompts(tiny_model) -> None:
         shared_prefix_logps(tiny_model(), batch.chosen, other.rejected)
 
 
+@pytest.mark.parametrize("tiny_model", ["llama", "qwen3"], indirect=True)
 def test_shared_prefix_under_activation_checkpointing(tiny_model) -> None:
     """fairseq2 recomputes each layer during backward; the shared-prefix positions must survive that."""
     from fairseq2.nn.checkpointing import use_layerwise_activation_checkpointing
@@ -217,6 +221,7 @@ def test_shared_prefix_under_activation_checkpointing(tiny_model) -> None:
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("tiny_model", ["llama", "qwen3"], indirect=True)
 def test_split_attention_equals_the_dense_shared_prefix_mask(tiny_model, monkeypatch) -> None:
     """The fast split attention and the plain [L, L] boolean mask give the same log-probs."""
     from fspo_recipe.models import transformer

@@ -38,7 +38,7 @@ from fspo_recipe.data.episodes import prompt_parts
 from fspo_recipe.data.jsonl import default_id, read_preference_jsonl
 from fspo_recipe.data.writers import atomic_file
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
-from fspo_recipe.scoring.pairs import EncodedPair, PairScores, default_device, encode_pairs, score_pairs, with_prompts
+from fspo_recipe.scoring.pairs import EncodedPair, PairEncoder, PairScores, default_device, encode_pairs, score_pairs
 from fspo_recipe.train.unit import check_same_vocabulary
 
 PREFERENCE_EVAL: Final = "preference_eval"
@@ -109,6 +109,13 @@ class PreferenceEvalConfig:
 
     shared_prefix: bool = True
     """Score each pair as one sequence [prompt, chosen, rejected] (the prompt once; the same log-probs)."""
+
+    chat_template: bool = False
+    """Wrap the prompt as the user turn and each response as the assistant turn of the model's chat template (as
+    training's ``dataset.extras.chat_template``); the model's tokenizer must be a Hugging Face one."""
+
+    chat_template_kwargs: dict[str, object] = field(default_factory=dict)
+    """Variables for the chat template (e.g. ``enable_thinking: false`` for Qwen3)."""
 
     dtype: DataType = torch.float32
     """Data type of the models."""
@@ -360,9 +367,10 @@ class PreferenceEvaluator:
                 "`reference.name` or `reference.run_dir`, or use a reference-free criterion "
                 "(`criterion.loss=simpo`/`sft`)."
             )
-        data.pairs = encode_pairs(tokenizer, [e["src"] for e in examples], [e["tgt_chosen"] for e in examples],
-                                  [e["tgt_rejected"] for e in examples])
-        data.ablation = {k: with_prompts(tokenizer, data.pairs, prompts)
+        encoder = self._encoder(tokenizer)
+        chosen, rejected = [e["tgt_chosen"] for e in examples], [e["tgt_rejected"] for e in examples]
+        data.pairs = encode_pairs(tokenizer, [e["src"] for e in examples], chosen, rejected, encoder)
+        data.ablation = {k: encode_pairs(tokenizer, prompts, chosen, rejected, encoder)
                          for k, prompts in self._ablation_prompts(examples).items()}
         return data
 
@@ -400,6 +408,13 @@ class PreferenceEvaluator:
             if self._config.generation.enabled:
                 self._generate(model, tokenizer, data.examples)
         return per_pair, summary, shots
+
+    def _encoder(self, tokenizer: Any) -> PairEncoder:
+        try:
+            return PairEncoder(tokenizer, chat_template=self._config.chat_template,
+                               chat_kwargs=self._config.chat_template_kwargs)
+        except ValueError as ex:
+            raise EvalError(str(ex)) from None
 
     def _summarize(self, per_pair: Mapping[str, np.ndarray], users: Sequence[str]) -> dict[str, Any]:
         return summarize(per_pair, users, bootstrap_samples=self._config.bootstrap_samples, seed=self._config.seed)

@@ -30,6 +30,7 @@ from fairseq2.nn.transformer import (
 )
 from fairseq2.utils.file import StandardTensorLoader
 
+from fspo_recipe.models.hf import HubModelHandler, tie_llama_checkpoint
 from fspo_recipe.models.transformer import FspoDecoderModel, FspoTransformerDecoder, PackedMultiheadAttention
 
 # fairseq2 0.4.6's default architectures of the two families (setup/_models.py), for cards without `model_arch`.
@@ -89,10 +90,14 @@ class FspoMistralFactory(MistralFactory):
 
 
 class FspoLLaMAModelHandler(LLaMAModelHandler):
-    """fairseq2's llama handler (configs, checkpoint conversion, sharding) building :class:`FspoLLaMAFactory`'s model."""
+    """fairseq2's llama handler (configs, checkpoint conversion, sharding) building :class:`FspoLLaMAFactory`'s model;
+    Hugging Face checkpoints with tied embeddings get their output projection (see :func:`tie_llama_checkpoint`)."""
 
     def _create_model(self, config: object) -> Module:
         return FspoLLaMAFactory(cast(LLaMAConfig, config)).create_model()
+
+    def _convert_checkpoint(self, checkpoint: dict[str, object], config: object) -> dict[str, object]:
+        return super()._convert_checkpoint(tie_llama_checkpoint(checkpoint), config)
 
 
 class FspoMistralModelHandler(MistralModelHandler):
@@ -103,14 +108,14 @@ class FspoMistralModelHandler(MistralModelHandler):
 
 
 def fspo_handlers(context: RuntimeContext) -> dict[str, object]:
-    """Our handlers of fairseq2's llama and mistral families, made from the context's public parts."""
+    """Our handlers of fairseq2's llama and mistral families, made from the context's public parts (hub repositories
+``hf://ORG/NAME`` accepted as checkpoints)."""
     loader = StandardTensorLoader(context.file_system)
     downloads = context.asset_download_manager
-    return {
-        "llama": FspoLLaMAModelHandler(context.get_config_registry(LLaMAConfig), LLAMA_DEFAULT_ARCH, downloads, loader),
-        "mistral": FspoMistralModelHandler(context.get_config_registry(MistralConfig), MISTRAL_DEFAULT_ARCH, downloads,
-                                           loader),
-    }
+    llama = FspoLLaMAModelHandler(context.get_config_registry(LLaMAConfig), LLAMA_DEFAULT_ARCH, downloads, loader)
+    mistral = FspoMistralModelHandler(context.get_config_registry(MistralConfig), MISTRAL_DEFAULT_ARCH, downloads,
+                                      loader)
+    return {"llama": HubModelHandler(llama), "mistral": HubModelHandler(mistral)}
 
 
 @contextmanager

@@ -28,7 +28,13 @@ BOS_IDX, EOS_IDX, PAD_IDX = 256, 257, 260
 
 @dataclass(frozen=True)
 class TinyModelSpec:
-    """The shape of the tiny llama."""
+    """The shape of the tiny model (a llama, or a qwen3)."""
+
+    family: str = "llama"
+    """``llama`` or ``qwen3`` (QK-norm, a head width of its own, tied embeddings)."""
+
+    head_dim: int = 32
+    """qwen3 only: the width of a head (on purpose not model_dim / num_attn_heads = 16)."""
 
     model_dim: int = 64
     """Width of the model."""
@@ -49,7 +55,14 @@ class TinyModelSpec:
     """Longest sequence the rotary encoder is built for."""
 
     def model_config(self) -> dict[str, object]:
-        """Return the ``LLaMAConfig`` fields that the card overrides."""
+        """Return the ``LLaMAConfig`` (or ``Qwen3Config``) fields that the card overrides."""
+        vocab_info = {"size": BYTE_VOCAB_SIZE, "unk_idx": None, "bos_idx": BOS_IDX, "eos_idx": EOS_IDX,
+                      "pad_idx": PAD_IDX}
+        if self.family == "qwen3":
+            return {"model_dim": self.model_dim, "max_seq_len": self.max_seq_len, "vocab_info": vocab_info,
+                    "num_layers": self.num_layers, "num_attn_heads": self.num_attn_heads,
+                    "num_key_value_heads": self.num_key_value_heads, "head_dim": self.head_dim,
+                    "ffn_inner_dim": self.ffn_inner_dim, "tied_embeddings": True, "dropout_p": 0.0}
         return {
             "model_dim": self.model_dim,
             "max_seq_len": self.max_seq_len,
@@ -61,14 +74,22 @@ class TinyModelSpec:
             "ffn_inner_dim_multiplier": 1.0,
             "ffn_inner_dim_to_multiple": 1,
             "dropout_p": 0.0,
-            "vocab_info": {
-                "size": BYTE_VOCAB_SIZE,
-                "unk_idx": None,
-                "bos_idx": BOS_IDX,
-                "eos_idx": EOS_IDX,
-                "pad_idx": PAD_IDX,
-            },
+            "vocab_info": vocab_info,
         }
+
+    def create_model(self) -> torch.nn.Module:
+        """The model of this shape, built by the family's FSPO factory (the packed-pairs classes)."""
+        from fairseq2.utils.structured import structure
+
+        if self.family == "qwen3":
+            from fspo_recipe.models.qwen3 import Qwen3Config, Qwen3Factory
+
+            return Qwen3Factory(structure(self.model_config(), Qwen3Config)).create_model()
+        from fairseq2.models.llama import LLaMAConfig
+
+        from fspo_recipe.models.llama import FspoLLaMAFactory
+
+        return FspoLLaMAFactory(structure(self.model_config(), LLaMAConfig)).create_model()
 
 
 def byte_tokenizer_text() -> str:
@@ -82,28 +103,24 @@ def card_text(name: str, spec: TinyModelSpec) -> str:
 
     card = {
         "name": name,
-        "model_family": "llama",
-        "model_arch": "llama3_2_1b",
+        "model_family": spec.family,
+        "model_arch": "qwen3_0_6b" if spec.family == "qwen3" else "llama3_2_1b",
         "model_config": {"_set_": spec.model_config()},
         "checkpoint": CHECKPOINT_FILE,
         "tokenizer": TOKENIZER_FILE,
         "tokenizer_family": "llama",
         "use_v2_tokenizer": True,
     }
-    header = "# Written by `fspo-tiny-assets`: a random tiny llama for CPU tests, not a trained model.\n"
+    header = f"# Written by `fspo-tiny-assets`: a random tiny {spec.family} for CPU tests, not a trained model.\n"
     return header + yaml.safe_dump(card, sort_keys=False)
 
 
 def make_tiny_state_dict(spec: TinyModelSpec, seed: int) -> dict[str, torch.Tensor]:
-    """Build the tiny llama with fairseq2's factory from ``seed`` and return its state dict (float32)."""
-    from fairseq2.models.llama import LLaMAConfig, LLaMAFactory
-    from fairseq2.utils.structured import structure
-
-    config = structure(spec.model_config(), LLaMAConfig)
+    """Build the tiny model from ``seed`` and return its state dict (float32)."""
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        model = LLaMAFactory(config).create_model()
+        model = spec.create_model()
     finally:
         torch.random.set_rng_state(generator_state)
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
@@ -140,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default="fspo_tiny_llama", help="asset name of the model (default: fspo_tiny_llama)")
     parser.add_argument("--model-dim", type=int, default=TinyModelSpec.model_dim, help="model width (default: 64)")
     parser.add_argument("--num-layers", type=int, default=TinyModelSpec.num_layers, help="decoder layers (default: 2)")
+    parser.add_argument("--family", choices=["llama", "qwen3"], default="llama", help="model family (default: llama)")
     args = parser.parse_args(argv)
     blocking = next((p for p in [args.out_dir, *args.out_dir.parents] if p.exists() and not p.is_dir()), None)
     if blocking is not None:
@@ -147,9 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
-    spec = TinyModelSpec(model_dim=args.model_dim, num_layers=args.num_layers)
+    spec = TinyModelSpec(family=args.family, model_dim=args.model_dim, num_layers=args.num_layers)
     card = write_tiny_assets(args.out_dir, seed=args.seed, name=args.name, spec=spec)
-    print(f"wrote {card} (model '{args.name}', {spec.num_layers} layers, dim {spec.model_dim}, vocab {BYTE_VOCAB_SIZE})")
+    print(f"wrote {card} ({spec.family} model '{args.name}', {spec.num_layers} layers, dim {spec.model_dim}, vocab {BYTE_VOCAB_SIZE})")
     return 0
 
 

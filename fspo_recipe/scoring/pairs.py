@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from fairseq2.data.text.tokenizers import TextTokenizer
 from fairseq2.models.decoder import DecoderModel
@@ -41,17 +42,58 @@ class PairScores:
     rejected_lengths: np.ndarray
 
 
-def encode_pairs(tokenizer: TextTokenizer, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]) -> list[EncodedPair]:
-    """Encode as fairseq2's preference reader does: prompt in ``prompt`` mode, responses in ``prompt_response``."""
-    src = tokenizer.create_encoder(mode="prompt")
-    tgt = tokenizer.create_encoder(mode="prompt_response")
-    return [EncodedPair(src(p).tolist(), tgt(c).tolist(), tgt(r).tolist()) for p, c, r in zip(prompts, chosen, rejected)]
+class PairEncoder:
+    """Token ids of (prompt, chosen, rejected), as the ``fspo_preference`` reader, the evaluator and reference
+    scoring all encode them.
+
+    Plain (the default; base models and the tiny model): the prompt in ``source_mode`` (fairseq2's ``prompt``:
+    with the tokenizer's beginning-of-sequence token), each response in ``target_mode`` (``prompt_response``: with
+    its end-of-sequence token). With ``chat_template`` (instruct models): the FSPO prompt is the user turn and each
+    response the assistant turn of the tokenizer's chat template (:class:`fspo_recipe.models.hf.ChatTemplate`),
+    the response ending with the template's end-of-turn token; ``chat_kwargs`` go to the template (e.g.
+    ``enable_thinking: false`` for Qwen3).
+    """
+
+    def __init__(self, tokenizer: TextTokenizer, *, chat_template: bool = False,
+                 chat_kwargs: Mapping[str, object] | None = None, source_mode: str = "prompt",
+                 target_mode: str = "prompt_response") -> None:
+        self.template = getattr(tokenizer, "chat_template", None) if chat_template else None
+        if chat_template and self.template is None:
+            raise ValueError(
+                "chat_template is set, but the model's tokenizer has no chat template (it must be a Hugging Face "
+                "tokenizer, tokenizer_family: hf_tokenizer, whose tokenizer_config.json has a chat_template)."
+            )
+        self._kwargs = dict(chat_kwargs or {})
+        self._src = tokenizer.create_encoder(mode=source_mode)
+        self._tgt = tokenizer.create_encoder(mode=target_mode)
+        self._raw = tokenizer.create_encoder(mode="as_is") if self.template is not None else None
+
+    def encode(self, prompt: str, chosen: str, rejected: str) -> tuple[Tensor, Tensor, Tensor]:
+        """([P], [Rc], [Rr]) token ids."""
+        if self.template is None:
+            return self._src(prompt), self._tgt(chosen), self._tgt(rejected)
+        assert self._raw is not None
+        head, chosen_turn = self.template.render_pair(prompt, chosen, **self._kwargs)
+        _, rejected_turn = self.template.render_pair(prompt, rejected, **self._kwargs)
+        return self._raw(head), self._raw(chosen_turn), self._raw(rejected_turn)
+
+    def prompt(self, prompt: str) -> Tensor:
+        """The ids a model continues to answer ``prompt`` (generation)."""
+        if self.template is None:
+            return self._src(prompt)
+        assert self._raw is not None
+        return self._raw(self.template.render_prompt(prompt, **self._kwargs))
 
 
-def with_prompts(tokenizer: TextTokenizer, pairs: Sequence[EncodedPair], prompts: Sequence[str]) -> list[EncodedPair]:
-    """``pairs`` with new prompts (the shots ablation); the responses' tokens are reused."""
-    src = tokenizer.create_encoder(mode="prompt")
-    return [EncodedPair(src(p).tolist(), pair.chosen, pair.rejected) for p, pair in zip(prompts, pairs)]
+def encode_pairs(tokenizer: TextTokenizer, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str],
+                 encoder: PairEncoder | None = None) -> list[EncodedPair]:
+    """Encode as the ``fspo_preference`` reader does (``encoder``: plain by default, or with a chat template)."""
+    encoder = encoder or PairEncoder(tokenizer)
+    out = []
+    for p, c, r in zip(prompts, chosen, rejected):
+        src, tgt_c, tgt_r = encoder.encode(p, c, r)
+        out.append(EncodedPair(src.tolist(), tgt_c.tolist(), tgt_r.tolist()))
+    return out
 
 
 def _side(pairs: Sequence[EncodedPair], key: str, device: torch.device) -> SequenceBatch:

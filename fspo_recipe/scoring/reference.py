@@ -33,14 +33,16 @@ class ResumeMismatchError(ValueError):
     """``OUTPUT.partial`` was made from another input or model, or its lines do not match the input."""
 
 
-def partial_identity(input_path: Path, model: str, checkpoint: str | None) -> dict[str, object]:
-    """What a partial output depends on: the input (path, size, hash of its first lines) and the model."""
+def partial_identity(input_path: Path, model: str, checkpoint: str | None, *, chat_template: bool = False,
+                     chat_template_kwargs: dict[str, object] | None = None) -> dict[str, object]:
+    """What a partial output depends on: the input (path, size, hash of its first lines), the model, the encoding."""
     digest = hashlib.sha256()
     with input_path.open("rb") as fp:
         for _, line in zip(range(IDENTITY_LINES), fp):
             digest.update(line)
     return {"input": str(input_path.resolve()), "input_bytes": input_path.stat().st_size,
-            "input_head_sha256": digest.hexdigest(), "model": model, "checkpoint": checkpoint}
+            "input_head_sha256": digest.hexdigest(), "model": model, "checkpoint": checkpoint,
+            "chat_template": {"enabled": chat_template, "kwargs": chat_template_kwargs or {}}}
 
 
 def check_resume(meta_path: Path, expected: dict[str, object]) -> None:
@@ -122,9 +124,13 @@ def score_reference(
     assets_dir: Path | None = None,
     run_dir: Path | None = None,
     progress: bool = True,
+    chat_template: bool = False,
+    chat_template_kwargs: dict[str, object] | None = None,
 ) -> int:
     """Score every line of ``input_path`` with ``model_name`` (or the last checkpoint of the training run
-    ``run_dir``, as stage 2's ``last_checkpoint@`` reference); return the number of lines written."""
+    ``run_dir``, as stage 2's ``last_checkpoint@`` reference); return the number of lines written. With
+    ``chat_template`` the pairs are encoded with the model's chat template, as training with
+    ``dataset.extras.chat_template=true`` encodes them."""
     from fairseq2 import setup_fairseq2
     from fairseq2.context import get_runtime_context
     from fairseq2.data.text.tokenizers import get_text_tokenizer_hub
@@ -135,7 +141,7 @@ def score_reference(
     from fspo_recipe.assets import add_card_directory
     from fspo_recipe.data.jsonl import read_preference_jsonl
     from fspo_recipe.data.writers import atomic_file
-    from fspo_recipe.scoring.pairs import default_device, encode_pairs, score_pairs
+    from fspo_recipe.scoring.pairs import PairEncoder, default_device, encode_pairs, score_pairs
 
     setup_fairseq2()
     context = get_runtime_context()
@@ -160,7 +166,8 @@ def score_reference(
     examples = [record for _, record in read_preference_jsonl(input_path)]  # as in the file; bad lines are named
     partial = output_path.with_name(output_path.name + ".partial")
     meta = output_path.with_name(output_path.name + ".partial.json")
-    identity = partial_identity(input_path, model_name, checkpoint)
+    identity = partial_identity(input_path, model_name, checkpoint, chat_template=chat_template,
+                                chat_template_kwargs=chat_template_kwargs)
     if partial.exists():
         check_resume(meta, identity)
     else:
@@ -172,8 +179,13 @@ def score_reference(
     check_resumed_lines(partial, examples, done)
 
     torch_device = default_device(device)
-    model = load_reference_model(DecoderModel, context, model_name, fake_gangs(torch_device), dtype, mp=False).eval()
+    from fspo_recipe.models.llama import packed_model_families
+
+    with packed_model_families(context):
+        model = load_reference_model(DecoderModel, context, model_name, fake_gangs(torch_device), dtype, mp=False)
+    model.eval()
     tokenizer = get_text_tokenizer_hub().load(model_name)
+    encoder = PairEncoder(tokenizer, chat_template=chat_template, chat_kwargs=chat_template_kwargs)
 
     bar = None
     if progress and sys.stderr.isatty():
@@ -187,7 +199,7 @@ def score_reference(
             for start in range(done, len(examples), chunk_size):
                 chunk = examples[start : start + chunk_size]
                 pairs = encode_pairs(tokenizer, [e["src"] for e in chunk], [e["tgt_chosen"] for e in chunk],
-                                     [e["tgt_rejected"] for e in chunk])
+                                     [e["tgt_rejected"] for e in chunk], encoder)
                 scores = score_pairs(model, pairs, batch_size=batch_size, device=torch_device)
                 for record, c, r in zip(chunk, scores.chosen.tolist(), scores.rejected.tolist()):
                     record = {**record, "reference_score_chosen": c, "reference_score_rejected": r}
@@ -225,13 +237,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     parser.add_argument("--assets-dir", type=Path, default=None, help="extra fairseq2 card directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--chat-template", action="store_true",
+                        help="encode with the model's chat template (as training with dataset.extras.chat_template)")
+    parser.add_argument("--chat-template-kwargs", type=json.loads, default={}, metavar="JSON",
+                        help='variables of the chat template, e.g. \'{"enable_thinking": false}\'')
     args = parser.parse_args(argv)
     from fspo_recipe.assets import describe_load_error, load_error_types
 
     try:
         n = score_reference(args.model or "", args.input, args.output, batch_size=args.batch_size,
                             dtype=getattr(torch, args.dtype), device=args.device, assets_dir=args.assets_dir,
-                            run_dir=args.run_dir, progress=not args.no_progress)
+                            run_dir=args.run_dir, progress=not args.no_progress, chat_template=args.chat_template,
+                            chat_template_kwargs=args.chat_template_kwargs)
     except (ValueError, OSError) as ex:
         print(f"fspo-score-reference: {ex}", file=sys.stderr)
         return 1

@@ -11,7 +11,8 @@ what exceeds ``max_seq_len``; FSPO prompts of 4k+ tokens lose most of the data t
 - counts and logs every shortened and dropped example, and names a malformed line by file and line number.
 
 Select it with ``dataset.family=fspo_preference`` (a ``dataset.path``), or ``dataset_family: fspo_preference``
-in a card. Everything else (batching, shuffling, sharding, reference scores) is as in the generic reader.
+in a card. ``dataset.extras.chat_template=true`` wraps every prompt as the user turn and every response as the
+assistant turn of the model's chat template (instruct models; see :class:`fspo_recipe.scoring.pairs.PairEncoder`). Everything else (batching, shuffling, sharding, reference scores) is as in the generic reader.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from fspo_recipe.data.episodes import PromptParseError, PromptParts, parse_promp
 from fspo_recipe.data.jsonl import PreferenceDataError as PreferenceDataError
 from fspo_recipe.data.jsonl import default_id, read_preference_jsonl
 from fspo_recipe.fairseq2_compat import load_files_and_weights
+from fspo_recipe.scoring.pairs import PairEncoder
 
 FSPO_PREFERENCE_FAMILY: Final = "fspo_preference"
 
@@ -84,16 +86,13 @@ class FitCounter:
 
 def fit_example(
     example: dict[str, Any],
-    encode_src: Any,
-    encode_tgt: Any,
+    encoder: PairEncoder,
     max_seq_len: int,
     counter: FitCounter,
 ) -> dict[str, Any] | None:
     """Tokenize; drop oldest shots until P + Rc + Rr <= ``max_seq_len``; ``None`` if zero shots do not fit."""
     counter.count_read()
-    src = encode_src(example["src"])
-    chosen = encode_tgt(example["tgt_chosen"])
-    rejected = encode_tgt(example["tgt_rejected"])
+    src, chosen, rejected = encoder.encode(example["src"], example["tgt_chosen"], example["tgt_rejected"])
     targets = len(chosen) + len(rejected)
     length = len(src) + targets
     if length > max_seq_len:
@@ -105,9 +104,9 @@ def fit_example(
             return None
         total = len(parts.shots)
         for keep in range(total - 1, -1, -1):
-            prompt = parts.render(keep, newest=True)
-            src = encode_src(prompt)
-            length = len(src) + targets
+            src, chosen, rejected = encoder.encode(parts.render(keep, newest=True), example["tgt_chosen"],
+                                                   example["tgt_rejected"])
+            length = len(src) + len(chosen) + len(rejected)
             if length <= max_seq_len:
                 counter.record(example["id"], total - keep, False, original, max_seq_len)
                 break
@@ -145,6 +144,22 @@ class FspoPreferenceDataset(PreferenceDataset):
     def _read_jsonl(self, path: Path) -> list[dict[str, Any]]:
         return [{**ex, "id": ex.get("id", default_id(path, n))} for n, ex in read_preference_jsonl(path)]
 
+    @staticmethod
+    def pair_encoder(tokenizer: TextTokenizer, options: PreferenceReadOptions) -> PairEncoder:
+        """Plain, or with the model's chat template when ``dataset.extras.chat_template`` is true (variables for
+        the template in ``dataset.extras.chat_template_kwargs``)."""
+        extras = options.extras or {}
+        chat = extras.get("chat_template", False)
+        kwargs = extras.get("chat_template_kwargs") or {}
+        if not isinstance(chat, bool) or not isinstance(kwargs, dict):
+            raise PreferenceDataError("dataset.extras.chat_template must be true or false, and "
+                                      "dataset.extras.chat_template_kwargs a mapping.")
+        try:
+            return PairEncoder(tokenizer, chat_template=chat, chat_kwargs=kwargs,
+                               source_mode=options.source_encode_mode, target_mode=options.target_encode_mode)
+        except ValueError as ex:
+            raise PreferenceDataError(f"dataset.extras.chat_template: {ex}") from None
+
     @override
     def create_reader(
         self,
@@ -173,8 +188,7 @@ class FspoPreferenceDataset(PreferenceDataset):
         builder.shard(gang.rank, gang.size, allow_uneven=True)
         seed += gang.rank
 
-        encode_src = tokenizer.create_encoder(mode=options.source_encode_mode)
-        encode_tgt = tokenizer.create_encoder(mode=options.target_encode_mode)
+        encoder = self.pair_encoder(tokenizer, options)
         counter = self.counter
 
         def long_enough(ex: dict[str, Any] | None) -> bool:
@@ -185,7 +199,7 @@ class FspoPreferenceDataset(PreferenceDataset):
                 return False
             return True
 
-        builder.map(lambda ex: fit_example(ex, encode_src, encode_tgt, max_seq_len, counter))
+        builder.map(lambda ex: fit_example(ex, encoder, max_seq_len, counter))
         builder.filter(long_enough)
 
         def layout(ex: dict[str, Any]) -> dict[str, Any]:

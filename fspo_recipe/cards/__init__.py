@@ -1,0 +1,1 @@
+"""Asset cards shipped with the package (registered by fspo_recipe.extension)."""

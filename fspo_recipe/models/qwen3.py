@@ -1,0 +1,281 @@
+"""The Qwen3 family (dense models: 0.6B, 1.7B, 4B, 8B) for fairseq2 0.4.6, with the packed-pairs interface.
+
+A pre-norm decoder like llama, with three differences that fairseq2's llama cannot express:
+
+- q and k are RMS-normalized per head (learned weights of size head_dim) before the rotary encoding (QK-norm);
+- the head dimension is its own parameter (Qwen3-4B: model_dim 2560, 32 heads of 128);
+- the output projection shares the embedding's weights in the small models (``tied_embeddings``).
+
+Rotary: theta 1e6 and no scaling. fairseq2 rotates channel pairs (2i, 2i+1); Hugging Face Qwen3 rotates
+(i, i + head_dim/2). The checkpoint converter permutes the q/k projection rows and the q/k norm weights of every
+head into fairseq2's layout (an RMS norm commutes with a permutation of its channels when its weight is permuted
+alike, and attention scores are invariant to a permutation applied to both q and k), so fairseq2's own
+RotaryEncoder serves both the ordinary path (generation included) and the packed one.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Final, cast
+
+from torch import Tensor
+from torch.nn import Module
+
+from fairseq2.context import RuntimeContext
+from fairseq2.data import VocabularyInfo
+from fairseq2.models import AbstractModelHandler
+from fairseq2.models.transformer import TransformerEmbeddingFrontend, init_final_projection
+from fairseq2.models.transformer_decoder import TransformerDecoderModel
+from fairseq2.nn import Linear, RMSNorm, RotaryEncoder, StandardEmbedding, TiedProjection
+from fairseq2.nn.transformer import (
+    GLUFeedForwardNetwork,
+    StandardTransformerDecoderLayer,
+    TransformerNormOrder,
+    create_default_sdpa,
+)
+from fairseq2.typing import DataType
+from fairseq2.utils.file import StandardTensorLoader
+
+from fspo_recipe.models.hf import HubModelHandler
+from fspo_recipe.models.transformer import FspoDecoderModel, FspoTransformerDecoder, PackedMultiheadAttention
+
+QWEN3_FAMILY: Final = "qwen3"
+
+
+@dataclass(kw_only=True)
+class Qwen3Config:
+    """The configuration of a Qwen3 dense model (the names of Hugging Face's config.json in brackets)."""
+
+    model_dim: int = 2560
+    """Width of the residual stream (``hidden_size``)."""
+
+    max_seq_len: int = 40_960
+    """Longest sequence the rotary table covers (``max_position_embeddings``)."""
+
+    vocab_info: VocabularyInfo = field(
+        default_factory=lambda: VocabularyInfo(size=151_936, unk_idx=None, bos_idx=151_643, eos_idx=151_645,
+                                               pad_idx=151_643)
+    )
+    """Embedding rows (``vocab_size``) and the special token ids (bos ``<|endoftext|>``, eos ``<|im_end|>``)."""
+
+    num_layers: int = 36
+    """Decoder layers (``num_hidden_layers``)."""
+
+    num_attn_heads: int = 32
+    """Query heads (``num_attention_heads``)."""
+
+    num_key_value_heads: int = 8
+    """Key/value heads, grouped-query attention (``num_key_value_heads``)."""
+
+    head_dim: int = 128
+    """Width of one head, independent of model_dim / num_attn_heads (``head_dim``)."""
+
+    ffn_inner_dim: int = 9728
+    """Inner width of the SwiGLU feed-forward block (``intermediate_size``)."""
+
+    rope_theta: float = 1_000_000.0
+    """Rotary base (``rope_theta``)."""
+
+    layer_norm_eps: float = 1e-6
+    """Epsilon of every RMS norm, the per-head q/k norms included (``rms_norm_eps``)."""
+
+    tied_embeddings: bool = True
+    """The output projection is the embedding matrix (``tie_word_embeddings``)."""
+
+    dropout_p: float = 0.0
+    """Dropout on residual branches and attention (Qwen3 uses none)."""
+
+
+def qwen3_architectures() -> dict[str, Qwen3Config]:
+    """The published shapes of the dense Qwen3 models (Hugging Face ``Qwen/Qwen3-*`` config.json)."""
+
+    def shape(model_dim: int, ffn: int, layers: int, heads: int, tied: bool) -> Qwen3Config:
+        return Qwen3Config(model_dim=model_dim, ffn_inner_dim=ffn, num_layers=layers, num_attn_heads=heads,
+                           num_key_value_heads=8, head_dim=128, tied_embeddings=tied)
+
+    return {
+        "qwen3_0_6b": shape(1024, 3072, 28, 16, True),
+        "qwen3_1_7b": shape(2048, 6144, 28, 16, True),
+        "qwen3_4b": shape(2560, 9728, 36, 32, True),
+        "qwen3_8b": shape(4096, 12288, 36, 32, False),
+    }
+
+
+class Qwen3Attention(PackedMultiheadAttention):
+    """Multi-head attention with Qwen3's per-head q/k RMS norms before the rotary encoding, in the ordinary path
+    (training, scoring, incremental decoding) and the packed one."""
+
+    def __init__(self, *args: Any, pos_encoder: RotaryEncoder, head_dim: int, eps: float, **kwargs: Any) -> None:
+        # fairseq2 0.4.6 requires the position encoder's width to be model_dim / num_heads; Qwen3's head width is its
+        # own (4B: 2560 / 32 = 80, heads of 128), so the encoder is attached after fairseq2's constructor.
+        super().__init__(*args, pos_encoder=None, **kwargs)
+        if pos_encoder.encoding_dim != head_dim:
+            raise ValueError(f"The rotary encoder is {pos_encoder.encoding_dim} wide, the heads {head_dim}.")
+        self.pos_encoder = pos_encoder
+        self.q_norm = RMSNorm(head_dim, bias=False, eps=eps)
+        self.k_norm = RMSNorm(head_dim, bias=False, eps=eps)
+
+    def prepare_qk(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        return self.q_norm(q), self.k_norm(k)
+
+    # The ordinary path: fairseq2's projections with the norms inserted before the position encoder.
+    def _project_q(self, seqs: Tensor, padding_mask: Any, state_bag: Any = None) -> Tensor:
+        q = self.q_norm(self.q_proj(seqs).unflatten(-1, (self.num_heads, -1))).transpose(1, 2)
+        if self.pos_encoder is not None:
+            q = self.pos_encoder(q, padding_mask, state_bag=state_bag)
+        return q
+
+    def _project_kv(self, keys: Tensor, key_padding_mask: Any, values: Tensor, state_bag: Any = None
+                    ) -> tuple[Tensor, Tensor]:
+        k = self.k_norm(self.k_proj(keys).unflatten(-1, (self.num_key_value_heads, -1))).transpose(1, 2)
+        v = self.v_proj(values).unflatten(-1, (self.num_key_value_heads, -1)).transpose(1, 2)
+        if self.pos_encoder is not None:
+            k = self.pos_encoder(k, key_padding_mask, state_bag=state_bag)
+        return k, v
+
+
+class Qwen3Factory:
+    """Builds a Qwen3 model from :class:`Qwen3Config` with the classes of :mod:`fspo_recipe.models.transformer`."""
+
+    def __init__(self, config: Qwen3Config) -> None:
+        self._config = config
+
+    def create_model(self) -> TransformerDecoderModel:
+        c = self._config
+        embed = StandardEmbedding(num_embeddings=c.vocab_info.size, embedding_dim=c.model_dim)
+        frontend = TransformerEmbeddingFrontend(embed, pos_encoder=None, no_scale=True, dropout_p=c.dropout_p)
+        rotary = RotaryEncoder(c.head_dim, c.max_seq_len, theta=c.rope_theta)
+        layers = [self._layer(rotary) for _ in range(c.num_layers)]
+        decoder = FspoTransformerDecoder(layers, dropout_p=c.dropout_p, norm_order=TransformerNormOrder.PRE,
+                                         layer_norm_factory=self._layer_norm)
+        if c.tied_embeddings:
+            final_proj: Module = TiedProjection(embed.weight, bias=None)
+        else:
+            final_proj = Linear(c.model_dim, c.vocab_info.size, bias=False, init_fn=init_final_projection)
+        return FspoDecoderModel(frontend, decoder, final_proj, max_seq_len=c.max_seq_len,  # type: ignore[arg-type]
+                                vocab_info=c.vocab_info)
+
+    def _layer(self, rotary: RotaryEncoder) -> StandardTransformerDecoderLayer:
+        c = self._config
+        inner = c.num_attn_heads * c.head_dim
+        kv = c.num_key_value_heads * c.head_dim
+        attention = Qwen3Attention(
+            c.model_dim, c.num_attn_heads, num_key_value_heads=c.num_key_value_heads,
+            q_proj=Linear(c.model_dim, inner, bias=False), k_proj=Linear(c.model_dim, kv, bias=False),
+            v_proj=Linear(c.model_dim, kv, bias=False), output_proj=Linear(inner, c.model_dim, bias=False),
+            sdpa=create_default_sdpa(attn_dropout_p=c.dropout_p), pos_encoder=rotary, head_dim=c.head_dim,
+            eps=c.layer_norm_eps,
+        )
+        ffn = GLUFeedForwardNetwork(c.model_dim, c.ffn_inner_dim, bias=False, inner_dim_scale=1.0,
+                                    inner_dim_to_multiple=1, inner_dropout_p=c.dropout_p)
+        return StandardTransformerDecoderLayer(attention, encoder_decoder_attn=None, ffn=ffn, dropout_p=c.dropout_p,
+                                               norm_order=TransformerNormOrder.PRE,
+                                               layer_norm_factory=self._layer_norm)
+
+    def _layer_norm(self, model_dim: int, *, device: Any = None, dtype: DataType | None = None) -> RMSNorm:
+        return RMSNorm(model_dim, bias=False, eps=self._config.layer_norm_eps, device=device, dtype=dtype)
+
+
+def rotary_pairs_from_halves(w: Tensor, num_heads: int) -> Tensor:
+    """Reorder the output rows of ``w`` ([num_heads * head_dim, ...] or a [head_dim] norm weight) of every head from
+    Hugging Face's rotate-half layout (i, i + head_dim/2) into fairseq2's pair layout (2i, 2i+1)."""
+    rest = w.shape[1:]
+    head_dim = w.size(0) // num_heads
+    return w.reshape(num_heads, 2, head_dim // 2, *rest).transpose(1, 2).reshape(w.shape)
+
+
+_QWEN3_KEYS: Final = {
+    # Hugging Face name (after "model.") -> fairseq2 name
+    "embed_tokens.weight": "decoder_frontend.embed.weight",
+    "norm.weight": "decoder.layer_norm.weight",
+}
+_QWEN3_LAYER_KEYS: Final = {
+    "self_attn.q_proj.weight": "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight": "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight": "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight": "self_attn.output_proj.weight",
+    "self_attn.q_norm.weight": "self_attn.q_norm.weight",
+    "self_attn.k_norm.weight": "self_attn.k_norm.weight",
+    "mlp.gate_proj.weight": "ffn.gate_proj.weight",
+    "mlp.up_proj.weight": "ffn.inner_proj.weight",
+    "mlp.down_proj.weight": "ffn.output_proj.weight",
+    "input_layernorm.weight": "self_attn_layer_norm.weight",
+    "post_attention_layernorm.weight": "ffn_layer_norm.weight",
+}
+
+
+def convert_qwen3_checkpoint(checkpoint: dict[str, object], config: Qwen3Config) -> dict[str, object]:
+    """Hugging Face Qwen3 tensors -> ``{"model": fairseq2 state dict}``.
+
+    Every expected tensor must be there and every tensor must be used: a missing one (a lost shard) or an unknown one
+    (another architecture) raises ``ValueError`` naming it; nothing is invented except the tied output projection,
+    which *is* the embedding.
+    """
+    expected = {f"model.{k}": v for k, v in _QWEN3_KEYS.items()}
+    for i in range(config.num_layers):
+        expected |= {f"model.layers.{i}.{k}": f"decoder.layers.{i}.{v}" for k, v in _QWEN3_LAYER_KEYS.items()}
+    if not config.tied_embeddings:
+        expected["lm_head.weight"] = "final_proj.weight"
+    tensors = {k: v for k, v in checkpoint.items() if isinstance(v, Tensor)}
+    missing = sorted(set(expected) - set(tensors))
+    # A tied checkpoint may still carry lm_head.weight (equal to the embedding); any other extra key is an error.
+    extra = sorted(set(tensors) - set(expected) - ({"lm_head.weight"} if config.tied_embeddings else set()))
+    if missing:
+        raise ValueError(f"The Qwen3 checkpoint lacks {len(missing)} tensor(s) the configuration needs, e.g. "
+                         f"{missing[:3]} (a missing safetensors shard, or num_layers too large?).")
+    if extra:
+        raise ValueError(f"The Qwen3 checkpoint has {len(extra)} tensor(s) the configuration does not use, e.g. "
+                         f"{extra[:3]} (another architecture, or num_layers too small?).")
+    state: dict[str, object] = {}
+    for hf_name, fs2_name in expected.items():
+        tensor = tensors[hf_name]
+        if hf_name.endswith(("q_proj.weight", "q_norm.weight")):
+            heads = config.num_attn_heads if hf_name.endswith("q_proj.weight") else 1
+            tensor = rotary_pairs_from_halves(tensor, heads)
+        elif hf_name.endswith(("k_proj.weight", "k_norm.weight")):
+            heads = config.num_key_value_heads if hf_name.endswith("k_proj.weight") else 1
+            tensor = rotary_pairs_from_halves(tensor, heads)
+        state[fs2_name] = tensor
+    if config.tied_embeddings:
+        state["final_proj.weight"] = state["decoder_frontend.embed.weight"]
+    return {"model": state}
+
+
+class _Qwen3Handler(AbstractModelHandler):
+    """fairseq2's handler machinery (configs, checkpoint conversion, meta-device creation) for ``qwen3``."""
+
+    @property
+    def family(self) -> str:
+        return QWEN3_FAMILY
+
+    @property
+    def kls(self) -> type[Module]:
+        return TransformerDecoderModel
+
+    def _create_model(self, config: object) -> Module:
+        return Qwen3Factory(cast(Qwen3Config, config)).create_model()
+
+    def _convert_checkpoint(self, checkpoint: dict[str, object], config: object) -> dict[str, object]:
+        return convert_qwen3_checkpoint(checkpoint, cast(Qwen3Config, config))
+
+
+class Qwen3ModelHandler(HubModelHandler):
+    """The model handler of the ``qwen3`` family: fairseq2's machinery, plus checkpoints named as Hugging Face hub
+    repositories (``checkpoint: hf://Qwen/Qwen3-4B``), fetched with ``huggingface_hub``."""
+
+
+def register_qwen3(context: RuntimeContext) -> None:
+    """Register the family, its architectures and its handler (idempotent)."""
+    from fairseq2.models import ModelHandler
+
+    configs = context.get_config_registry(Qwen3Config)
+    for name, config in qwen3_architectures().items():
+        if not configs.has(name):
+            configs.register(name, lambda config=config: copy.deepcopy(config))
+    handlers = context.get_registry(ModelHandler)
+    if not handlers.has(QWEN3_FAMILY):
+        inner = _Qwen3Handler(configs, "qwen3_4b", context.asset_download_manager,
+                              StandardTensorLoader(context.file_system))
+        handlers.register(QWEN3_FAMILY, Qwen3ModelHandler(inner))
+
