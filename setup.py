@@ -19,7 +19,7 @@ setup(
         "data": ["datasets>=3,<5", "pyarrow>=15,<22", "orjson"],
         "flash": ["flash-attn"],
         # transformers: the reference implementation the model families are tested against (5.23 runs on torch 2.6).
-        "dev": ["pytest", "pytest-timeout", "transformers==5.23.0"],
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "transformers==5.23.0"],
     },
     entry_points={
         "fairseq2.extension": ["fspo = fspo_recipe:setup_fairseq2_extension"],

@@ -64,6 +64,14 @@ class Plan:
     """Shots ablation on every FSPO evaluation (else on the held-out users of `fspo` only)."""
     curve_every: int
     """IPO checkpoint interval; FSPO's held-out accuracy is evaluated at each (accuracy versus step)."""
+    properties: tuple[str, ...] = PROPERTIES
+    """The properties users have preferences over (fspo-synthetic-users --properties)."""
+    test_users_per_pole: int = 1
+    """Held-out users per preference (fspo-synthetic-users --test-users-per-pole)."""
+    sft_seconds_per_step: float = 0.4
+    """A first guess of one SFT step on the 2-core machine, for the time estimates (corrected as stages finish)."""
+    ipo_seconds_per_step: float = 0.45
+    """Likewise for one IPO step (policy forward and backward, reference forward)."""
 
 
 FULL = Plan(users_per_pole=6, rows_per_user=80, test_rows_per_user=30, shots=2, batch_size=16, sft_steps=500,
@@ -73,17 +81,102 @@ QUICK = Plan(users_per_pole=1, rows_per_user=12, test_rows_per_user=12, shots=2,
              ipo_steps=5, ipo_lr=1e-3, ipo_beta=0.1, passes=2, bootstrap=200, rationale=False, full_ablation=False,
              curve_every=5)
 
+DEMO = Plan(users_per_pole=6, rows_per_user=60, test_rows_per_user=20, shots=1, batch_size=16, sft_steps=50,
+            sft_lr=3e-3, ipo_steps=250, ipo_lr=1e-3, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=False,
+            full_ablation=False, curve_every=250, properties=("case", "length"), test_users_per_pole=2)
+"""The quick start's plan (example_training_scripts/quickstart.py): properties a 2-layer byte-level model reads from
+one shot within minutes (not mood: which of 12 words is used), one shot per episode; see the README."""
+
 MODEL = "syn_tiny"
+
+START = 8.0
+"""Seconds a fairseq2 command needs to start and load its models on the 2-core machine (for the estimates)."""
+
+
+class Stages:
+    """One line per stage, with the elapsed time and an estimate of what remains, so that nobody stares at a silent
+    terminal. ``estimates`` are a first guess per stage in seconds; as stages finish, the rest are scaled by how
+    much faster or slower this machine ran the ones so far."""
+
+    def __init__(self, estimates: dict[str, float]) -> None:
+        self.estimates = dict(estimates)
+        self.start = time.time()
+        self.done: dict[str, float] = {}
+        self._current: tuple[str, float] | None = None
+
+    def begin(self, name: str, what: str) -> None:
+        self._current = (name, time.time())
+        names = list(self.estimates)
+        print(f"[{names.index(name) + 1}/{len(names)}] {what}  (elapsed {clock(time.time() - self.start)}, "
+              f"about {clock(self.remaining())} to go)", flush=True)
+
+    def end(self) -> float:
+        assert self._current is not None
+        name, started = self._current
+        self.done[name] = time.time() - started
+        self._current = None
+        return self.done[name]
+
+    def remaining(self) -> float:
+        guessed = sum(self.estimates[n] for n in self.done)
+        speed = sum(self.done.values()) / guessed if guessed else 1.0
+        return speed * sum(v for n, v in self.estimates.items() if n not in self.done)
+
+
+def clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
+class MetricsWatch:
+    """Prints the training metrics of a run as fairseq2 publishes them (``metrics/train.jsonl``), one short line per
+    publication, while the command runs with its full output in a log file."""
+
+    KEYS = (("FSPO Loss", "loss"), ("Reward Accuracy", "reward acc"), ("Reward Margin", "margin"),
+            ("NLL Loss", "nll/token"))
+
+    def __init__(self, run: Path, total_steps: int) -> None:
+        import threading
+
+        self._path, self._total, self._seen = run / "metrics" / "train.jsonl", total_steps, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> MetricsWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._print_new()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            self._print_new()
+
+    def _print_new(self) -> None:
+        if not self._path.is_file():
+            return
+        lines = self._path.read_text().splitlines()
+        for line in lines[self._seen :]:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                return  # being written; read again next time
+            values = "  ".join(f"{short} {row[key]:.3f}" for key, short in self.KEYS if isinstance(row.get(key), float))
+            print(f"      step {row.get('Step')}/{self._total}  {values}", flush=True)
+            self._seen += 1
 
 
 def bin_path(name: str) -> str:
     return shutil.which(name, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}") or name
 
 
-def sh(*cmd: object, log: Path | None = None) -> None:
+def sh(*cmd: object, log: Path | None = None, echo: bool = True) -> None:
     """Run one command; its output goes to ``log`` (or through); stop the study with its tail on failure."""
     args = [str(c) for c in cmd]
-    print("$", " ".join(args), flush=True)
+    if echo:
+        print("$", " ".join(args), flush=True)
     env = {**os.environ, "FAIRSEQ2_EXTENSION_TRACE": "1", "TIKTOKEN_CACHE_DIR": ""}
     if log is None:
         proc = subprocess.run(args, env=env, cwd=ROOT)
@@ -96,18 +189,20 @@ def sh(*cmd: object, log: Path | None = None) -> None:
         raise SystemExit(f"study: command failed ({proc.returncode}): {' '.join(args)}\n{tail}")
 
 
-def train(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Path) -> tuple[Path, Path]:
-    """SFT then IPO of variant ``name`` on ``dataset``; return the two run directories."""
-    sft, ipo = out / "runs" / f"{name}_sft", out / "runs" / f"{name}_ipo"
+def train(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Path, *,
+          runs: tuple[Path, Path] | None = None, stages: Stages | None = None) -> tuple[Path, Path]:
+    """SFT then IPO of variant ``name`` on ``dataset`` (into ``runs``, default OUT/runs/NAME_{sft,ipo}); return the
+    two run directories. With ``stages``, each is a stage and its metrics are printed as they are published."""
+    sft, ipo = runs or (out / "runs" / f"{name}_sft", out / "runs" / f"{name}_ipo")
     common = [f"common.assets.extra_path={assets}", f"dataset.name={dataset}", f"dataset.batch_size={plan.batch_size}",
               "regime.num_data_epochs=null", "trainer.dtype=float32", "trainer.activation_checkpointing=false",
               "regime.publish_metrics_every_n_steps=10", "criterion.config.reference_dtype=float32"]
-    for run, preset, extra in (
-        (sft, "fspo_sft", [f"model.name={MODEL}", f"optimizer.config.lr={plan.sft_lr}",
+    for run, preset, steps, extra in (
+        (sft, "fspo_sft", plan.sft_steps, [f"model.name={MODEL}", f"optimizer.config.lr={plan.sft_lr}",
                            f"regime.num_steps={plan.sft_steps}", f"regime.checkpoint_every_n_steps={plan.sft_steps}",
                            f"lr_scheduler.config.num_warmup_steps={min(30, plan.sft_steps // 4)}",
                            "criterion.config.loss_params.sft.include_rejected=false"]),
-        (ipo, "fspo_ipo", [f"common.assets.checkpoint_dir={sft}/checkpoints", f"optimizer.config.lr={plan.ipo_lr}",
+        (ipo, "fspo_ipo", plan.ipo_steps, [f"common.assets.checkpoint_dir={sft}/checkpoints", f"optimizer.config.lr={plan.ipo_lr}",
                            f"regime.num_steps={plan.ipo_steps}", f"regime.checkpoint_every_n_steps={plan.curve_every}",
                            "regime.keep_last_n_checkpoints=null",
                            f"lr_scheduler.config.num_warmup_steps={min(20, plan.ipo_steps // 4)}",
@@ -115,15 +210,23 @@ def train(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Pa
     ):
         if run.exists():
             shutil.rmtree(run)  # fairseq2 would resume an old run
-        sh(bin_path("fairseq2"), "lm", "preference_finetune", run, "--preset", preset, "--no-sweep-dir",
-           "--config", *common, *extra, log=logs / f"{run.name}.log")
+        command = [bin_path("fairseq2"), "lm", "preference_finetune", run, "--preset", preset, "--no-sweep-dir",
+                   "--config", *common, *extra]
+        if stages is None:
+            sh(*command, log=logs / f"{run.name}.log")
+            continue
+        stages.begin(preset, f"{preset}: {steps} steps of {plan.batch_size} pairs -> {run}")
+        with MetricsWatch(run, steps):
+            sh(*command, log=logs / f"{run.name}.log", echo=False)
+        stages.end()
     return sft, ipo
 
 
 def evaluate(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Path, *,
-             policy: Path | None, reference: Path | None, beta: float, ablation: bool, curve: bool = False) -> dict:
-    """preference_eval of one model on one split; return its metrics.json."""
-    target = out / "eval" / name
+             policy: Path | None, reference: Path | None, beta: float, ablation: bool, curve: bool = False,
+             target: Path | None = None, echo: bool = True) -> dict:
+    """preference_eval of one model on one split (into ``target``, default OUT/eval/NAME); return its metrics.json."""
+    target = target or out / "eval" / name
     if target.exists():
         shutil.rmtree(target)
     which = ([f"model.run_dir={policy}", f"reference.run_dir={reference}"] if policy is not None
@@ -131,8 +234,17 @@ def evaluate(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs:
     extra = ([] if ablation else ["shots=[]"]) + (["all_checkpoints=true"] if curve else [])
     sh(bin_path("fairseq2"), "lm", "preference_eval", target, "--no-sweep-dir", "--config",
        f"common.assets.extra_path={assets}", f"dataset={dataset}", *which, f"bootstrap_samples={plan.bootstrap}",
-       "criterion.loss=ipo", f"criterion.loss_params.ipo.beta={beta}", *extra, log=logs / f"eval_{name}.log")
+       "criterion.loss=ipo", f"criterion.loss_params.ipo.beta={beta}", *extra, log=logs / f"eval_{name}.log",
+       echo=echo)
     return json.loads((target / "metrics.json").read_text())
+
+
+def make_sources(sources: Path, plan: Plan, seed: int, log: Path | None = None) -> None:
+    """``fspo-synthetic-users`` with the plan's users and properties."""
+    sh(bin_path("fspo-synthetic-users"), sources, "--users-per-pole", plan.users_per_pole,
+       "--rows-per-user", plan.rows_per_user, "--test-rows-per-user", plan.test_rows_per_user, "--seed", seed,
+       "--test-users-per-pole", plan.test_users_per_pole,
+       "--properties", ",".join(plan.properties), log=log)
 
 
 def users_of(path: Path) -> set[str]:
@@ -174,8 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, float] = {}
 
     # 1-3: users, episodes, model.
-    sh(bin_path("fspo-synthetic-users"), sources, "--users-per-pole", plan.users_per_pole,
-       "--rows-per-user", plan.rows_per_user, "--test-rows-per-user", plan.test_rows_per_user, "--seed", args.seed)
+    make_sources(sources, plan, args.seed)
     prep = [bin_path("fspo-prepare"), "elix", "--out", assets, "--split-mode", "source", "--seed", args.seed,
             "--no-progress", *(["--passes", plan.passes] if plan.passes else [])]
     datasets = {"syn": (plan.shots, "none"), "syn0": (0, "none")}

@@ -8,4 +8,5 @@ export FSPO_INSTALL_APT="${FSPO_INSTALL_APT:-1}"
 source "$ROOT/setup_env.sh" || exit 1
 cd "$ROOT"
 
-exec python -m pytest -q -p no:cacheprovider --durations=10 --timeout=900 tests "$@"
+# Two workers (the machine has two cores; most tests wait on subprocesses); the torchrun tests share one group.
+exec python -m pytest -q -p no:cacheprovider --durations=10 --timeout=900 -n 2 --dist loadgroup tests "$@"

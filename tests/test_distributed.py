@@ -28,6 +28,7 @@ DDP_RUN = [
 ]
 
 
+@pytest.mark.xdist_group("torchrun")  # torchrun --standalone listens on one fixed port
 def test_two_processes_give_the_loss_trajectory_of_one(tiny_assets, tmp_path) -> None:
     import subprocess
 

@@ -44,3 +44,26 @@ def test_teacher_forced_rationale() -> None:
     ep = render_episode(SHOTS[:1], "Q3", "C", "R", rationale_chosen="The user is a child.", teacher_forced=True)
     assert ep.prompt.endswith("## Question \nQ3\n## User Description\nThe user is a child.\n")
     assert ep.chosen == "## Preferred Response \nC\n"
+
+
+def test_no_shots_with_rationale_uses_the_no_shots_line() -> None:
+    """The FSPO code tests `num_shots == 0` before the rationale variants: its zero-shot line wins."""
+    for dispreferred in (True, False):
+        ep = render_episode([], "Q", "C", "R", include_dispreferred=dispreferred, rationale_chosen="The user is a child.",
+                            rationale_rejected="The user is an expert.")
+        assert ep.prompt == "# Task\nGenerate a response to the following question.\n## Question \nQ\n"
+        assert ep.chosen.startswith("## User Description\nThe user is a child.\n")
+    forced = render_episode([], "Q", "C", "R", rationale_chosen="The user is a child.", teacher_forced=True)
+    assert forced.prompt == ("# Task\nGenerate a response to the following question.\n## Question \nQ\n"
+                             "## User Description\nThe user is a child.\n")
+
+
+def test_the_rationale_variants_render_back_at_every_shot_count() -> None:
+    from fspo_recipe.data.episodes import PromptParts, parse_prompt
+
+    for rationale, forced in ((True, None), (True, "The user is a child."), (False, None)):
+        parts = PromptParts(tuple(SHOTS), "Q3", True, rationale, forced)
+        for k in range(3):
+            prompt = parts.render(k)
+            assert ("Generate a response to the following question." in prompt) == (k == 0)
+            assert parse_prompt(prompt).render() == prompt

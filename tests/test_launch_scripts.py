@@ -71,6 +71,7 @@ def test_dry_runs_print_the_commands_and_run_nothing(tmp_path) -> None:
     assert not root.exists() and not out.exists()
 
 
+@pytest.mark.xdist_group("torchrun")  # torchrun --standalone listens on one fixed port
 def test_pipeline_runs_sft_then_ipo_with_two_processes_then_evaluates(tmp_path) -> None:
     from fspo_recipe.models.tiny import write_tiny_assets
 
@@ -91,3 +92,32 @@ def test_pipeline_runs_sft_then_ipo_with_two_processes_then_evaluates(tmp_path) 
     assert "last_checkpoint@" in ipo_log  # policy and reference from the SFT run
     result = json.loads((root / "eval" / "metrics.json").read_text())
     assert result["overall"]["pairs"] > 0 and 0.0 <= result["overall"]["reward_accuracy"] <= 1.0
+
+
+def test_the_elix_sample_walk_through_runs(tmp_path) -> None:
+    out = tmp_path / "elix"
+    proc = subprocess.run(["bash", str(SCRIPTS / "elix_sample.sh"), str(out)], capture_output=True, text=True,
+                          cwd=REPO, env=env(SFT_STEPS="3", IPO_STEPS="3"), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Elix-sample walk-through done" in proc.stdout and "held-out accuracy: implicit reward" in proc.stdout
+    for stage in ("sft", "ipo"):
+        steps = [json.loads(line)["Step"] for line in (out / stage / "metrics" / "train.jsonl").read_text().splitlines()]
+        assert steps[-1] == 3
+    assert json.loads((out / "eval" / "metrics.json").read_text())["overall"]["pairs"] > 0
+
+
+def test_the_quick_start_script_runs_end_to_end(tmp_path) -> None:
+    """--check: the quick start's pipeline and table with a few steps (the learning is the README's, measured)."""
+    out = tmp_path / "qs"
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "quickstart.py"), "--out", str(out), "--check"],
+                          capture_output=True, text=True, cwd=REPO, env=env(), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for stage in ("[1/4] synthetic users", "[2/4] fspo_sft", "[3/4] fspo_ipo", "[4/4] preference_eval"):
+        assert stage in proc.stdout
+    assert re.search(r"about \d+:\d\d to go", proc.stdout) and "step 3/3  loss" in proc.stdout
+    assert re.search(r"^\| 0 \| 0\.\d{3} \| \[0\.\d{3}, [01]\.\d{3}\] \|$", proc.stdout, re.M)
+    assert re.search(r"^\| 1 \| [01]\.\d{3} \|", proc.stdout, re.M)
+    rows = (out / "eval" / "shots.csv").read_text().splitlines()
+    assert rows[0].startswith("shots,pairs,reward_accuracy") and [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
+    assert (out / "eval" / "metrics.json").is_file() and (out / "eval" / "accuracy_vs_shots.png").is_file()
+    assert (out / "sft" / "checkpoints").is_dir() and (out / "ipo" / "checkpoints").is_dir()

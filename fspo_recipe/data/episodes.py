@@ -44,11 +44,12 @@ class RenderedEpisode:
 
 
 def instruction(num_shots: int, *, include_dispreferred: bool, rationale: bool) -> str:
-    """The instruction line of the task block (FSPO_REFERENCE, "Instruction line")."""
-    if rationale:
-        return INSTRUCTION_RATIONALE_DISPREFERRED if include_dispreferred else INSTRUCTION_RATIONALE_PLAIN
+    """The instruction line of the task block (FSPO_REFERENCE, "Instruction line"). As in the FSPO code, zero shots
+    give the plain line whatever the variant: the no-shots test comes first, before the rationale lines."""
     if num_shots == 0:
         return INSTRUCTION_NO_SHOTS
+    if rationale:
+        return INSTRUCTION_RATIONALE_DISPREFERRED if include_dispreferred else INSTRUCTION_RATIONALE_PLAIN
     return INSTRUCTION_DISPREFERRED if include_dispreferred else INSTRUCTION_PLAIN
 
 
@@ -271,3 +272,4 @@ def prompt_parts(example: dict[str, object]) -> PromptParts:
     if parts.render() != example["src"]:
         raise ValueError("field 'src' is not the prompt its 'episode' field renders (edited by hand?)")
     return parts
+

@@ -113,7 +113,8 @@ def pairs_of_user(user: SyntheticUser, num_rows: int, rng: random.Random) -> Ite
         yield f"What is {topic}?", render_response(topic, word_index, chosen), render_response(topic, word_index, rejected)
 
 
-def heldout_users(users_per_pole: int, test_users_per_pole: int) -> tuple[list[SyntheticUser], list[SyntheticUser]]:
+def heldout_users(users_per_pole: int, test_users_per_pole: int, properties: Sequence[str] = PROPERTIES
+                  ) -> tuple[list[SyntheticUser], list[SyntheticUser]]:
     """Single-property users: ``users_per_pole`` for training and ``test_users_per_pole`` held out, per pole.
 
     Every pole has as many users as its opposite, so pooled over training users each property is preferred half
@@ -122,19 +123,19 @@ def heldout_users(users_per_pole: int, test_users_per_pole: int) -> tuple[list[S
     train: list[SyntheticUser] = []
     test: list[SyntheticUser] = []
     names = iter(f"{n}{'' if k == 0 else k + 1}" for k in range(100) for n in NAMES)
-    for prop in PROPERTIES:
+    for prop in properties:
         for pole in POLES[prop]:
             train += [SyntheticUser(next(names), (pole,)) for _ in range(users_per_pole)]
             test += [SyntheticUser(next(names), (pole,)) for _ in range(test_users_per_pole)]
     return train, test
 
 
-def interpolated_users() -> tuple[list[SyntheticUser], list[SyntheticUser]]:
+def interpolated_users(properties: Sequence[str] = PROPERTIES) -> tuple[list[SyntheticUser], list[SyntheticUser]]:
     """Training users with one property (8) and test users combining two properties of different kinds (24)."""
-    singles = [SyntheticUser(pole, (pole,)) for prop in PROPERTIES for pole in POLES[prop]]
+    singles = [SyntheticUser(pole, (pole,)) for prop in properties for pole in POLES[prop]]
     combos = [
         SyntheticUser(f"{a} and {b}", (a, b))
-        for i, pa in enumerate(PROPERTIES) for pb in PROPERTIES[i + 1 :]
+        for i, pa in enumerate(properties) for pb in properties[i + 1 :]
         for a in POLES[pa] for b in POLES[pb]
     ]
     return singles, combos
@@ -187,7 +188,8 @@ def classify(response: str) -> dict[str, str]:
 
 
 def write_study_sources(out_dir: Path, *, users_per_pole: int = 6, test_users_per_pole: int = 1,
-                        rows_per_user: int = 80, test_rows_per_user: int = 30, seed: int = 0) -> dict[str, object]:
+                        rows_per_user: int = 80, test_rows_per_user: int = 30, seed: int = 0,
+                        properties: Sequence[str] = PROPERTIES) -> dict[str, object]:
     """Write the study's source files (Elix schema) under ``out_dir``; return a summary (also ``users.json``).
 
     - ``heldout/train.jsonl``: single-property users, ``users_per_pole`` per preference (the training users);
@@ -197,24 +199,31 @@ def write_study_sources(out_dir: Path, *, users_per_pole: int = 6, test_users_pe
 
     ``fspo-prepare elix --input OUT/heldout --split-mode source`` and ``--input OUT/interpolated`` build the
     episodes. :func:`interpolated_users` also gives Review-style users for ``--split-mode interpolated``.
+    ``properties`` restricts the users' preferences to some of the four properties (the others are still drawn for
+    every pair, equal in chosen and rejected).
     """
+    unknown = sorted(set(properties) - set(PROPERTIES))
+    if unknown or not properties:
+        raise ValueError(f"properties must be some of {', '.join(PROPERTIES)}; got {', '.join(properties) or 'none'}.")
     from fspo_recipe.data.writers import atomic_file, jsonl_line
 
-    train, test = heldout_users(users_per_pole, test_users_per_pole)
-    _, combos = interpolated_users()
+    train, test = heldout_users(users_per_pole, test_users_per_pole, properties)
+    _, combos = interpolated_users(properties)
     names = iter(f"{n}{k + 50}" for k in range(100) for n in NAMES)
     combos = [SyntheticUser(next(names), user.poles) for user in combos]
     files = {
         out_dir / "heldout" / "train.jsonl": source_rows(train, rows_per_user, seed),
         out_dir / "heldout" / "test.jsonl": source_rows(test, test_rows_per_user, seed),
-        out_dir / "interpolated" / "test.jsonl": source_rows(combos, max(4, test_rows_per_user // 2), seed),
     }
+    if combos:  # users combining two properties exist with two properties or more
+        files[out_dir / "interpolated" / "test.jsonl"] = source_rows(combos, max(4, test_rows_per_user // 2), seed)
     for path, rows in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path, "wb") as fp:
             fp.writelines(jsonl_line(row) for row in rows)
     summary = {
         "seed": seed,
+        "properties": list(properties),
         "rows_per_user": rows_per_user,
         "test_rows_per_user": test_rows_per_user,
         "train_users": [u.level for u in train],
@@ -237,12 +246,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test-rows-per-user", type=int, default=30,
                         help="preference pairs per held-out user (default: 30; half that per interpolated user)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--properties", default=",".join(PROPERTIES),
+                        help=f"the properties users have preferences over (default: {','.join(PROPERTIES)})")
     args = parser.parse_args(argv)
     if min(args.users_per_pole, args.test_users_per_pole, args.rows_per_user, args.test_rows_per_user) < 1:
         parser.error("--users-per-pole, --test-users-per-pole, --rows-per-user, --test-rows-per-user must be >= 1")
     summary = write_study_sources(args.out_dir, users_per_pole=args.users_per_pole,
                                   test_users_per_pole=args.test_users_per_pole, rows_per_user=args.rows_per_user,
-                                  test_rows_per_user=args.test_rows_per_user, seed=args.seed)
+                                  test_rows_per_user=args.test_rows_per_user, seed=args.seed,
+                                  properties=[p for p in args.properties.split(",") if p])
     print(f"wrote {len(summary['train_users'])} training users, {len(summary['heldout_test_users'])} held-out and "
           f"{len(summary['interpolated_test_users'])} interpolated test users to {args.out_dir}")
     return 0

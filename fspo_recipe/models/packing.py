@@ -48,11 +48,38 @@ class PackedSpans(AttentionMask):
         self.width = width
         self.positions = positions
         self._dense: Tensor | None = None
+        self._second: tuple[Tensor, Tensor, Tensor] | None = None
 
     @property
     def plain(self) -> bool:
         """Every row is one causal sequence (the paired layout): no second response attends around a first."""
         return all(r == 0 for _, _, r in self.spans)
+
+    @property
+    def first_width(self) -> int:
+        """max(P + Rc): the positions every row's prompt and first response lie within."""
+        return max(p + c for p, c, _ in self.spans)
+
+    def second_layout(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Where the second responses are, for the attention: ([B, R] positions of the second-response tokens,
+        [B, R] which of those slots are real, [B, 1, R, L] bool mask of the keys each may attend to). R is the
+        longest second response; a padded slot points at position 0 and may attend to key 0 only. Cached."""
+        if self._second is None:
+            device = self.positions.device
+            longest = max(max(r for _, _, r in self.spans), 1)
+            slot = torch.arange(longest, device=device)
+            key = torch.arange(self.width, device=device)
+            starts = torch.tensor([p + c for p, c, _ in self.spans], device=device)[:, None]
+            prompts = torch.tensor([p for p, _, _ in self.spans], device=device)[:, None, None]
+            lengths = torch.tensor([r for _, _, r in self.spans], device=device)[:, None]
+            valid = slot[None, :] < lengths  # [B, R]
+            index = torch.where(valid, starts + slot[None, :], torch.zeros_like(starts))
+            query = index[:, :, None]  # [B, R, 1] positions of the queries
+            keys = key[None, None, :]  # [1, 1, L]
+            allowed = (keys < prompts) | ((keys >= starts[:, :, None]) & (keys <= query))
+            allowed = torch.where(valid[:, :, None], allowed, keys == 0)
+            self._second = (index, valid, allowed[:, None])
+        return self._second
 
     def materialize(self) -> Tensor:
         """The equivalent [B, 1, L, L] boolean mask (True = may attend); padded query rows see themselves only."""
