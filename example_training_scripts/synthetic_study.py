@@ -224,19 +224,39 @@ def train(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Pa
 
 def evaluate(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Path, *,
              policy: Path | None, reference: Path | None, beta: float, ablation: bool, curve: bool = False,
-             target: Path | None = None, echo: bool = True) -> dict:
-    """preference_eval of one model on one split (into ``target``, default OUT/eval/NAME); return its metrics.json."""
+             target: Path | None = None, echo: bool = True, extra: tuple[str, ...] = ()) -> dict:
+    """preference_eval of one model on one split (into ``target``, default OUT/eval/NAME); return its metrics.json.
+    ``extra``: more configuration (e.g. generation)."""
     target = target or out / "eval" / name
     if target.exists():
         shutil.rmtree(target)
     which = ([f"model.run_dir={policy}", f"reference.run_dir={reference}"] if policy is not None
              else [f"model.name={MODEL}", f"reference.name={MODEL}"])
-    extra = ([] if ablation else ["shots=[]"]) + (["all_checkpoints=true"] if curve else [])
+    extra = ([] if ablation else ["shots=[]"]) + (["all_checkpoints=true"] if curve else []) + list(extra)
     sh(bin_path("fairseq2"), "lm", "preference_eval", target, "--no-sweep-dir", "--config",
        f"common.assets.extra_path={assets}", f"dataset={dataset}", *which, f"bootstrap_samples={plan.bootstrap}",
        "criterion.loss=ipo", f"criterion.loss_params.ipo.beta={beta}", *extra, log=logs / f"eval_{name}.log",
        echo=echo)
     return json.loads((target / "metrics.json").read_text())
+
+
+GENERATE = ("generation.enabled=true", "generation.max_examples=null", "generation.max_new_tokens=96")
+"""preference_eval settings of the generations judged for win rates (every held-out query; answers are short)."""
+
+
+def win_rate_against_sft(out: Path, assets: Path, variant: str, dataset: str, plan: Plan, logs: Path, *,
+                         policy: Path, reference: Path, generations: Path) -> dict:
+    """Win rate of the variant's answers (``generations``, its IPO model) against its SFT model's answers to the same
+    held-out queries, judged exactly by each synthetic user's hidden preference (``fspo-judge --judge exact``)."""
+    sft_eval = out / "eval" / f"{variant}_sft_answers"
+    evaluate(out, assets, f"{variant}_sft_answers", dataset, plan, logs, policy=policy, reference=reference,
+             beta=plan.ipo_beta, ablation=False, target=sft_eval,
+             extra=(*GENERATE, "generation.model=reference", "generation.system=sft"))
+    judged = out / "judge" / variant
+    sh(bin_path("fspo-judge"), judged, "--generations", generations, sft_eval / "generations.jsonl",
+       "--baseline", "sft", "--judge", "exact", "--bootstrap", plan.bootstrap, "--no-progress",
+       log=logs / f"judge_{variant}.log")
+    return json.loads((judged / "win_rates.json").read_text())["systems"][variant]["overall"]
 
 
 def make_sources(sources: Path, plan: Plan, seed: int, log: Path | None = None) -> None:
@@ -261,6 +281,10 @@ def by_property(per_user: dict[str, dict]) -> dict[str, float]:
             acc[0] += m["reward_accuracy"] * m["pairs"]
             acc[1] += m["pairs"]
     return {prop: a / n for prop, (a, n) in sums.items() if n}
+
+
+def win_cell(w: dict | None) -> str:
+    return "" if w is None else f"{fmt(w['win_rate'], w['ci95'])} ({w['judged']} answers)"
 
 
 def fmt(x: float | None, ci: list[float] | None = None) -> str:
@@ -311,28 +335,37 @@ def main(argv: list[str] | None = None) -> int:
                                                policy=None, reference=None, beta=plan.ipo_beta,
                                                ablation=plan.full_ablation)
     variants = [("baseline", "syn0"), ("fspo", "syn")] + ([("fspo+rationale", "synrat")] if plan.rationale else [])
+    wins: dict[str, dict] = {}
     for variant, data in variants:
         t0 = time.time()
         sft, ipo = train(out, assets, variant.replace("+", "_"), f"{data}_train", plan, logs)
         times[f"train {variant}"] = time.time() - t0
         results.setdefault(variant, {})
         for split, suffix in (("heldout", ""), ("interpolated", "int")):
-            results[variant][split] = evaluate(out, assets, f"{variant.replace('+', '_')}_{split}",
-                                               f"{data}{suffix}_test", plan, logs, policy=ipo, reference=sft,
-                                               beta=plan.ipo_beta, ablation=variant != "baseline" and (
+            judged = split == "heldout" and variant in ("baseline", "fspo")
+            name = f"{variant.replace('+', '_')}_{split}"
+            results[variant][split] = evaluate(out, assets, name, f"{data}{suffix}_test", plan, logs, policy=ipo,
+                                               reference=sft, beta=plan.ipo_beta, ablation=variant != "baseline" and (
                                                    plan.full_ablation or (variant, split) == ("fspo", "heldout")),
-                                               curve=(variant, split) == ("fspo", "heldout"))
+                                               curve=(variant, split) == ("fspo", "heldout"),
+                                               extra=(*GENERATE, f"generation.system={variant}") if judged else ())
+            if judged:
+                wins[variant] = win_rate_against_sft(out, assets, variant, f"{data}_test", plan, logs, policy=ipo,
+                                                     reference=sft, generations=out / "eval" / name / "generations.jsonl")
     times["total"] = time.time() - start
 
     # Table.
-    rows = ["| model | users | implicit-reward accuracy [95% CI] | policy-only accuracy [95% CI] | pairs |",
-            "|---|---|---|---|---|"]
+    rows = ["| model | users | implicit-reward accuracy [95% CI] | policy-only accuracy [95% CI] | pairs "
+            "| win rate vs its SFT model, exact judge [95% CI] |",
+            "|---|---|---|---|---|---|"]
     for variant, splits in results.items():
         for split, m in splits.items():
             o = m["overall"]
             reward = None if variant == "untrained" else o["reward_accuracy"]
+            w = wins.get(variant) if split == "heldout" else None
             rows.append(f"| {variant} | {split} | {fmt(reward, None if reward is None else o['reward_accuracy_ci95'])} "
-                        f"| {fmt(o['policy_accuracy'], o['policy_accuracy_ci95'])} | {o['pairs']} |")
+                        f"| {fmt(o['policy_accuracy'], o['policy_accuracy_ci95'])} | {o['pairs']} "
+                        f"| {win_cell(w)} |")
     shots_head = ["| model | users | " + " | ".join(f"{k} shots" for k in range(plan.shots + 1)) + " |",
                   "|---|---|" + "---|" * (plan.shots + 1)]
     shots_rows = ["", "FSPO, accuracy by number of shots (the same held-out queries, the first k shots kept):", "",
@@ -360,10 +393,12 @@ def main(argv: list[str] | None = None) -> int:
                   "| IPO step | " + " | ".join(curve) + " |", "|---|" + "---|" * len(curve),
                   "| accuracy | " + " | ".join(f"{m['reward_accuracy']:.3f} / {m['policy_accuracy']:.3f}"
                                             for m in curve.values()) + " |"]
+    rows += ["", "(win rate: the IPO model's own answers to the held-out users' questions against its SFT model's, "
+             "judged by each user's hidden preference; ties count half)"]
     table = "\n".join(rows + shots_rows + loss_rows + props_rows + curve_rows)
     summary = {"plan": plan.__dict__, "seconds": times, "machine": f"{os.cpu_count()} CPUs",
                "train_users": len(train_users), "heldout_users": len(heldout_users),
-               "interpolated_users": len(interpolated_users),
+               "interpolated_users": len(interpolated_users), "win_rates_vs_sft": wins,
                "results": {v: {s: {"overall": m["overall"], "shots": m["shots"], "by_property": by_prop[v][s],
                                    "steps": m.get("steps", {})} for s, m in sp.items()}
                            for v, sp in results.items()}}

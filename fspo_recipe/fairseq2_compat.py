@@ -249,3 +249,22 @@ def repair_ddp_buffers(model: Module) -> None:
 
     if isinstance(model, DistributedDataParallel):
         reset_non_persistent_buffers(model.module)
+
+
+@contextmanager
+def eos_allowed_when_it_is_pad(model: Any) -> Iterator[None]:
+    """Defect: fairseq2 0.4.6's sampling generator sets the probability of ``vocab_info.pad_idx`` to zero at every
+    step, so a model whose tokenizer pads with its end-of-sequence token (Qwen3 base: both ``<|endoftext|>``) can
+    never end an answer. While ``preference_eval`` generates, the model's ``vocab_info`` has no pad index when it is
+    the EOS index (the generator pads nothing with it: prompts are padded through a padding mask)."""
+    import dataclasses
+
+    info = model.vocab_info
+    if info.pad_idx is None or info.pad_idx != info.eos_idx:
+        yield
+        return
+    model.vocab_info = dataclasses.replace(info, pad_idx=None)
+    try:
+        yield
+    finally:
+        model.vocab_info = info

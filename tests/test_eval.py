@@ -184,3 +184,15 @@ def test_clear_errors(eval_assets, tmp_path) -> None:
                     "dataset=elix_test", "shots=[]")
     assert proc.returncode != 0
     assert "test.jsonl has no reference_score_chosen/_rejected and no reference model is set" in proc.stderr
+
+
+def test_end_of_turn_stops_as_end_of_sequence() -> None:
+    from fspo_recipe.eval.recipe import EndOfTurnAsEos
+
+    probs = torch.tensor([[0.2, 0.3, 0.25, 0.25]])  # eos 0, end of turn 2
+    sampled = probs.clone()
+    EndOfTurnAsEos([2, 0], 0)(sampled[:, :0], sampled)
+    torch.testing.assert_close(sampled, torch.tensor([[0.45, 0.3, 0.0, 0.25]]))  # stopping is either: the sum
+    greedy = probs.clone()
+    EndOfTurnAsEos([2], 0, greedy=True)(greedy[:, :0], greedy)
+    torch.testing.assert_close(greedy, torch.tensor([[0.25, 0.3, 0.0, 0.25]]))  # token 1 stays the argmax

@@ -303,3 +303,54 @@ def test_tiny_assets_of_the_qwen3_family_train(tmp_path) -> None:
                     "criterion.config.reference_model={name: tiny_qwen3}", *CPU[:-1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "FspoDecoderModel" in (tmp_path / "run" / "logs" / "rank_0.log").read_text()
+
+
+def test_generation_speaks_the_chat_template_and_stops_at_its_end_of_turn(hf_dirs, tmp_path) -> None:
+    """A Qwen3-Base-like model (end of sequence <|endoftext|>, end of turn <|im_end|>) whose head is edited so that
+    greedy decoding writes <|im_end|> at step k: preference_eval's answer is the k-1 tokens before it, exactly as
+    transformers' greedy decoding of the chat-rendered prompt stopped at <|im_end|>."""
+
+    from safetensors.torch import load_file, save_file
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fspo_recipe.models.hf import main as hf_card_main
+
+    model_dir = tmp_path / "qwen3_base"
+    shutil.copytree(hf_dirs["qwen3_untied"], model_dir)
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|endoftext|>"}))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    end_of_turn, eos = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    example = json.loads(SAMPLE.read_text().splitlines()[0])
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": example["src"]}], add_generation_prompt=True,
+                                           tokenize=True, return_dict=True)["input_ids"]
+
+    def greedy(directory: Path, steps: int) -> list[int]:
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+        out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=steps, eos_token_id=[eos, end_of_turn],
+                             pad_token_id=eos)
+        return out[0, len(prompt):].tolist()
+
+    free = greedy(model_dir, 12)
+    assert end_of_turn not in free and eos not in free
+    k = next(i for i in range(2, len(free)) if free[i] not in free[:i])  # a step whose token is new: swap it with <|im_end|>
+    weights = load_file(str(model_dir / "model.safetensors"))
+    head = weights["lm_head.weight"]
+    head[[free[k], end_of_turn]] = head[[end_of_turn, free[k]]].clone()
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    want = greedy(model_dir, 12)
+    assert want == free[:k] + [end_of_turn]
+
+    cards = tmp_path / "cards"
+    assert hf_card_main([str(model_dir), "--name", "qwen3_base_edit", "--out", str(cards)]) == 0
+    out = tmp_path / "gen"
+    proc = fairseq2("lm", "preference_eval", str(out), "--no-sweep-dir", "--config", f"common.assets.extra_path={cards}",
+                    "model.name=qwen3_base_edit", f"dataset={SAMPLE}", "max_examples=1", "shots=[]",
+                    "criterion.loss=simpo", "chat_template=true", "generation.enabled=true", "generation.greedy=true",
+                    "generation.max_new_tokens=12")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (gen,) = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert gen["tokens"] == k
+    assert gen["generated"] == Tokenizer.from_file(str(model_dir / "tokenizer.json")).decode(free[:k], skip_special_tokens=False)
+    assert gen["prompt"] == example["src"] and gen["system"] == "policy"

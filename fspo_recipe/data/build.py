@@ -197,6 +197,7 @@ def build_user_episodes(
                 "shot_row_ids": [rows[i].row_id for i in window[:n]],
                 "query_row_id": query.row_id,
                 "episode": parts.to_record(),
+                **({"user_description": query.user_description} if query.user_description else {}),
             }
 
 

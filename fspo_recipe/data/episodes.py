@@ -273,3 +273,34 @@ def prompt_parts(example: dict[str, object]) -> PromptParts:
         raise ValueError("field 'src' is not the prompt its 'episode' field renders (edited by hand?)")
     return parts
 
+
+@dataclass(frozen=True)
+class Completion:
+    """A model's continuation of an FSPO prompt, split into its parts (the inverse of the target rendering)."""
+
+    description: str | None
+    """The user description it wrote first (rationale variant), if any."""
+
+    response: str
+    """The answer to the question: the text under the response header, up to the next header."""
+
+
+def split_completion(text: str) -> Completion:
+    """Split a generated (or a data) target: ``[## User Description\\n<d>\\n]## Preferred Response \\n<answer>\\n``.
+
+    A continuation without a response header is all answer; whatever follows the answer under a new markdown
+    header (``# ...``, ``## ...``: a model going on with another example) is not part of it.
+    """
+    description = None
+    body = text
+    at, header = min(((text.find(h), h) for h in (PREFERRED_HEADER, RESPONSE_HEADER) if h in text),
+                     default=(-1, ""))
+    if at >= 0:
+        head, body = text[:at], text[at + len(header) :]
+        if head.startswith(DESCRIPTION_HEADER):
+            description = head[len(DESCRIPTION_HEADER) :].strip()
+    elif text.startswith(DESCRIPTION_HEADER):
+        description, body = text[len(DESCRIPTION_HEADER) :].strip(), ""
+    lines = body.split("\n")
+    end = next((i for i, line in enumerate(lines) if i > 0 and line.startswith("#")), len(lines))
+    return Completion(description, "\n".join(lines[:end]).strip())

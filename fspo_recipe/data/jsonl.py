@@ -12,14 +12,33 @@ class PreferenceDataError(ValueError):
     """A line of a preference JSONL is malformed; the message names the file and line."""
 
 
-def parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
-    """One JSONL line as a dict with string ``src``, ``tgt_chosen``, ``tgt_rejected`` (responses not empty)."""
+def parse_object(line: str, path: Path, lineno: int, error: type[ValueError] = ValueError) -> dict[str, Any]:
+    """One JSONL line as a JSON object; ``error`` (naming the file, line and column) otherwise."""
     try:
-        example = json.loads(line)
+        value = json.loads(line)
     except json.JSONDecodeError as ex:
-        raise PreferenceDataError(f"{path}, line {lineno}, column {ex.colno}: not valid JSON ({ex.msg}).") from None
-    if not isinstance(example, dict):
-        raise PreferenceDataError(f"{path}, line {lineno}: expected a JSON object.")
+        raise error(f"{path}, line {lineno}, column {ex.colno}: not valid JSON ({ex.msg}).") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}, line {lineno}: expected a JSON object.")
+    return value
+
+
+def object_lines(path: Path, error: type[ValueError] = ValueError) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, JSON object) for every non-blank line of ``path``; ``error`` names the file and line of a
+    line that is not a JSON object, or of bytes that are not UTF-8."""
+    with path.open("rb") as fp:
+        for lineno, raw in enumerate(fp, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as ex:
+                raise error(f"{path}: not UTF-8 text (line {lineno}, byte {ex.start + 1}: {ex.reason}).") from None
+            if line.strip():
+                yield lineno, parse_object(line, path, lineno, error)
+
+
+def check_example(example: dict[str, Any], path: Path, lineno: int) -> dict[str, Any]:
+    """``example`` (line ``lineno`` of ``path``) if it has string ``src``, ``tgt_chosen``, ``tgt_rejected`` (responses
+    not empty) and, when present, an ``episode`` that renders to ``src``."""
     for key in ("src", "tgt_chosen", "tgt_rejected"):
         if not isinstance(example.get(key), str):
             raise PreferenceDataError(f"{path}, line {lineno}: field '{key}' must be a string.")
@@ -40,16 +59,8 @@ def read_preference_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
     :raises PreferenceDataError: on a malformed line (file and line named) or bytes that are not UTF-8.
     """
-    with path.open("rb") as fp:
-        for lineno, raw in enumerate(fp, 1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as ex:
-                raise PreferenceDataError(
-                    f"{path}: not UTF-8 text (line {lineno}, byte {ex.start + 1}: {ex.reason})."
-                ) from None
-            if line.strip():
-                yield lineno, parse_line(line, path, lineno)
+    for lineno, example in object_lines(path, PreferenceDataError):
+        yield lineno, check_example(example, path, lineno)
 
 
 def default_id(path: Path, lineno: int) -> str:

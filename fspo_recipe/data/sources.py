@@ -38,6 +38,9 @@ class PreferenceRow(NamedTuple):
     dispreferred_description: str
     """Description of the user the dispreferred response was written for."""
 
+    user_description: str = ""
+    """Description of the user who judged the pair (what a win-rate judge is shown); empty if the source has none."""
+
 
 @dataclass
 class ReadReport:
@@ -233,7 +236,7 @@ def scored_pair_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: R
             continue
         lx, ly = _text(lx) or user, _text(ly) or user
         lp, ld = (lx, ly) if label == 0 else (ly, lx)
-        out.append(PreferenceRow(row_id, user, q, preferred, dispreferred, describe(lp), describe(ld)))
+        out.append(PreferenceRow(row_id, user, q, preferred, dispreferred, describe(lp), describe(ld), describe(user)))
     return out
 
 
@@ -256,7 +259,7 @@ def persona_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowCo
             continue
         # Roleplay does not say whom the rejected response was written for; the episode builder picks another
         # persona's description for the rejected rationale.
-        out.append(PreferenceRow(row_id, user, q, yw, yl, description, ""))
+        out.append(PreferenceRow(row_id, user, q, yw, yl, description, "", description))
     return out
 
 

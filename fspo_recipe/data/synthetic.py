@@ -187,6 +187,38 @@ def classify(response: str) -> dict[str, str]:
     }
 
 
+def has_pole(text: str, pole: str) -> bool:
+    """Whether any text (a model's own answer, not only a rendered response) has ``pole``: the exact judge's test.
+
+    Stricter than :func:`classify` where a generated text can be degenerate: a case needs a letter, a length counts
+    sentence ends (``.``, ``!``, ``?``: two or more is long, exactly one short), a mood needs a word of its list and
+    none of the other's, an ending is the last character.
+    """
+    stripped = text.strip()
+    lower = f" {stripped.lower()} "
+    words = lambda ws: any(f" {w}" in lower for w in ws)  # noqa: E731
+    sentences = sum(stripped.count(c) for c in ".!?")
+    letters = any(c.isalpha() for c in stripped)
+    tests = {
+        "upper": letters and stripped == stripped.upper(),
+        "lower": letters and stripped == stripped.lower(),
+        "long": sentences >= 2,
+        "short": sentences == 1,
+        "positive": words(GOOD) and not words(BAD),
+        "negative": words(BAD) and not words(GOOD),
+        "exclaiming": stripped.endswith("!"),
+        "calm": stripped.endswith("."),
+    }
+    if pole not in tests:
+        raise ValueError(f"unknown pole {pole!r}; known: {', '.join(tests)}")
+    return bool(tests[pole])
+
+
+def poles_in_description(description: str) -> tuple[str, ...]:
+    """The poles a synthetic user's description names ("... who likes answers in upper case" -> ("upper",))."""
+    return tuple(pole for pole, text in POLE_TEXT.items() if text in description)
+
+
 def write_study_sources(out_dir: Path, *, users_per_pole: int = 6, test_users_per_pole: int = 1,
                         rows_per_user: int = 80, test_rows_per_user: int = 30, seed: int = 0,
                         properties: Sequence[str] = PROPERTIES) -> dict[str, object]:

@@ -66,7 +66,7 @@ class GenerationSection:
     """Generate responses for the held-out queries into ``generations.jsonl`` (for a pairwise judge)."""
 
     max_examples: int | None = 100
-    """Queries to generate for (the first ones of the split); ``None`` for all."""
+    """Queries to generate for, taken in turn from each user (every user is judged); ``None`` for all."""
 
     max_new_tokens: int = 256
     """Longest response, in tokens."""
@@ -77,11 +77,27 @@ class GenerationSection:
     top_p: float = 0.9
     """Nucleus sampling mass."""
 
+    greedy: bool = False
+    """The most likely token at every step instead of sampling (deterministic)."""
+
     baseline_file: Path | None = None
     """JSONL with ``id`` and ``response`` of a baseline model; its response is written beside ours."""
 
     seed: int = 0
     """Seed of the sampler."""
+
+    model: str = "policy"
+    """Which model answers: ``policy``, or ``reference`` (e.g. the SFT model, as the baseline of a win rate)."""
+
+    shots: int | None = None
+    """Render the prompts with their first k shots (0: the no-shots baseline); ``None``: the data's prompts."""
+
+    system: str | None = None
+    """The name in each record's ``system`` field (``fspo-judge`` names systems by it); default e.g. ``policy``,
+    ``reference_0shots``."""
+
+    def system_name(self) -> str:
+        return self.system or (self.model + ("" if self.shots is None else f"_{self.shots}shots"))
 
 
 @dataclass(kw_only=True)
@@ -150,6 +166,15 @@ class PreferenceEvalConfig:
             result.add_error("`all_checkpoints` needs `model.run_dir`.")
         if self.batch_size < 1:
             result.add_error(f"`batch_size` must be >= 1, but is {self.batch_size}.")
+        gen = self.generation
+        if gen.model not in ("policy", "reference"):
+            result.add_error(f"`generation.model` must be `policy` or `reference`, but is {gen.model!r}.")
+        if gen.enabled and gen.model == "reference" and not self.reference.is_set():
+            result.add_error("`generation.model=reference` needs `reference.name` or `reference.run_dir`.")
+        if gen.shots is not None and gen.shots < 0:
+            result.add_error(f"`generation.shots` must be >= 0, but is {gen.shots}.")
+        if gen.max_new_tokens < 1:
+            result.add_error(f"`generation.max_new_tokens` must be >= 1, but is {gen.max_new_tokens}.")
         if result.has_error:
             raise ValidationError("The preference_eval configuration has one or more errors:", result)
 
@@ -385,6 +410,9 @@ class PreferenceEvaluator:
         model = self._load(names.reference)
         scores = self._score(progress, model, data.pairs, "reference")
         ablation = {k: self._score(progress, model, pairs, f"reference, {k} shots") for k, pairs in data.ablation.items()}
+        generation = self._config.generation
+        if generation.enabled and generation.model == "reference":
+            self._generate(progress, model, self._tokenizer_of(names.reference), data.examples)
         return scores, ablation, model.vocab_info
 
     def evaluate_policy(self, progress: ProgressReporter, name: str, reference_name: str | None, ref_vocab: object,
@@ -405,8 +433,8 @@ class PreferenceEvaluator:
                 k_crit = self._criterion if (k_ref is not None or not self._criterion.needs_reference) else _PolicyOnly()
                 k_scores = self._score(progress, model, pairs, f"{k} shots")
                 shots[k] = self._summarize(pair_metrics(k_scores, k_ref, k_crit), data.users)["overall"]
-            if self._config.generation.enabled:
-                self._generate(model, tokenizer, data.examples)
+            if self._config.generation.enabled and self._config.generation.model == "policy":
+                self._generate(progress, model, tokenizer, data.examples)
         return per_pair, summary, shots
 
     def _encoder(self, tokenizer: Any) -> PairEncoder:
@@ -449,35 +477,69 @@ class PreferenceEvaluator:
         # k shots means min(k, available) for an example with fewer shots.
         return {k: [p.render(k) for p in parts] for k in sorted(set(counts)) if 0 <= k <= most}
 
-    def _generate(self, model: DecoderModel, tokenizer: Any, examples: Sequence[Mapping[str, Any]]) -> None:
-        from fairseq2.generation import SamplingSequenceGenerator, TopPSampler
-        from fairseq2.generation.text import TextCompleter
+    def _tokenizer_of(self, name: str) -> Any:
+        return get_text_tokenizer_hub().load(name)
+
+    def _generate(self, progress: ProgressReporter, model: DecoderModel, tokenizer: Any,
+                  examples: Sequence[Mapping[str, Any]]) -> None:
+        """Answer the first ``generation.max_examples`` queries into ``generations.jsonl``, one record per query with
+        what ``fspo-judge`` reads (``question``, ``response``: the answer under the response header, ``user``,
+        ``user_description``, ``system``) and the raw continuation (``generated``), the generated ``description``
+        (rationale variant) and the data's preferred answer (``reference_chosen``). With a chat template the prompt
+        is the user turn and generation stops at the template's end-of-turn token."""
+        from fairseq2.generation import SamplingSequenceGenerator, TopKSampler, TopPSampler
+        from fairseq2.nn.padding import pad_seqs
+
+        from fspo_recipe.data.episodes import split_completion
+        from fspo_recipe.fairseq2_compat import eos_allowed_when_it_is_pad
 
         gen = self._config.generation
-        baseline: dict[str, str] = {}
-        if gen.baseline_file is not None:
-            for lineno, line in enumerate(gen.baseline_file.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rec = json.loads(line)
-                        baseline[str(rec["id"])] = str(rec["response"])
-                    except (json.JSONDecodeError, KeyError) as ex:
-                        raise EvalError(f"{gen.baseline_file}, line {lineno}: need JSON with 'id' and 'response' ({ex}).") from ex
+        baseline = read_baseline(gen.baseline_file) if gen.baseline_file is not None else {}
+        chosen = spread_over_users(examples, gen.max_examples)
+        prompts, questions, shots = generation_prompts(chosen, gen.shots)
+        encoder = self._encoder(tokenizer)
+        stop = []
+        eos = model.vocab_info.eos_idx
+        if encoder.template is not None:
+            token = encoder.template.end_of_turn(**self._config.chat_template_kwargs)
+            ids = tokenizer.create_encoder(mode="as_is")(token).tolist()
+            if len(ids) != 1:
+                raise EvalError(f"the chat template's end-of-turn token {token!r} is not one token of the tokenizer.")
+            stop = ids
+        if eos is None:
+            raise EvalError("the model has no end-of-sequence token; it cannot generate.")
         torch.manual_seed(gen.seed)
-        generator = SamplingSequenceGenerator(model, TopPSampler(p=gen.top_p), max_gen_len=gen.max_new_tokens,
-                                              temperature=gen.temperature)
-        completer = TextCompleter(generator, tokenizer)
-        chosen = examples if gen.max_examples is None else examples[: gen.max_examples]
-        with atomic_file(self._out / "generations.jsonl") as fp:
-            for start in range(0, len(chosen), self._config.batch_size):
-                batch = chosen[start : start + self._config.batch_size]
-                texts, _ = completer.batch_complete([e["src"] for e in batch])
-                for e, text in zip(batch, texts):
-                    rec = {"id": e["id"], "user": e["user"], "prompt": e["src"], "response": text,
-                           "reference_chosen": e["tgt_chosen"]}
-                    if str(e["id"]) in baseline:
-                        rec["baseline_response"] = baseline[str(e["id"])]
-                    fp.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        sampler = TopKSampler(k=1) if gen.greedy else TopPSampler(p=gen.top_p)
+        generator = SamplingSequenceGenerator(model, sampler, max_gen_len=gen.max_new_tokens,
+                                              temperature=1.0 if gen.greedy else gen.temperature,
+                                              step_processors=[EndOfTurnAsEos(stop, eos, greedy=gen.greedy)] if stop else None)
+        decoder = tokenizer.create_decoder()
+        system = gen.system_name()
+        task = progress.create_task(f"generating ({system})", total=len(chosen))
+        try:
+            with atomic_file(self._out / "generations.jsonl") as fp:
+                for start in range(0, len(chosen), self._config.batch_size):
+                    batch = range(start, min(start + self._config.batch_size, len(chosen)))
+                    seqs, padding = pad_seqs([encoder.prompt(prompts[i]).to(self._device) for i in batch])
+                    with eos_allowed_when_it_is_pad(model):
+                        output = generator(seqs, padding)
+                    for i, hypotheses in zip(batch, output.hypotheses):
+                        ids = hypotheses[0].seq.tolist()
+                        while ids and (ids[-1] == eos or ids[-1] in stop):
+                            ids.pop()
+                        text = decoder(torch.tensor(ids, dtype=torch.int64))
+                        e, parts = chosen[i], split_completion(text)
+                        rec = {"id": e["id"], "user": e["user"], "user_description": e.get("user_description"),
+                               "question": questions[i], "shots": shots[i], "system": system, "tokens": len(ids),
+                               "response": parts.response, "description": parts.description, "generated": text,
+                               "prompt": prompts[i],
+                               "reference_chosen": split_completion(str(e["tgt_chosen"])).response}
+                        if str(e["id"]) in baseline:
+                            rec["baseline_response"] = baseline[str(e["id"])]
+                        fp.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    task.step(len(batch))
+        finally:
+            task.close()
 
     def write(self, result: dict[str, Any], per_pair: Mapping[str, np.ndarray], examples: Sequence[Mapping[str, Any]]) -> None:
         from fspo_recipe.eval.plots import plot_all
@@ -495,6 +557,84 @@ class PreferenceEvaluator:
                    [{"id": e["id"], "user": e["user"], **{m: per_pair[m][i] for m in METRICS}}
                     for i, e in enumerate(examples)])
         plot_all(result, self._out)
+
+
+class EndOfTurnAsEos:
+    """A generation step processor: the chat template's end-of-turn token ends the answer as end-of-sequence does.
+
+    Sampling: its probability moves to EOS (the probability of stopping is the sum of both). Greedy: EOS takes the
+    larger of the two, so the answer stops exactly when the most likely token is either (as transformers' greedy
+    search with both as ``eos_token_id``).
+    """
+
+    def __init__(self, stop: Sequence[int], eos: int, *, greedy: bool = False) -> None:
+        self._stop = [i for i in stop if i != eos]
+        self._eos = eos
+        self._greedy = greedy
+
+    def __call__(self, seqs: torch.Tensor, probs: torch.Tensor, lprob: bool = False) -> None:
+        if lprob:
+            raise EvalError("EndOfTurnAsEos works on probabilities, not log-probabilities.")
+        for i in self._stop:
+            if self._greedy:
+                probs[:, self._eos] = torch.maximum(probs[:, self._eos], probs[:, i])
+            else:
+                probs[:, self._eos] += probs[:, i]
+            probs[:, i] = 0.0
+
+
+def read_baseline(path: Path) -> dict[str, str]:
+    """``generation.baseline_file``: id -> response."""
+    baseline: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rec = json.loads(line)
+                baseline[str(rec["id"])] = str(rec["response"])
+            except (json.JSONDecodeError, KeyError, TypeError) as ex:
+                raise EvalError(f"{path}, line {lineno}: need JSON with 'id' and 'response' ({ex}).") from ex
+    return baseline
+
+
+def spread_over_users(examples: Sequence[Mapping[str, Any]], limit: int | None) -> list[Mapping[str, Any]]:
+    """At most ``limit`` examples, taken in turn from each user (first user's first, second user's first, ...), in
+    the split's order; all with ``None``."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    by_user: dict[str, list[Mapping[str, Any]]] = {}
+    for e in examples:
+        by_user.setdefault(str(e["user"]), []).append(e)
+    picked: list[Mapping[str, Any]] = []
+    for rank in range(max(map(len, by_user.values()))):
+        picked += [rows[rank] for rows in by_user.values() if rank < len(rows)]
+        if len(picked) >= limit:
+            break
+    return picked[:limit]
+
+
+def generation_prompts(examples: Sequence[Mapping[str, Any]], shots: int | None
+                       ) -> tuple[list[str], list[str], list[int | None]]:
+    """The prompts to answer (with their first ``shots`` shots, or as in the data), their questions and shot counts.
+
+    A prompt outside the FSPO template keeps its ``src`` and its ``question`` field (else the prompt) as question;
+    it cannot be re-rendered with fewer shots.
+    """
+    prompts, questions, counts = [], [], []
+    for e in examples:
+        try:
+            parts = prompt_parts(dict(e))
+        except ValueError as ex:
+            if shots is not None:
+                raise EvalError(f"`generation.shots` needs prompts in the FSPO template; example {e['id']!r}: {ex}") from None
+            prompts.append(str(e["src"]))
+            questions.append(str(e.get("question") or e["src"]))
+            counts.append(None)
+            continue
+        k = len(parts.shots) if shots is None else min(shots, len(parts.shots))
+        prompts.append(parts.render(k))
+        questions.append(parts.question)
+        counts.append(k)
+    return prompts, questions, counts
 
 
 class _PolicyOnly(PreferenceCriterion):

@@ -307,6 +307,12 @@ class ChatTemplate:
         at, token = min(ends)
         return head, rest[: at + len(token)]
 
+    def end_of_turn(self, **kwargs: Any) -> str:
+        """The special token that closes the assistant's turn (``<|im_end|>``, ``<|eot_id|>``): generation stops
+        there."""
+        _, turn = self.render_pair("Hi.", "Hello.", **kwargs)
+        return next(tok for tok in self._special if turn.endswith(tok))
+
 
 def _read_json(path: Path, *, required: bool = True) -> dict[str, Any]:
     if not path.is_file():
