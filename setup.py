@@ -34,6 +34,7 @@ setup(
             "fspo-synthetic-users = fspo_recipe.data.synthetic:main",
             "fspo-hf-card = fspo_recipe.models.hf:main",
             "fspo-judge = fspo_recipe.judge.cli:main",
+            "fspo-gpo = fspo_recipe.gpo.cli:main",
         ],
     },
 )

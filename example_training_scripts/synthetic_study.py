@@ -72,6 +72,12 @@ class Plan:
     """A first guess of one SFT step on the 2-core machine, for the time estimates (corrected as stages finish)."""
     ipo_seconds_per_step: float = 0.45
     """Likewise for one IPO step (policy forward and backward, reference forward)."""
+    gpo_steps: int = 2000
+    """Meta-training steps of the GPO baseline (fspo-gpo train)."""
+    generate_examples: int | None = None
+    """Held-out queries answered for the win rates (None: all)."""
+    generate_tokens: int = 96
+    """Longest generated answer, in tokens (bytes of the tiny model; the data's answers are under 60)."""
 
 
 FULL = Plan(users_per_pole=6, rows_per_user=80, test_rows_per_user=30, shots=2, batch_size=16, sft_steps=500,
@@ -79,7 +85,7 @@ FULL = Plan(users_per_pole=6, rows_per_user=80, test_rows_per_user=30, shots=2, 
             full_ablation=True, curve_every=250)
 QUICK = Plan(users_per_pole=1, rows_per_user=12, test_rows_per_user=12, shots=2, batch_size=8, sft_steps=10, sft_lr=3e-3,
              ipo_steps=5, ipo_lr=1e-3, ipo_beta=0.1, passes=2, bootstrap=200, rationale=False, full_ablation=False,
-             curve_every=5)
+             curve_every=5, gpo_steps=20, generate_examples=16, generate_tokens=32)
 
 DEMO = Plan(users_per_pole=6, rows_per_user=60, test_rows_per_user=20, shots=1, batch_size=16, sft_steps=50,
             sft_lr=3e-3, ipo_steps=250, ipo_lr=1e-3, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=False,
@@ -240,8 +246,11 @@ def evaluate(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs:
     return json.loads((target / "metrics.json").read_text())
 
 
-GENERATE = ("generation.enabled=true", "generation.max_examples=null", "generation.max_new_tokens=96")
-"""preference_eval settings of the generations judged for win rates (every held-out query; answers are short)."""
+def generate(plan: Plan) -> tuple[str, ...]:
+    """preference_eval settings of the generations judged for win rates."""
+    limit = "null" if plan.generate_examples is None else plan.generate_examples
+    return ("generation.enabled=true", f"generation.max_examples={limit}",
+            f"generation.max_new_tokens={plan.generate_tokens}")
 
 
 def win_rate_against_sft(out: Path, assets: Path, variant: str, dataset: str, plan: Plan, logs: Path, *,
@@ -251,12 +260,40 @@ def win_rate_against_sft(out: Path, assets: Path, variant: str, dataset: str, pl
     sft_eval = out / "eval" / f"{variant}_sft_answers"
     evaluate(out, assets, f"{variant}_sft_answers", dataset, plan, logs, policy=policy, reference=reference,
              beta=plan.ipo_beta, ablation=False, target=sft_eval,
-             extra=(*GENERATE, "generation.model=reference", "generation.system=sft"))
+             extra=(*generate(plan), "generation.model=reference", "generation.system=sft"))
     judged = out / "judge" / variant
     sh(bin_path("fspo-judge"), judged, "--generations", generations, sft_eval / "generations.jsonl",
        "--baseline", "sft", "--judge", "exact", "--bootstrap", plan.bootstrap, "--no-progress",
        log=logs / f"judge_{variant}.log")
     return json.loads((judged / "win_rates.json").read_text())["systems"][variant]["overall"]
+
+
+GPO_EMBEDDINGS = {"sft": "GPO, SFT-model embeddings", "untrained": "GPO, untrained-model embeddings"}
+
+
+def gpo_stage(out: Path, assets: Path, plan: Plan, logs: Path, sft_run: Path) -> dict[str, dict[str, dict]]:
+    """The GPO baseline on the same users and shots: ``fspo-gpo embed`` (with FSPO's SFT model, and with the
+    untrained model), ``train`` over the training users, ``eval`` on held-out and interpolated users with each
+    episode's own first k shots. Returns {row name: {split: metrics}}."""
+    data = [assets / "syn" / "train.jsonl", assets / "syn" / "test.jsonl", assets / "synint" / "test.jsonl"]
+    rows: dict[str, dict[str, dict]] = {}
+    for source, label in GPO_EMBEDDINGS.items():
+        emb, run = out / "gpo" / f"emb_{source}", out / "gpo" / f"run_{source}"
+        which = ["--run-dir", sft_run] if source == "sft" else ["--model", MODEL]
+        sh(bin_path("fspo-gpo"), "embed", emb, *which, "--assets-dir", assets, "--data", *data, "--no-progress",
+           log=logs / f"gpo_embed_{source}.log")
+        if run.exists():
+            shutil.rmtree(run)  # a fresh run (fspo-gpo train resumes an old one)
+        sh(bin_path("fspo-gpo"), "train", run, "--embeddings", emb, "--data", data[0], "--steps", plan.gpo_steps,
+           "--lr", "1e-3", "--batch-users", "16", "--max-context", "8", "--publish-every", max(1, plan.gpo_steps // 10),
+           "--checkpoint-every", plan.gpo_steps, log=logs / f"gpo_train_{source}.log")
+        rows[label] = {}
+        for split, test in (("heldout", data[1]), ("interpolated", data[2])):
+            target = out / "gpo" / f"eval_{source}_{split}"
+            sh(bin_path("fspo-gpo"), "eval", target, "--run", run, "--embeddings", emb, "--data", test,
+               "--bootstrap", plan.bootstrap, log=logs / f"gpo_eval_{source}_{split}.log")
+            rows[label][split] = json.loads((target / "metrics.json").read_text())
+    return rows
 
 
 def make_sources(sources: Path, plan: Plan, seed: int, log: Path | None = None) -> None:
@@ -298,9 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "synthetic_study_out", help="output directory")
     parser.add_argument("--quick", action="store_true", help="the few-minute CI variant (checks the pipeline only)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the users and the model")
+    parser.add_argument("--add-gpo", action="store_true",
+                        help="run only the GPO stage on the finished study in --out and write its report again")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     out = args.out.resolve()
+    if args.add_gpo:
+        return add_gpo(out, plan)
     assets, sources, logs = out / "assets", out / "sources", out / "logs"
     for d in (assets, sources):
         if d.exists():
@@ -348,11 +389,40 @@ def main(argv: list[str] | None = None) -> int:
                                                reference=sft, beta=plan.ipo_beta, ablation=variant != "baseline" and (
                                                    plan.full_ablation or (variant, split) == ("fspo", "heldout")),
                                                curve=(variant, split) == ("fspo", "heldout"),
-                                               extra=(*GENERATE, f"generation.system={variant}") if judged else ())
+                                               extra=(*generate(plan), f"generation.system={variant}") if judged else ())
             if judged:
                 wins[variant] = win_rate_against_sft(out, assets, variant, f"{data}_test", plan, logs, policy=ipo,
                                                      reference=sft, generations=out / "eval" / name / "generations.jsonl")
+    t0 = time.time()
+    gpo = gpo_stage(out, assets, plan, logs, out / "runs" / "fspo_sft")
+    times["gpo"] = time.time() - t0
     times["total"] = time.time() - start
+    counts = {"train_users": len(train_users), "heldout_users": len(heldout_users),
+              "interpolated_users": len(interpolated_users)}
+    report(out, plan, [v for v, _ in variants], results, wins, gpo, times, counts)
+    return 0
+
+
+def add_gpo(out: Path, plan: Plan) -> int:
+    """``--add-gpo``: run the GPO stage on a finished study in OUT and write its report again with the GPO rows
+    (the evaluations are read back from OUT/eval)."""
+    summary = json.loads((out / "study.json").read_text())
+    variants = [v for v in ("baseline", "fspo", "fspo+rationale") if v in summary["results"]]
+    results = {v: {split: json.loads((out / "eval" / f"{v.replace('+', '_')}_{split}" / "metrics.json").read_text())
+                   for split in ("heldout", "interpolated")} for v in ["untrained", *variants]}
+    times = dict(summary["seconds"])
+    t0 = time.time()
+    gpo = gpo_stage(out, out / "assets", plan, out / "logs", out / "runs" / "fspo_sft")
+    times["gpo"] = time.time() - t0
+    times["total"] = times.get("total", 0.0) + times["gpo"]
+    counts = {k: summary[k] for k in ("train_users", "heldout_users", "interpolated_users")}
+    report(out, plan, variants, results, summary.get("win_rates_vs_sft", {}), gpo, times, counts)
+    return 0
+
+
+def report(out: Path, plan: Plan, variants: list[str], results: dict[str, dict[str, dict]], wins: dict[str, dict],
+           gpo: dict[str, dict[str, dict]], times: dict[str, float], counts: dict[str, int]) -> None:
+    """Print and write the tables (OUT/table.md), OUT/study.json and the plot."""
 
     # Table.
     rows = ["| model | users | implicit-reward accuracy [95% CI] | policy-only accuracy [95% CI] | pairs "
@@ -366,13 +436,17 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(f"| {variant} | {split} | {fmt(reward, None if reward is None else o['reward_accuracy_ci95'])} "
                         f"| {fmt(o['policy_accuracy'], o['policy_accuracy_ci95'])} | {o['pairs']} "
                         f"| {win_cell(w)} |")
+    for label, splits in gpo.items():
+        for split, m in splits.items():
+            o = m["overall"]
+            rows.append(f"| {label} | {split} | {fmt(o['accuracy'], o['accuracy_ci95'])} | n/a | {o['pairs']} | |")
     shots_head = ["| model | users | " + " | ".join(f"{k} shots" for k in range(plan.shots + 1)) + " |",
                   "|---|---|" + "---|" * (plan.shots + 1)]
     shots_rows = ["", "FSPO, accuracy by number of shots (the same held-out queries, the first k shots kept):", "",
                   *shots_head]
     # The direct sign that the model reads the shots: the preferred response costs it fewer nats with them.
     loss_rows = ["", "FSPO, loss of the preferred response (-log p, nats) by number of shots:", "", *shots_head]
-    for variant in [v for v, _ in variants if v != "baseline"]:
+    for variant in [v for v in variants if v != "baseline"]:
         for split, m in results[variant].items():
             if len(m["shots"]) < plan.shots + 1:
                 continue
@@ -380,7 +454,12 @@ def main(argv: list[str] | None = None) -> int:
             shots_rows.append(f"| {variant} | {split} | " + " | ".join(
                 f"{r['reward_accuracy']:.3f} / {r['policy_accuracy']:.3f}" for r in by_k) + " |")
             loss_rows.append(f"| {variant} | {split} | " + " | ".join(f"{-r['chosen_logps']:.2f}" for r in by_k) + " |")
-    shots_rows += ["", "(cells: implicit-reward / policy-only accuracy)"]
+    for label, splits in gpo.items():
+        for split, m in splits.items():
+            if len(m["shots"]) == plan.shots + 1:
+                shots_rows.append(f"| {label} | {split} | " + " | ".join(
+                    f"{m['shots'][str(k)]['accuracy']:.3f}" for k in range(plan.shots + 1)) + " |")
+    shots_rows += ["", "(cells: implicit-reward / policy-only accuracy; GPO: its predicted preference)"]
     # Which preferences each model reads: held-out accuracy per property of the users' preference.
     by_prop = {v: {s: by_property(m["per_user"]) for s, m in sp.items()} for v, sp in results.items()}
     props_rows = ["", "Held-out implicit-reward accuracy by the property the user cares about:", "",
@@ -393,12 +472,15 @@ def main(argv: list[str] | None = None) -> int:
                   "| IPO step | " + " | ".join(curve) + " |", "|---|" + "---|" * len(curve),
                   "| accuracy | " + " | ".join(f"{m['reward_accuracy']:.3f} / {m['policy_accuracy']:.3f}"
                                             for m in curve.values()) + " |"]
-    rows += ["", "(win rate: the IPO model's own answers to the held-out users' questions against its SFT model's, "
+    rows += ["", "(GPO: pairwise accuracy of its predicted preference, chosen above rejected, with each episode's own "
+             "shots as context; the GPO module meta-trained on the training users' pairs over frozen embeddings)",
+             "", "(win rate: the IPO model's own answers to the held-out users' questions against its SFT model's, "
              "judged by each user's hidden preference; ties count half)"]
     table = "\n".join(rows + shots_rows + loss_rows + props_rows + curve_rows)
-    summary = {"plan": plan.__dict__, "seconds": times, "machine": f"{os.cpu_count()} CPUs",
-               "train_users": len(train_users), "heldout_users": len(heldout_users),
-               "interpolated_users": len(interpolated_users), "win_rates_vs_sft": wins,
+    summary = {"plan": plan.__dict__, "seconds": times, "machine": f"{os.cpu_count()} CPUs", **counts,
+               "win_rates_vs_sft": wins,
+               "gpo": {label: {split: {"overall": m["overall"], "shots": m["shots"]} for split, m in sp.items()}
+                       for label, sp in gpo.items()},
                "results": {v: {s: {"overall": m["overall"], "shots": m["shots"], "by_property": by_prop[v][s],
                                    "steps": m.get("steps", {})} for s, m in sp.items()}
                            for v, sp in results.items()}}
@@ -409,7 +491,6 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"\nstudy done in {times['total'] / 60:.1f} min ({', '.join(f'{k} {v / 60:.1f}' for k, v in times.items())}); "
           f"{out}/study.json, table.md, accuracy_vs_shots.png")
-    return 0
 
 
 def plot(results: dict[str, dict[str, dict]], plan: Plan, path: Path) -> None:

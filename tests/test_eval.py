@@ -173,6 +173,32 @@ def test_generation_for_judging(eval_assets, tmp_path) -> None:
     assert all(isinstance(g["response"], str) and g["prompt"].startswith("# Example 1\n") for g in gens)
 
 
+def test_a_baseline_is_generated_by_the_same_command(eval_assets, tmp_path) -> None:
+    """The reference model answers the queries re-rendered without shots: the no-shots baseline of a win rate."""
+    out = tmp_path / "gen0"
+    proc = evaluate(out, f"common.assets.extra_path={eval_assets}", "model.name=fspo_tiny_llama",
+                    "reference.name=fspo_tiny_llama", "dataset=elix_test", "max_examples=6", "shots=[]",
+                    "bootstrap_samples=10", "generation.enabled=true", "generation.max_new_tokens=4",
+                    "generation.model=reference", "generation.shots=0", "generation.system=base0",
+                    "generation.max_examples=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    examples = [json.loads(line) for line in (eval_assets / "elix" / "test.jsonl").read_text().splitlines()[:6]]
+    assert len(gens) == 4 and {g["system"] for g in gens} == {"base0"} and {g["shots"] for g in gens} == {0}
+    by_id = {e["id"]: e for e in examples}
+    for g in gens:
+        assert "# Example" not in g["prompt"] and g["prompt"].endswith(f"## Question \n{g['question']}\n")
+        assert g["question"] == by_id[g["id"]]["episode"]["query"]
+        assert g["user_description"] == by_id[g["id"]].get("user_description")
+        assert 0 <= g["tokens"] <= 4
+    # taken in turn from each user: the 4 answers cover as many users as the first 6 examples have (up to 4)
+    assert len({g["user"] for g in gens}) == min(4, len({e["user"] for e in examples}))
+    proc = evaluate(tmp_path / "bad", f"common.assets.extra_path={eval_assets}", "model.name=fspo_tiny_llama",
+                    "dataset=elix_test", "shots=[]", "criterion.loss=simpo", "generation.enabled=true",
+                    "generation.model=reference")
+    assert proc.returncode != 0 and "`generation.model=reference` needs `reference.name`" in proc.stderr
+
+
 def test_clear_errors(eval_assets, tmp_path) -> None:
     proc = evaluate(tmp_path / "e1", f"common.assets.extra_path={eval_assets}", f"model.run_dir={tmp_path / 'nope'}",
                     "reference.name=fspo_tiny_llama", "dataset=elix_test")

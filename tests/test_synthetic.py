@@ -106,11 +106,19 @@ def test_quick_study_runs_the_whole_pipeline(tmp_path) -> None:
     assert set(by_property) == set(PROPERTIES) and all(0.0 <= v <= 1.0 for v in by_property.values())
     assert "loss of the preferred response" in proc.stdout and "| model | case | length | mood | ending |" in proc.stdout
     assert (out / "accuracy_vs_shots.png").stat().st_size > 0 and (out / "table.md").is_file()
+    # The GPO baseline on the same users and shots, with embeddings of the SFT model and of the untrained model.
+    assert "| GPO, SFT-model embeddings | heldout |" in proc.stdout
+    for label in ("GPO, SFT-model embeddings", "GPO, untrained-model embeddings"):
+        for split in ("heldout", "interpolated"):
+            gpo = study["gpo"][label][split]
+            assert set(gpo["shots"]) == {"0", "1", "2"} and 0.0 <= gpo["overall"]["accuracy"] <= 1.0
+            assert gpo["overall"]["pairs"] == study["results"]["fspo"][split]["overall"]["pairs"]
     # Win rates of generated answers against the SFT model's, exact judge: every held-out query judged.
     assert "win rate vs its SFT model, exact judge" in proc.stdout
     for variant in ("baseline", "fspo"):
         win = study["win_rates_vs_sft"][variant]
-        assert win["judged"] == study["results"][variant]["heldout"]["overall"]["pairs"] and win["failures"] == 0
+        pairs = study["results"][variant]["heldout"]["overall"]["pairs"]
+        assert win["judged"] == min(pairs, study["plan"]["generate_examples"]) and win["failures"] == 0
         assert 0.0 <= win["ci95"][0] <= win["win_rate"] <= win["ci95"][1] <= 1.0
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from fspo_recipe.data.build import SPLITS, EpisodeOptions, SplitStats, assign_splits, build_split_episodes
 from fspo_recipe.data.sources import SOURCES, ReadReport, SourceSchemaError, get_source, read_source
 from fspo_recipe.data.writers import atomic_directory, dataset_card, jsonl_line, remove_stale_partials
+from fspo_recipe.progress import ProgressBar
 
 MARKER = "fspo-prepare"
 """``summary.json``'s ``written_by``: the mark of a directory this command wrote (and may replace)."""
@@ -163,7 +164,7 @@ def prepare(
             rng = random.Random(f"summary:{split}")
             jsonl = f"{split}.jsonl"
             users = {row.user for row in rows}
-            with (tmp / jsonl).open("wb") as fp, _progress(progress, f"{name}/{split}", len(users)) as tick:
+            with (tmp / jsonl).open("wb") as fp, ProgressBar(progress, f"{name}/{split}", len(users)) as tick:
                 last_users = 0
                 for episode in build_split_episodes(rows, options, stats):
                     fp.write(jsonl_line(episode))
@@ -209,28 +210,6 @@ def prepare(
             )
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
-
-
-class _progress:
-    """A rich progress bar over users (or nothing), as a context manager yielding ``tick(n)``."""
-
-    def __init__(self, enabled: bool, label: str, total: int) -> None:
-        self._bar = None
-        if enabled and sys.stderr.isatty():
-            from rich.progress import Progress
-
-            self._bar = Progress(transient=True)
-            self._task = self._bar.add_task(label, total=total)
-
-    def __enter__(self) -> Callable[[int], None]:
-        if self._bar is None:
-            return lambda n: None
-        self._bar.start()
-        return lambda n: self._bar.advance(self._task, n)  # type: ignore[union-attr]
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def format_summary(summary: dict[str, Any], out: Path) -> str:

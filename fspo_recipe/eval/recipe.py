@@ -524,7 +524,9 @@ class PreferenceEvaluator:
                     with eos_allowed_when_it_is_pad(model):
                         output = generator(seqs, padding)
                     for i, hypotheses in zip(batch, output.hypotheses):
-                        ids = hypotheses[0].seq.tolist()
+                        # fairseq2 lets a batch's shorter prompts run to the longest prompt + max_gen_len: cut to
+                        # max_new_tokens, the documented limit of every answer.
+                        ids = hypotheses[0].seq.tolist()[: gen.max_new_tokens]
                         while ids and (ids[-1] == eos or ids[-1] in stop):
                             ids.pop()
                         text = decoder(torch.tensor(ids, dtype=torch.int64))
