@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import random
 import resource
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _prepare_bench import run_prepare, work_dir  # noqa: E402
 
 LEVELS = ["a child", "a preteen", "a teenager", "a young adult", "an expert"]
 WORDS = "the of light water energy cell star plant heat sound wave force atom cloud river stone time space".split()
@@ -60,26 +60,11 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, default=None, help="keep input and output in this directory")
     args = parser.parse_args()
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    work = args.keep or Path(tempfile.mkdtemp(prefix="fspo-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        src = work / "train-00000-of-00001.parquet"
-        t = time.perf_counter()
-        pq.write_table(pa.table(synthetic_rows(args.rows, args.response_chars, 0, args.users)), src)
-        print(f"input: {args.rows} rows of {args.users} users, {src.stat().st_size / 1e6:.0f} MB parquet "
-              f"(made in {time.perf_counter() - t:.1f} s)")
-
-        cmd = [sys.executable, "-m", "fspo_recipe.data.prepare", "elix", "--input", str(src), "--out", str(work / "out"),
-               "--shots", str(args.shots), "--no-progress", "--quiet",
-               *(["--rationale", "generated"] if args.rationale else [])]
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - t
+    with work_dir(args.keep) as work:
+        proc, wall = run_prepare(work, "elix", lambda: synthetic_rows(args.rows, args.response_chars, 0, args.users),
+                                 ["--shots", str(args.shots), *(["--rationale", "generated"] if args.rationale else [])],
+                                 f"{args.rows} rows of {args.users} users")
         if proc.returncode != 0:
-            print(proc.stdout, proc.stderr, file=sys.stderr)
             return 1
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # KiB on Linux
         out = work / "out" / "elix" / "train.jsonl"
@@ -88,9 +73,6 @@ def main() -> int:
         print(f"prepare: {wall:.1f} s wall, {args.rows / wall:,.0f} rows/s, {episodes / wall:,.0f} episodes/s, "
               f"{episodes:,} episodes, {out.stat().st_size / 1e9:.2f} GB JSONL, peak RSS {peak_gb:.2f} GB")
         print(f"target: < 60 s and < 3 GB -> {'met' if wall < 60 and peak_gb < 3 else 'NOT met'}")
-    finally:
-        if args.keep is None:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -120,6 +120,38 @@ def roleplay_rows(rng: random.Random, subjects: list[str]) -> list[dict[str, obj
     return rows
 
 
+def hh_rows(rng: random.Random, subjects: list[str]) -> list[dict[str, object]]:
+    """Anthropic HH schema: ``chosen`` and ``rejected`` dialogues ("\n\nHuman: ...\n\nAssistant: ...") that share
+    everything up to the last assistant turn; some are two-turn, and the last two rows differ before it (the DPO
+    code's split would pair them wrongly; fspo-prepare skips and counts them)."""
+    rows = []
+    for i, subject in enumerate(subjects * 4):
+        first = f"\n\nHuman: What is {subject}?"
+        dialogue = first
+        if i % 3 == 0:
+            dialogue += f"\n\nAssistant: {_fmt(ELIX_STYLE['a preteen'], subject)}\n\nHuman: Can you say more?"
+        good = f" Sure. {_fmt(ELIX_STYLE[rng.choice(ELIX_LEVELS)], subject)} I hope that helps."
+        bad = rng.choice([" I don't know.", " Why do you ask?", f" {subject.capitalize()} is boring."])
+        rows.append({"chosen": f"{dialogue}\n\nAssistant:{good}", "rejected": f"{dialogue}\n\nAssistant:{bad}"})
+    rows[-1]["rejected"] = rows[-1]["rejected"].replace("Human: What is", "Human: Tell me about", 1)
+    rows[-2]["rejected"] = rows[-2]["rejected"].replace("\n\nHuman:", "\n\nHuman: Hi.", 1)
+    return rows
+
+
+def ultrafeedback_rows(rng: random.Random, subjects: list[str]) -> list[dict[str, object]]:
+    """UltraFeedback binarized schema: prompt, prompt_id, chosen/rejected message lists, their scores."""
+    rows = []
+    for i, subject in enumerate(subjects * 4):
+        prompt = f"Explain {subject} to me."
+        good = f"{_fmt(ELIX_STYLE[rng.choice(ELIX_LEVELS)], subject)} In short: it is worth knowing."
+        bad = rng.choice(["No.", f"{subject.capitalize()}.", "I cannot help with that."])
+        rows.append({"prompt": prompt, "prompt_id": f"{i:04d}",
+                     "chosen": [{"role": "user", "content": prompt}, {"role": "assistant", "content": good}],
+                     "rejected": [{"role": "user", "content": prompt}, {"role": "assistant", "content": bad}],
+                     "score_chosen": 8.0, "score_rejected": 2.0})
+    return rows
+
+
 def write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as fp:
@@ -140,6 +172,13 @@ def main() -> int:
         write_jsonl(args.out / name / "train.jsonl", make(rng, items[:cut]))
         write_jsonl(args.out / name / "test.jsonl", make(rng, items[cut:]))
         print(f"wrote {args.out / name}/{{train,test}}.jsonl")
+    # Plain preference pairs (their own generators, so the samples above do not change).
+    for name, make, splits in (("hh", hh_rows, ("train", "test")),
+                               ("ultrafeedback", ultrafeedback_rows, ("train_prefs", "test_prefs"))):
+        plain = random.Random(f"{args.seed}:{name}")
+        write_jsonl(args.out / name / f"{splits[0]}.jsonl", make(plain, SUBJECTS[:32]))
+        write_jsonl(args.out / name / f"{splits[1]}.jsonl", make(plain, SUBJECTS[32:]))
+        print(f"wrote {args.out / name}/{{{','.join(splits)}}}.jsonl")
     return 0
 
 

@@ -251,3 +251,13 @@ class _Excluding(Sequence[str]):
         while (step := index + bisect_right(self._excluded, position)) != position:
             position = step
         return self._items[position]
+
+
+def plain_examples(rows: Sequence[PreferenceRow], stats: SplitStats) -> Iterator[dict[str, Any]]:
+    """Plain preference pairs (sources without users): one example per row, the texts as the source has them."""
+    for row in rows:
+        stats.episodes += 1
+        stats.users = 1
+        yield {"id": row.row_id, "src": row.question, "tgt_chosen": row.preferred, "tgt_rejected": row.dispreferred,
+               "user": row.user}
+

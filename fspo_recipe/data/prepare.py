@@ -1,8 +1,10 @@
-"""``fspo-prepare``: Elix / Review / Roleplay preference data -> few-shot FSPO JSONL and fairseq2 asset cards.
+"""``fspo-prepare``: Elix / Review / Roleplay preference data -> few-shot FSPO JSONL and fairseq2 asset cards; plain
+preference pairs (Anthropic HH, UltraFeedback) -> fairseq2 preference JSONL.
 
     fspo-prepare elix --input Asap7772/elix_generations_gpt4omini_pref --out data/ --name elix
     fspo-prepare review --input datasets/samples/review --split-mode interpolated --out data/
     fspo-prepare roleplay --input my_rows.parquet --split-mode heldout_users --test-users 0.1 --out data/
+    fspo-prepare hh --input Anthropic/hh-rlhf --out data/
 
 Writes ``OUT/NAME/{train,valid,test}.jsonl``, a card per split (``NAME_train`` ...; load with
 ``--config common.assets.extra_path=OUT dataset.name=NAME_train``) and ``summary.json``.
@@ -20,7 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fspo_recipe.data.build import SPLITS, EpisodeOptions, SplitStats, assign_splits, build_split_episodes
+from fspo_recipe.data.build import (SPLITS, EpisodeOptions, SplitStats, assign_splits, build_split_episodes,
+                                   plain_examples)
 from fspo_recipe.data.sources import SOURCES, ReadReport, SourceSchemaError, get_source, read_source
 from fspo_recipe.data.writers import atomic_directory, dataset_card, jsonl_line, remove_stale_partials
 from fspo_recipe.progress import ProgressBar
@@ -112,6 +115,9 @@ def prepare(
         raise ValueError(f"--shots must be >= 0, got {options.num_shots}.")
     if options.num_passes is not None and options.num_passes < 1:
         raise ValueError(f"--passes must be >= 1, got {options.num_passes}.")
+    if spec.plain and (options.num_shots or options.rationale != "none" or split_mode != "source"):
+        raise ValueError(f"{source} holds plain preference pairs without users: use --shots 0, no --rationale and "
+                         "--split-mode source (its own train/test splits).")
     final = out_dir / name
     check_output(final, inputs, overwrite=overwrite)
     for stale in remove_stale_partials(out_dir, name):
@@ -166,11 +172,14 @@ def prepare(
             users = {row.user for row in rows}
             with (tmp / jsonl).open("wb") as fp, ProgressBar(progress, f"{name}/{split}", len(users)) as tick:
                 last_users = 0
-                for episode in build_split_episodes(rows, options, stats):
+                examples = plain_examples(rows, stats) if spec.plain else build_split_episodes(rows, options, stats)
+                for episode in examples:
                     fp.write(jsonl_line(episode))
                     lengths.append(len(episode["src"]))
-                    # Reservoir sample of prompts for the token percentiles.
-                    if len(sample) < TOKEN_SAMPLE:
+                    # Reservoir sample of prompts for the token percentiles (when tokens are counted).
+                    if count_tokens is None:
+                        pass
+                    elif len(sample) < TOKEN_SAMPLE:
                         sample.append(episode["src"])
                     else:
                         j = rng.randrange(stats.episodes)
@@ -187,7 +196,8 @@ def prepare(
             else:
                 card = f"{name}_{split}"
                 (tmp / f"{card}.yaml").write_text(
-                    dataset_card(card, jsonl, f"FSPO {source} {split} split, {options.num_shots} shots (fspo-prepare)"),
+                    dataset_card(card, jsonl, f"{source} {split} split, plain preference pairs (fspo-prepare)"
+                                 if spec.plain else f"FSPO {source} {split} split, {options.num_shots} shots (fspo-prepare)"),
                     encoding="utf-8",
                 )
             info: dict[str, Any] = {
@@ -213,7 +223,9 @@ def prepare(
 
 
 def format_summary(summary: dict[str, Any], out: Path) -> str:
-    lines = [f"{summary['source']}: {summary['rows_read']} rows read in {summary['seconds']} s -> {out}"]
+    rate = summary["rows_read"] / summary["seconds"] if summary["seconds"] else float("inf")
+    lines = [f"{summary['source']}: {summary['rows_read']} rows read in {summary['seconds']} s ({rate:.0f} rows/s) "
+             f"-> {out}"]
     for reason, count in sorted(summary["rows_skipped"].items()):
         lines.append(f"  skipped {count} row(s): {reason}")
     for reason, count in sorted(summary.get("rows_flagged", {}).items()):

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 
 class SourceSchemaError(ValueError):
@@ -139,6 +139,10 @@ class SourceSpec:
     """A user's attributes (Review: ``positive concise`` -> [positive, concise]); sources that have them allow
     ``--split-mode interpolated`` (users with one attribute train, combinations test)."""
 
+    plain: bool = False
+    """Plain preference pairs without users (Anthropic HH, UltraFeedback): each row becomes one example in
+    fairseq2's generic fields (``src`` = the prompt as in the source, ``tgt_chosen``, ``tgt_rejected``), no episodes."""
+
     def schema_text(self) -> str:
         return ", ".join(f"{c} ({what})" for c, what in self.columns.items())
 
@@ -263,6 +267,73 @@ def persona_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowCo
     return out
 
 
+PLAIN_USER: Final = "(no user)"
+"""The one "user" of plain preference pairs."""
+
+HH_ASSISTANT: Final = "\n\nAssistant:"
+
+
+def hh_prompt(dialogue: str) -> str | None:
+    """The prompt of an Anthropic HH dialogue as the DPO code cuts it: everything up to and including the last
+    "\n\nAssistant:" (``None`` when there is none)."""
+    at = dialogue.rfind(HH_ASSISTANT)
+    return None if at < 0 else dialogue[: at + len(HH_ASSISTANT)]
+
+
+def hh_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContext) -> list[PreferenceRow]:
+    """Anthropic HH: the prompt is cut from the chosen dialogue (:func:`hh_prompt`), the responses are the rest of
+    each dialogue, texts kept byte for byte (the responses start with a space, as in the DPO code). A pair whose
+    rejected dialogue does not start with that prompt is skipped and counted."""
+    out: list[PreferenceRow] = []
+    split = ctx.split
+    for i, (chosen, rejected) in enumerate(zip(data["chosen"], data["rejected"])):
+        if not isinstance(chosen, str) or not isinstance(rejected, str):
+            ctx.report.skip(EMPTY_TEXT, f"{split}/{i}")
+            continue
+        at = chosen.rfind(HH_ASSISTANT)  # hh_prompt, inlined: this loop runs 160k times for HH
+        if at < 0:
+            ctx.report.skip('no "\n\nAssistant:" in the chosen dialogue', f"{split}/{i}")
+            continue
+        cut = at + len(HH_ASSISTANT)
+        if not rejected.startswith(chosen[:cut]):
+            ctx.report.skip("chosen and rejected dialogues with different prompts", f"{split}/{i}")
+            continue
+        row_id = f"{split}/{i}"
+        prompt, preferred, dispreferred = chosen[:cut], chosen[cut:], rejected[cut:]
+        if not preferred.strip() or not dispreferred.strip():
+            ctx.report.skip(EMPTY_TEXT, row_id)
+            continue
+        if preferred == dispreferred and not ctx.keep_identical:
+            ctx.report.skip("preferred equal to dispreferred (--keep-identical-pairs keeps them)", row_id)
+            continue
+        out.append(PreferenceRow(row_id, PLAIN_USER, prompt, preferred, dispreferred, "", ""))
+    return out
+
+
+def ultrafeedback_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContext) -> list[PreferenceRow]:
+    """UltraFeedback binarized: ``chosen`` and ``rejected`` are message lists [user, assistant] of the same
+    ``prompt``; the responses are the assistant messages. Conversations of more than one user turn are skipped and
+    counted (not supported yet)."""
+    out: list[PreferenceRow] = []
+    for i, (prompt, chosen, rejected) in enumerate(zip(data["prompt"], data["chosen"], data["rejected"])):
+        row_id = f"{ctx.split}/{i}"
+        turns = []
+        for messages in (chosen, rejected):
+            ok = (isinstance(messages, list) and all(isinstance(m, Mapping) for m in messages)
+                  and [m.get("role") for m in messages] == ["user", "assistant"])
+            turns.append(messages if ok else None)
+        if turns[0] is None or turns[1] is None:
+            ctx.report.skip("chosen/rejected not one user and one assistant message", row_id)
+            continue
+        if turns[0][0].get("content") != turns[1][0].get("content"):
+            ctx.report.skip("chosen and rejected answer different prompts", row_id)
+            continue
+        q, preferred, dispreferred = (_text(x) for x in (prompt, turns[0][1].get("content"), turns[1][1].get("content")))
+        if accept_pair(ctx, row_id, q, preferred, dispreferred):
+            out.append(PreferenceRow(row_id, PLAIN_USER, q, preferred, dispreferred, "", ""))
+    return out
+
+
 register_source(SourceSpec("elix", "Asap7772/elix_generations_gpt4omini_pref", _PAIRWISE_COLUMNS, 4,
                            scored_pair_rows, elix_description))
 register_source(SourceSpec("review", "Asap7772/steered_reviews_full_autolabel_gpt4o_pref", _PAIRWISE_COLUMNS, 8,
@@ -280,6 +351,14 @@ register_source(SourceSpec(
     8,
     persona_rows,
 ))
+register_source(SourceSpec("hh", "Anthropic/hh-rlhf",
+                           {"chosen": "dialogue ending with the preferred assistant turn",
+                            "rejected": "the same dialogue ending with the dispreferred one"},
+                           0, hh_rows, plain=True))
+register_source(SourceSpec("ultrafeedback", "HuggingFaceH4/ultrafeedback_binarized",
+                           {"prompt": "the user's prompt", "chosen": "messages [user, preferred assistant]",
+                            "rejected": "messages [user, dispreferred assistant]"},
+                           0, ultrafeedback_rows, plain=True))
 
 
 # ---- reading -------------------------------------------------------------------------------------------------
