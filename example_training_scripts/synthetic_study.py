@@ -271,19 +271,21 @@ def win_rate_against_sft(out: Path, assets: Path, variant: str, dataset: str, pl
 GPO_EMBEDDINGS = {"sft": "GPO, SFT-model embeddings", "untrained": "GPO, untrained-model embeddings"}
 
 
-def gpo_stage(out: Path, assets: Path, plan: Plan, logs: Path, sft_run: Path) -> dict[str, dict[str, dict]]:
+def gpo_stage(out: Path, assets: Path, plan: Plan, logs: Path, sft_run: Path, *, fresh: bool
+              ) -> dict[str, dict[str, dict]]:
     """The GPO baseline on the same users and shots: ``fspo-gpo embed`` (with FSPO's SFT model, and with the
     untrained model), ``train`` over the training users, ``eval`` on held-out and interpolated users with each
-    episode's own first k shots. Returns {row name: {split: metrics}}."""
+    episode's own first k shots. Returns {row name: {split: metrics}}. ``fresh``: remove OUT/gpo first (a new
+    study); otherwise finished embeddings and training runs of this study are reused."""
     data = [assets / "syn" / "train.jsonl", assets / "syn" / "test.jsonl", assets / "synint" / "test.jsonl"]
+    if fresh and (out / "gpo").exists():
+        shutil.rmtree(out / "gpo")
     rows: dict[str, dict[str, dict]] = {}
     for source, label in GPO_EMBEDDINGS.items():
         emb, run = out / "gpo" / f"emb_{source}", out / "gpo" / f"run_{source}"
         which = ["--run-dir", sft_run] if source == "sft" else ["--model", MODEL]
         sh(bin_path("fspo-gpo"), "embed", emb, *which, "--assets-dir", assets, "--data", *data, "--no-progress",
            log=logs / f"gpo_embed_{source}.log")
-        if run.exists():
-            shutil.rmtree(run)  # a fresh run (fspo-gpo train resumes an old one)
         sh(bin_path("fspo-gpo"), "train", run, "--embeddings", emb, "--data", data[0], "--steps", plan.gpo_steps,
            "--lr", "1e-3", "--batch-users", "16", "--max-context", "8", "--publish-every", max(1, plan.gpo_steps // 10),
            "--checkpoint-every", plan.gpo_steps, log=logs / f"gpo_train_{source}.log")
@@ -394,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                 wins[variant] = win_rate_against_sft(out, assets, variant, f"{data}_test", plan, logs, policy=ipo,
                                                      reference=sft, generations=out / "eval" / name / "generations.jsonl")
     t0 = time.time()
-    gpo = gpo_stage(out, assets, plan, logs, out / "runs" / "fspo_sft")
+    gpo = gpo_stage(out, assets, plan, logs, out / "runs" / "fspo_sft", fresh=True)
     times["gpo"] = time.time() - t0
     times["total"] = time.time() - start
     counts = {"train_users": len(train_users), "heldout_users": len(heldout_users),
@@ -412,7 +414,7 @@ def add_gpo(out: Path, plan: Plan) -> int:
                    for split in ("heldout", "interpolated")} for v in ["untrained", *variants]}
     times = dict(summary["seconds"])
     t0 = time.time()
-    gpo = gpo_stage(out, out / "assets", plan, out / "logs", out / "runs" / "fspo_sft")
+    gpo = gpo_stage(out, out / "assets", plan, out / "logs", out / "runs" / "fspo_sft", fresh=False)
     times["gpo"] = time.time() - t0
     times["total"] = times.get("total", 0.0) + times["gpo"]
     counts = {k: summary[k] for k in ("train_users", "heldout_users", "interpolated_users")}

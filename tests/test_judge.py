@@ -31,7 +31,8 @@ class ScriptedServer:
     """A chat-completions server on 127.0.0.1. It prefers the answer with more "yes" words; when both have as many
     it says A (a position-biased judge). Questions script faults: ``q-429`` (first request: 429 with Retry-After),
     ``q-500`` (first request: 500), ``q-bad`` (always a reply without a verdict), ``q-slow`` (first request answered
-    after 3 s). Every request's body and Authorization header are recorded."""
+    after 12 s, far past the client's 4 s timeout, so that a busy machine cannot blur the two). Every request's body
+    and Authorization header are recorded."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.requests: list[dict] = []
@@ -82,7 +83,7 @@ class ScriptedServer:
             return 429, {"Retry-After": "1"}, {"error": {"message": "slow down", "type": "rate_limit"}}, 0.0
         if "q-500" in prompt and n == 1:
             return 500, {}, {"error": {"message": "boom", "type": "server_error"}}, 0.0
-        wait = 3.0 if "q-slow" in prompt and n == 1 else self.delay
+        wait = 12.0 if "q-slow" in prompt and n == 1 else self.delay
         a, b = (answer_between(prompt, x).split().count("yes") for x in "AB")
         reply = "I cannot tell." if "q-bad" in prompt else f"Some reasoning.\nPreferred: {'B' if b > a else 'A'}"
         return 200, {}, {
@@ -121,7 +122,7 @@ def generations(tmp_path: Path) -> tuple[Path, Path]:
 
 def judge_args(out: Path, url: str, fspo: Path, sft: Path, *extra: str) -> list[str]:
     return [str(out), "--generations", str(fspo), str(sft), "--baseline", "sft", "--base-url", url,
-            "--model", "judge-model", "--api-key-env", "FSPO_TEST_JUDGE_KEY", "--timeout", "1", "--backoff", "0.05",
+            "--model", "judge-model", "--api-key-env", "FSPO_TEST_JUDGE_KEY", "--timeout", "4", "--backoff", "0.05",
             "--parse-retries", "1", "--no-progress", *extra]
 
 

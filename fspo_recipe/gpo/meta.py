@@ -125,6 +125,9 @@ def train(out: Path, tasks: TaskSet, emb: Embeddings, config: GpoConfig, setting
     users = [u for u, items in tasks.items.items() if len(items) > settings.targets]
     if not users:
         raise GpoDataError(f"no user has more than {settings.targets} items (--targets); nothing to train on.")
+    if len(users) < len(tasks.items):
+        log(f"gpo: {len(tasks.items) - len(users)} of {len(tasks.items)} users have at most {settings.targets} items "
+            "(--targets) and are not trained on")
     identity = {"model": config.to_dict(), "train": asdict(settings), "kind": tasks.kind}
     out.mkdir(parents=True, exist_ok=True)
     config_file = out / "config.json"
