@@ -41,9 +41,10 @@ def is_opinions(path: Path) -> bool:
     with path.open(encoding="utf-8") as fp:
         first = next((line for line in fp if line.strip()), "")
     try:
-        return isinstance(json.loads(first), dict) and "distributions" in json.loads(first)
+        record = json.loads(first)
     except json.JSONDecodeError:
         return False
+    return isinstance(record, dict) and "distributions" in record
 
 
 def read_tasks(path: Path, groups: Sequence[str] | None = None) -> TaskSet:

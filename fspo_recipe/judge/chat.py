@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -47,20 +48,14 @@ def read_template(path: Path) -> str:
     return text
 
 
+_PLACEHOLDER = re.compile("|".join(map(re.escape, PLACEHOLDERS)))
+
+
 def render(template: str, query: JudgeQuery) -> str:
     # One pass over the template, so that an answer containing "{answer_b}" is not substituted again.
     values = {"{description}": query.description, "{question}": query.question, "{answer_a}": query.answer_a,
               "{answer_b}": query.answer_b}
-    out, i = [], 0
-    while i < len(template):
-        hit = next((p for p in PLACEHOLDERS if template.startswith(p, i)), None)
-        if hit is None:
-            out.append(template[i])
-            i += 1
-        else:
-            out.append(values[hit])
-            i += len(hit)
-    return "".join(out)
+    return _PLACEHOLDER.sub(lambda m: values[m.group(0)], template)
 
 
 def request_key(body: Mapping[str, Any]) -> str:
@@ -70,7 +65,7 @@ def request_key(body: Mapping[str, Any]) -> str:
 
 @final
 class JudgeCache:
-    """Answered requests, one JSON line each (``key``, ``reply``, ``choice``, ``error``, ``usage``), appended as
+    """Answered requests, one JSON line each (``key``, ``model``, ``choice``, ``reply``, ``error``), appended as
     they arrive. A line cut short by a crash is dropped when the cache is opened again."""
 
     def __init__(self, path: Path) -> None:
