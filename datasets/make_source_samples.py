@@ -1,4 +1,5 @@
-"""Write small synthetic source files in the exact Elix, Review and Roleplay schemas (datasets/samples/).
+"""Write small synthetic source files in the exact schemas of the data sources (datasets/samples/): Elix, Review and
+Roleplay; Anthropic HH, UltraFeedback, SHP, StackExchange and OpenAssistant2.
 
 They stand in for the hub data sets offline (tests, quick start). The texts are synthetic and short; each user
 prefers responses of one visible style, so the few-shot episodes built from them carry a real signal.
@@ -152,11 +153,91 @@ def ultrafeedback_rows(rng: random.Random, subjects: list[str]) -> list[dict[str
     return rows
 
 
-def write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
+def shp_rows(rng: random.Random, subjects: list[str]) -> list[dict[str, object]]:
+    """Stanford SHP schema: one row per pair of top-level comments of a post (several rows per post), their scores
+    and ``labels`` (1: comment A preferred); some pairs have a score ratio below 2 (the DPO code's filter)."""
+    rows = []
+    for p, subject in enumerate(subjects):
+        post = f"p{rng.randrange(16**6):06x}"
+        history = f"Why does {subject} behave the way it does? I have always wondered about it."
+        comments = [(f"{_fmt(ELIX_STYLE[rng.choice(ELIX_LEVELS)], subject)} Source: my physics class.",
+                     rng.randint(20, 200)),
+                    (f"Good question, {subject} is complicated.", rng.randint(8, 60)),
+                    (rng.choice(["lol", "Google it.", f"Who cares about {subject}?"]), rng.randint(1, 8))]
+        for i, j in ((0, 1), (0, 2), (1, 2))[: 2 + p % 2]:
+            (text_a, score_a), (text_b, score_b) = (comments[i], comments[j]) if rng.random() < 0.5 else \
+                (comments[j], comments[i])
+            ratio = max(score_a / score_b, score_b / score_a)
+            rows.append({"post_id": post, "domain": "askscience_train", "upvote_ratio": 0.97, "history": history,
+                         "c_root_id_A": f"c{rng.randrange(16**6):06x}", "c_root_id_B": f"c{rng.randrange(16**6):06x}",
+                         "created_at_utc_A": 1600000000 + p, "created_at_utc_B": 1600000100 + p,
+                         "score_A": score_a, "score_B": score_b, "human_ref_A": text_a, "human_ref_B": text_b,
+                         "labels": int(score_a > score_b), "seconds_difference": 100.0, "score_ratio": ratio})
+    return rows
+
+
+def stackexchange_rows(rng: random.Random, subjects: list[str]) -> list[dict[str, object]]:
+    """StackExchange preferences schema (HuggingFaceH4/stack-exchange-preferences): an HTML question and its answers,
+    each with a ``pm_score``; paragraphs, code blocks, links, lists and entities as on the site, and some answers
+    with equal scores."""
+    rows = []
+    for q, subject in enumerate(subjects):
+        name = subject.split()[-1]
+        question = (f"<p>How do I model {subject} in Python &amp; keep it fast (case {q})?</p>\n\n"
+                    f"<pre><code>class {name.capitalize()}:\n    pass\n</code></pre>\n\n<p>Thanks!</p>\n")
+        texts = [f"<p>Use a <code>dataclass</code> for {subject}; see <a href=\"https://docs.python.org\">the docs</a>."
+                 f"</p>\n\n<pre><code>@dataclass\nclass {name.capitalize()}:\n    size: float\n</code></pre>\n",
+                 f"<p>A dict is enough for {subject} &lt;3</p>\n<ul><li>simple</li><li>fast</li></ul>\n",
+                 "<p>Why would you do that?</p>\n"]
+        scores = [rng.randint(4, 9), rng.randint(1, 3), rng.choice([0, 1, -1])]
+        answers = [{"answer_id": q * 10 + k, "author": f"user{k}", "author_id": k, "author_profile": "",
+                    "pm_score": score, "selected": k == 0, "text": text}
+                   for k, (text, score) in enumerate(zip(texts[: 2 + q % 2], scores))]
+        rows.append({"qid": 1000 + q, "question": question, "answers": answers, "date": "2020/01/01",
+                     "metadata": ["https://stackoverflow.com/questions/" + str(1000 + q)]})
+    return rows
+
+
+def oasst2_rows(rng: random.Random, subjects: list[str]) -> list[dict[str, object]]:
+    """OpenAssistant2 schema: message rows of trees (a prompter root, ranked assistant replies, a prompter follow-up
+    under the best one, ranked replies to it); some trees have a deleted reply or an unranked one."""
+    rows: list[dict[str, object]] = []
+
+    def message(tree: str, parent: str | None, role: str, text: str, rank: int | None, deleted: bool = False) -> str:
+        mid = f"{rng.randrange(16**12):012x}"
+        rows.append({"message_id": mid, "parent_id": parent, "user_id": f"u{rng.randrange(99)}",
+                     "created_date": "2023-02-05T00:00:00+00:00", "text": text, "role": role, "lang": "en",
+                     "review_count": 3, "review_result": True, "deleted": deleted, "rank": rank, "synthetic": False,
+                     "model_name": None, "detoxify": None, "message_tree_id": tree, "tree_state": "ready_for_export",
+                     "emojis": None, "labels": None})
+        return mid
+
+    for t, subject in enumerate(subjects):
+        root = message("", None, "prompter", f"Can you explain {subject}?", None)
+        for row in rows:
+            if row["message_id"] == root:
+                row["message_tree_id"] = root
+        replies = [f"{_fmt(ELIX_STYLE[rng.choice(ELIX_LEVELS)], subject)} Want to know more?",
+                   f"{subject.capitalize()} is a thing.", "I'd rather not."]
+        ids = [message(root, root, "assistant", text, rank) for rank, text in enumerate(replies[: 2 + t % 2])]
+        if t % 4 == 1:
+            message(root, root, "assistant", "Spam spam spam.", None, deleted=True)
+        if t % 5 == 2:
+            message(root, root, "assistant", f"Unranked words about {subject}.", None)
+        follow = message(root, ids[0], "prompter", "Yes, how is it measured?", 0)
+        for rank, text in enumerate([f"People measure {subject} with simple tools and careful notes.",
+                                     "With a ruler, probably."]):
+            message(root, follow, "assistant", text, rank)
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]], *, with_id: bool = True) -> None:
+    """Rows as JSONL; ``with_id`` adds a row number (the FSPO samples have one; the plain sources' exact schemas
+    written since do not)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as fp:
         for i, row in enumerate(rows):
-            fp.write(json.dumps({**row, "id": i}, ensure_ascii=False) + "\n")
+            fp.write(json.dumps({**row, "id": i} if with_id else row, ensure_ascii=False) + "\n")
 
 
 def main() -> int:
@@ -179,6 +260,15 @@ def main() -> int:
         write_jsonl(args.out / name / f"{splits[0]}.jsonl", make(plain, SUBJECTS[:32]))
         write_jsonl(args.out / name / f"{splits[1]}.jsonl", make(plain, SUBJECTS[32:]))
         print(f"wrote {args.out / name}/{{{','.join(splits)}}}.jsonl")
+    # SHP's files are JSONL named .json; StackExchange has only a train split; OpenAssistant2 train and validation.
+    for name, make, files in (("shp", shp_rows, ("train.json", "test.json")),
+                              ("stackexchange", stackexchange_rows, ("train.jsonl",)),
+                              ("oasst2", oasst2_rows, ("train.jsonl", "validation.jsonl"))):
+        plain = random.Random(f"{args.seed}:{name}")
+        parts = (SUBJECTS * 3,) if len(files) == 1 else (SUBJECTS[:32], SUBJECTS[32:])
+        for file, subjects in zip(files, parts):
+            write_jsonl(args.out / name / file, make(plain, subjects), with_id=False)
+        print(f"wrote {args.out / name}/{{{','.join(files)}}}")
     return 0
 
 

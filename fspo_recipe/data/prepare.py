@@ -1,10 +1,11 @@
 """``fspo-prepare``: Elix / Review / Roleplay preference data -> few-shot FSPO JSONL and fairseq2 asset cards; plain
-preference pairs (Anthropic HH, UltraFeedback) -> fairseq2 preference JSONL.
+preference pairs (Anthropic HH, SHP, StackExchange, OpenAssistant2, UltraFeedback) -> fairseq2 preference JSONL.
 
     fspo-prepare elix --input Asap7772/elix_generations_gpt4omini_pref --out data/ --name elix
     fspo-prepare review --input datasets/samples/review --split-mode interpolated --out data/
     fspo-prepare roleplay --input my_rows.parquet --split-mode heldout_users --test-users 0.1 --out data/
     fspo-prepare hh --input Anthropic/hh-rlhf --out data/
+    fspo-prepare shp --out data/ --max-pairs-per-prompt 5
 
 Writes ``OUT/NAME/{train,valid,test}.jsonl``, a card per split (``NAME_train`` ...; load with
 ``--config common.assets.extra_path=OUT dataset.name=NAME_train``) and ``summary.json``.
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fspo_recipe.data.build import (SPLITS, EpisodeOptions, SplitStats, assign_splits, build_split_episodes,
-                                   plain_examples)
+                                   hold_out_prompts, limit_pairs_per_prompt, plain_examples)
 from fspo_recipe.data.sources import SOURCES, ReadReport, SourceSchemaError, get_source, read_source
 from fspo_recipe.data.writers import atomic_directory, dataset_card, jsonl_line, remove_stale_partials
 from fspo_recipe.progress import ProgressBar
@@ -103,6 +104,9 @@ def prepare(
     overwrite: bool = False,
     keep_identical: bool = False,
     log: bool = True,
+    min_score_ratio: float = 2.0,
+    max_pairs_per_prompt: int | None = None,
+    test_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Prepare one source; return the summary that is also written as ``summary.json``.
 
@@ -126,7 +130,11 @@ def prepare(
     started = time.perf_counter()
 
     _say(log, f"reading {source} from {', '.join(inputs)}")
-    by_source_split = read_source(spec, inputs, report, keep_identical=keep_identical)
+    by_source_split = read_source(spec, inputs, report, keep_identical=keep_identical, min_score_ratio=min_score_ratio)
+    if spec.plain:
+        by_source_split = hold_out_prompts(
+            {name: limit_pairs_per_prompt(rows, max_pairs_per_prompt, report) for name, rows in by_source_split.items()},
+            spec.test_fraction if test_fraction is None else test_fraction, options.seed)
     _say(log, f"read {report.rows_read} rows in {time.perf_counter() - started:.1f} s"
          + "".join(f"; {line}" for line in report.lines()))
     splits = assign_splits(
@@ -155,6 +163,9 @@ def prepare(
         "rows_skipped": dict(report.skipped),
         "rows_flagged": dict(report.flagged),
         "keep_identical_pairs": keep_identical,
+        **({"min_score_ratio": min_score_ratio} if source == "shp" else {}),
+        **({"max_pairs_per_prompt": max_pairs_per_prompt,
+            "test_fraction": spec.test_fraction if test_fraction is None else test_fraction} if spec.plain else {}),
         "splits": {},
         "written_by": MARKER,
     }
@@ -223,9 +234,8 @@ def prepare(
 
 
 def format_summary(summary: dict[str, Any], out: Path) -> str:
-    rate = summary["rows_read"] / summary["seconds"] if summary["seconds"] else float("inf")
-    lines = [f"{summary['source']}: {summary['rows_read']} rows read in {summary['seconds']} s ({rate:.0f} rows/s) "
-             f"-> {out}"]
+    rate = f" ({summary['rows_read'] / summary['seconds']:.0f} rows/s)" if summary["seconds"] else ""
+    lines = [f"{summary['source']}: {summary['rows_read']} rows read in {summary['seconds']} s{rate} -> {out}"]
     for reason, count in sorted(summary["rows_skipped"].items()):
         lines.append(f"  skipped {count} row(s): {reason}")
     for reason, count in sorted(summary.get("rows_flagged", {}).items()):
@@ -283,6 +293,16 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -337,6 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tokenizer", default=None,
                        help="fairseq2 tokenizer card for token percentiles in the summary (e.g. llama3_2_3b_instruct)")
         p.add_argument("--assets-dir", type=Path, default=None, help="extra fairseq2 card directory for --tokenizer")
+        if spec.plain:
+            p.add_argument("--max-pairs-per-prompt", type=_at_least(1), default=None,
+                           help="keep at most this many pairs of one prompt, the first in source order (default: all; "
+                           "SHP's authors advise 5)")
+            p.add_argument("--test-fraction", type=_fraction, default=spec.test_fraction,
+                           help="fraction of the prompts held out as the test split when the input has no test split "
+                           f"(default: {spec.test_fraction:g}{', as the DPO code' if spec.test_fraction else ''})")
+        if key == "shp":
+            p.add_argument("--min-score-ratio", type=_positive, default=2.0,
+                           help="skip pairs whose higher comment score is below this many times the lower (default: "
+                           "2, the DPO code's filter; 1 keeps every pair)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.add_argument("--quiet", action="store_true", help="no per-stage lines on stderr (errors still print)")
     return parser
@@ -382,6 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             overwrite=args.overwrite,
             keep_identical=args.keep_identical_pairs,
             log=not args.quiet,
+            min_score_ratio=getattr(args, "min_score_ratio", 2.0),
+            max_pairs_per_prompt=getattr(args, "max_pairs_per_prompt", None),
+            test_fraction=getattr(args, "test_fraction", None),
         )
     except Interrupted as ex:
         print(f"fspo-prepare: interrupted ({signal.Signals(ex.signum).name}), nothing written", file=sys.stderr)

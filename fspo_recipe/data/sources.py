@@ -1,4 +1,5 @@
-"""The three FSPO sources, their exact schemas, and how their rows become :class:`PreferenceRow`.
+"""The data sources (the three FSPO sources, and plain preference pairs), their exact schemas, and how their rows
+become :class:`PreferenceRow`.
 
 A source is read from a Hugging Face hub name (``Asap7772/elix_generations_gpt4omini_pref``), a local directory, or
 local parquet / JSON / JSONL files; a user's own data in one of these schemas works the same way. Nothing here
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from html.entities import name2codepoint
+from html.parser import HTMLParser
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -105,6 +108,10 @@ class RowContext:
     keep_identical: bool = False
     """Keep pairs whose preferred and dispreferred responses are equal (skipped and counted by default)."""
 
+    min_score_ratio: float = 2.0
+    """SHP: pairs whose higher comment score is less than this many times the lower are skipped and counted (the DPO
+    code's filter; 1 keeps every pair)."""
+
 
 RowMapping = Callable[["SourceSpec", Mapping[str, Sequence[Any]], RowContext], list[PreferenceRow]]
 
@@ -140,8 +147,12 @@ class SourceSpec:
     ``--split-mode interpolated`` (users with one attribute train, combinations test)."""
 
     plain: bool = False
-    """Plain preference pairs without users (Anthropic HH, UltraFeedback): each row becomes one example in
-    fairseq2's generic fields (``src`` = the prompt as in the source, ``tgt_chosen``, ``tgt_rejected``), no episodes."""
+    """Plain preference pairs without users (Anthropic HH, SHP, ...): each pair becomes one example in fairseq2's
+    generic fields (``src`` = the prompt, ``tgt_chosen``, ``tgt_rejected``), no episodes."""
+
+    test_fraction: float = 0.0
+    """Plain sources published without a test split (StackExchange): this fraction of the prompts (seeded, every
+    pair of a prompt on the same side) becomes the test split, as the DPO code holds out 1%."""
 
     def schema_text(self) -> str:
         return ", ".join(f"{c} ({what})" for c, what in self.columns.items())
@@ -185,12 +196,12 @@ def _check_columns(spec: SourceSpec, columns: Iterable[str], where: str) -> None
 
 def rows_from_columns(
     spec: SourceSpec, split: str, data: Mapping[str, Sequence[Any]], report: ReadReport, where: str, *,
-    keep_identical: bool = False,
+    keep_identical: bool = False, min_score_ratio: float = 2.0,
 ) -> list[PreferenceRow]:
     """Turn one split's columns (name -> list of values) into rows; bad rows are counted in ``report``."""
     _check_columns(spec, data.keys(), where)
     report.rows_read += len(next(iter(data.values()))) if data else 0
-    return spec.to_rows(spec, data, RowContext(split, report, keep_identical))
+    return spec.to_rows(spec, data, RowContext(split, report, keep_identical, min_score_ratio))
 
 
 EMPTY_TEXT = "empty question, response or user"
@@ -334,6 +345,227 @@ def ultrafeedback_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx:
     return out
 
 
+HUMAN: Final = "\n\nHuman:"
+
+
+def dialogue_prompt(turns: Sequence[tuple[str, str]]) -> str:
+    """A conversation in the Anthropic HH format the DPO code gives SHP and StackExchange prompts: each turn
+    ``"\n\nHuman: <text>"`` or ``"\n\nAssistant: <text>"`` (role ``prompter``/``user`` or ``assistant``), ending with
+    ``"\n\nAssistant:"`` for the reply. Responses then start with a space (``" " + text``), as in the DPO code."""
+    parts = [f"{HH_ASSISTANT if role == 'assistant' else HUMAN} {text}" for role, text in turns]
+    return "".join(parts) + HH_ASSISTANT
+
+
+def plain_pair(ctx: RowContext, row_id: str, prompt: str, preferred: str, dispreferred: str, out: list[PreferenceRow]
+               ) -> None:
+    """Append a plain pair whose texts are kept byte for byte (the checks look at them stripped): empty texts and
+    (unless ``keep_identical``) equal responses are skipped and counted."""
+    if not (prompt.strip() and preferred.strip() and dispreferred.strip()):
+        ctx.report.skip(EMPTY_TEXT, row_id)
+    elif preferred == dispreferred and not ctx.keep_identical:
+        ctx.report.skip("preferred equal to dispreferred (--keep-identical-pairs keeps them)", row_id)
+    else:
+        out.append(PreferenceRow(row_id, PLAIN_USER, prompt, preferred, dispreferred, "", ""))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def shp_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContext) -> list[PreferenceRow]:
+    """Stanford SHP: one pair per row, as the DPO code reads it: prompt ``"\n\nHuman: " + history +
+    "\n\nAssistant:"``, responses ``" " + human_ref_A/B``, A preferred when ``labels`` is 1; pairs whose score
+    ratio (higher over lower) is below ``min_score_ratio`` (2 in the DPO code) are skipped and counted."""
+    out: list[PreferenceRow] = []
+    cols = [data[c] for c in ("history", "human_ref_A", "human_ref_B", "score_A", "score_B", "labels")]
+    for i, (history, ref_a, ref_b, score_a, score_b, label) in enumerate(zip(*cols)):
+        row_id = f"{ctx.split}/{i}"
+        a, b = _number(score_a), _number(score_b)
+        if label not in (0, 1) or isinstance(label, bool):
+            ctx.report.skip("labels not 0 or 1", row_id)
+        elif a is None or b is None or a <= 0 or b <= 0:
+            ctx.report.skip("score_A/score_B not positive numbers", row_id)
+        elif max(a / b, b / a) < ctx.min_score_ratio:
+            ctx.report.skip(f"score ratio below {ctx.min_score_ratio:g} (--min-score-ratio)", row_id)
+        elif not all(isinstance(x, str) for x in (history, ref_a, ref_b)):
+            ctx.report.skip(EMPTY_TEXT, row_id)
+        else:
+            chosen, rejected = (ref_a, ref_b) if label == 1 else (ref_b, ref_a)
+            plain_pair(ctx, row_id, dialogue_prompt([("user", history)]), " " + chosen, " " + rejected, out)
+    return out
+
+
+class _Element:
+    __slots__ = ("tag", "children")
+
+    def __init__(self, tag: str | None) -> None:
+        self.tag = tag
+        self.children: list[_Element | str | _Comment] = []
+
+    def text(self) -> str:
+        """All text below, comments left out (BeautifulSoup's ``get_text()``)."""
+        return "".join(c if isinstance(c, str) else c.text() for c in self.children if not isinstance(c, _Comment))
+
+    def iter(self, tag: str) -> Iterator[_Element]:
+        """Elements named ``tag`` below, in document order (``find_all``)."""
+        for c in self.children:
+            if isinstance(c, _Element):
+                if c.tag == tag:
+                    yield c
+                yield from c.iter(tag)
+
+
+class _Comment(NamedTuple):
+    value: str
+
+
+_VOID_TAGS: Final = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
+                               "source", "track", "wbr", "basefont", "bgsound", "command", "frame", "image",
+                               "isindex", "keygen", "menuitem", "nextid", "spacer"})
+
+
+class _TreeBuilder(HTMLParser):
+    """A minimal HTML tree as BeautifulSoup's ``html.parser`` builder makes it: tags nest as written (no implicit
+    closing), void tags have no children, an unmatched end tag is ignored."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.root = _Element(None)
+        self._open = [self.root]
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        element = _Element(tag)
+        self._open[-1].children.append(element)
+        if tag not in _VOID_TAGS:
+            self._open.append(element)
+
+    def handle_startendtag(self, tag: str, attrs: list) -> None:
+        self._open[-1].children.append(_Element(tag))
+
+    def handle_endtag(self, tag: str) -> None:
+        for depth in range(len(self._open) - 1, 0, -1):
+            if self._open[depth].tag == tag:
+                del self._open[depth:]
+                return
+
+    def handle_data(self, data: str) -> None:
+        self._open[-1].children.append(data)
+
+    def handle_comment(self, data: str) -> None:
+        self._open[-1].children.append(_Comment(data))
+
+    def handle_entityref(self, name: str) -> None:
+        code = name2codepoint.get(name)
+        self.handle_data("&" + name if code is None else chr(code))  # an unknown entity loses its ";", as there
+
+    def handle_charref(self, name: str) -> None:
+        try:
+            code = int(name[1:], 16) if name[:1] in "xX" else int(name)
+            self.handle_data(chr(code))
+        except (ValueError, OverflowError):
+            self.handle_data(f"&#{name};")
+
+    def unknown_decl(self, data: str) -> None:
+        if data.startswith("CDATA["):
+            self.handle_data(data[len("CDATA["):])
+
+
+def strip_html(html: str) -> str:
+    """StackExchange HTML to text as the DPO code does it (``strip_html_tags``): of the top-level elements, a
+    ``<p>`` gives its own text (text inside its child tags, such as links, is dropped, as there), a ``<pre>`` gives
+    each ``<code>`` in it as ``<code>text</code>``, a top-level ``<code>`` likewise; everything else is dropped; the
+    pieces are joined with blank lines."""
+    builder = _TreeBuilder()
+    builder.feed(html)
+    builder.close()
+    pieces: list[str] = []
+    for element in builder.root.children:
+        if not isinstance(element, _Element):
+            continue
+        if element.tag == "p":
+            pieces.append("".join(c if isinstance(c, str) else c.value for c in element.children
+                                  if not isinstance(c, _Element)))
+        elif element.tag == "pre":
+            pieces.extend(f"<code>{code.text()}</code>" for code in element.iter("code"))
+        elif element.tag == "code":
+            pieces.append(f"<code>{element.text()}</code>")
+    return "\n\n".join(pieces)
+
+
+def stackexchange_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContext) -> list[PreferenceRow]:
+    """StackExchange preferences (HuggingFaceH4/stack-exchange-preferences), as the DPO code pairs them: question and
+    answers stripped of HTML (:func:`strip_html`), prompt ``"\n\nHuman: " + question + "\n\nAssistant:"``,
+    responses ``" " + text``, every two answers of a question a pair with the higher ``pm_score`` preferred. Two
+    answers with equal scores are skipped and counted (the DPO code keeps them, the later answer preferred)."""
+    out: list[PreferenceRow] = []
+    for i, (question, answers) in enumerate(zip(data["question"], data["answers"])):
+        row_id = f"{ctx.split}/{i}"
+        if not isinstance(question, str) or not isinstance(answers, list) or not all(
+                isinstance(a, Mapping) and isinstance(a.get("text"), str) and _number(a.get("pm_score")) is not None
+                for a in answers):
+            ctx.report.skip("question not text or answers not a list of {text, pm_score}", row_id)
+            continue
+        if len(answers) < 2:
+            ctx.report.skip("fewer than two answers", row_id)
+            continue
+        prompt = dialogue_prompt([("user", strip_html(question))])
+        texts = [" " + strip_html(a["text"]) for a in answers]
+        scores = [_number(a["pm_score"]) for a in answers]
+        for j in range(len(answers)):
+            for k in range(j + 1, len(answers)):
+                pair_id = f"{row_id}/{j}-{k}"
+                if scores[j] == scores[k]:
+                    ctx.report.skip("two answers with equal pm_score", pair_id)
+                    continue
+                best, worst = (j, k) if scores[j] > scores[k] else (k, j)  # type: ignore[operator]
+                plain_pair(ctx, pair_id, prompt, texts[best], texts[worst], out)
+    return out
+
+
+def oasst2_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContext) -> list[PreferenceRow]:
+    """OpenAssistant2 message trees: the ranked assistant replies to one message (``rank`` 0 is the best) become
+    pairs, every two replies of different rank, the better one preferred; the prompt is the conversation from the
+    tree's root to that message (:func:`dialogue_prompt`), the responses ``" " + text``. Deleted messages are left
+    out; replies whose conversation cannot be followed to its root in the same split are skipped and counted."""
+    out: list[PreferenceRow] = []
+    cols = [data[c] for c in ("message_id", "parent_id", "role", "text", "rank")]
+    deleted = data.get("deleted") or [False] * len(cols[0])
+    messages: dict[str, tuple[str | None, str, str]] = {}
+    replies: dict[str, list[tuple[float, int, str]]] = {}
+    for i, (mid, parent, role, text, rank, gone) in enumerate(zip(*cols, deleted)):
+        if gone is True:
+            ctx.report.skip("deleted message", f"{ctx.split}/{i}")
+            continue
+        if not isinstance(mid, str) or role not in ("prompter", "assistant") or not isinstance(text, str):
+            ctx.report.skip("message without message_id, role prompter/assistant or text", f"{ctx.split}/{i}")
+            continue
+        messages[mid] = (parent if isinstance(parent, str) else None, role, text)
+        if role == "assistant" and isinstance(parent, str) and _number(rank) is not None:
+            replies.setdefault(parent, []).append((float(rank), i, text))
+    for parent, ranked in replies.items():
+        turns: list[tuple[str, str]] = []
+        at: str | None = parent
+        while at is not None and at in messages and len(turns) <= len(messages):
+            up, role, text = messages[at]
+            turns.append((role, text))
+            at = up
+        if at is not None or not turns or turns[-1][0] != "prompter":
+            for _, i, _ in ranked:
+                ctx.report.skip("a reply whose conversation does not reach its root prompt", f"{ctx.split}/{i}")
+            continue
+        prompt = dialogue_prompt(turns[::-1])
+        ranked.sort()
+        for j in range(len(ranked)):
+            for k in range(j + 1, len(ranked)):
+                (rank_j, i_j, text_j), (rank_k, i_k, text_k) = ranked[j], ranked[k]
+                pair_id = f"{ctx.split}/{i_j}-{i_k}"
+                if rank_j == rank_k:
+                    ctx.report.skip("two replies of equal rank", pair_id)
+                    continue
+                plain_pair(ctx, pair_id, prompt, " " + text_j, " " + text_k, out)
+    return out
+
+
 register_source(SourceSpec("elix", "Asap7772/elix_generations_gpt4omini_pref", _PAIRWISE_COLUMNS, 4,
                            scored_pair_rows, elix_description))
 register_source(SourceSpec("review", "Asap7772/steered_reviews_full_autolabel_gpt4o_pref", _PAIRWISE_COLUMNS, 8,
@@ -359,6 +591,20 @@ register_source(SourceSpec("ultrafeedback", "HuggingFaceH4/ultrafeedback_binariz
                            {"prompt": "the user's prompt", "chosen": "messages [user, preferred assistant]",
                             "rejected": "messages [user, dispreferred assistant]"},
                            0, ultrafeedback_rows, plain=True))
+register_source(SourceSpec("shp", "stanfordnlp/SHP",
+                           {"history": "the post (question)", "human_ref_A": "comment A", "human_ref_B": "comment B",
+                            "score_A": "comment A's score", "score_B": "comment B's score",
+                            "labels": "1 if comment A is preferred, 0 if B is"},
+                           0, shp_rows, plain=True))
+register_source(SourceSpec("stackexchange", "HuggingFaceH4/stack-exchange-preferences",
+                           {"question": "the question (HTML)",
+                            "answers": "list of {text (HTML), pm_score (higher is better)}"},
+                           0, stackexchange_rows, plain=True, test_fraction=0.01))
+register_source(SourceSpec("oasst2", "OpenAssistant/oasst2",
+                           {"message_id": "the message's id", "parent_id": "the id of the message it replies to "
+                            "(null for a tree's root prompt)", "role": "prompter or assistant",
+                            "text": "the message", "rank": "rank among its siblings, 0 the best (null: unranked)"},
+                           0, oasst2_rows, plain=True))
 
 
 # ---- reading -------------------------------------------------------------------------------------------------
@@ -447,7 +693,7 @@ def _read_file(path: Path) -> dict[str, list[Any]]:
 
 def read_source(
     spec: SourceSpec, inputs: Sequence[str], report: ReadReport, *, cache_dir: str | None = None,
-    keep_identical: bool = False,
+    keep_identical: bool = False, min_score_ratio: float = 2.0,
 ) -> dict[str, list[PreferenceRow]]:
     """Read ``inputs`` (local files or directories, or one hub name) into rows per source split.
 
@@ -469,12 +715,14 @@ def read_source(
         raise SourceSchemaError(f"{', '.join(map(str, local))}: no .parquet, .jsonl or .json file found.")
 
     for path in files:
-        rows = rows_from_columns(spec, path.name, _read_file(path), report, str(path), keep_identical=keep_identical)
+        rows = rows_from_columns(spec, path.name, _read_file(path), report, str(path), keep_identical=keep_identical,
+                                 min_score_ratio=min_score_ratio)
         by_split.setdefault(_split_of_file(path), []).extend(rows)
 
     for name in remote:
         for split, data in _load_hub(name, cache_dir).items():
-            rows = rows_from_columns(spec, split, data, report, f"{name} [{split}]", keep_identical=keep_identical)
+            rows = rows_from_columns(spec, split, data, report, f"{name} [{split}]", keep_identical=keep_identical,
+                                     min_score_ratio=min_score_ratio)
             by_split.setdefault(split, []).extend(rows)
     return by_split
 
