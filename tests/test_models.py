@@ -129,6 +129,27 @@ def test_tokens_and_chat_template_equal_transformers(name, hf_dirs) -> None:
         assert len(full) - len(head) - len(ids) <= 1  # at most the template's newline after end-of-turn
 
 
+@pytest.mark.parametrize("name", ["qwen3", "llama"])
+def test_a_plain_dialogue_renders_as_its_turns_with_the_chat_template(name, hf_dirs) -> None:
+    """A multi-turn HH prompt (plain sources) becomes the conversation's messages, as transformers renders them."""
+    from transformers import AutoTokenizer
+
+    from fspo_recipe.models.hf import HfTokenizer
+    from fspo_recipe.scoring.pairs import PairEncoder
+
+    ours, theirs = HfTokenizer(hf_dirs[name]), AutoTokenizer.from_pretrained(hf_dirs[name])
+    prompt = "\n\nHuman: What is rain?\n\nAssistant: Water falling.\n\nHuman: Can you say more?\n\nAssistant:"
+    src, chosen, _ = PairEncoder(ours, chat_template=True).encode(prompt, " Sure, drops of water.", " No.")
+    turns = [{"role": "user", "content": "What is rain?"}, {"role": "assistant", "content": "Water falling."},
+             {"role": "user", "content": "Can you say more?"}]
+    head = list(theirs.apply_chat_template(turns, tokenize=True, add_generation_prompt=True,
+                                           return_dict=True)["input_ids"])
+    full = list(theirs.apply_chat_template([*turns, {"role": "assistant", "content": "Sure, drops of water."}],
+                                           tokenize=True, return_dict=True)["input_ids"])
+    assert src.tolist() == head and src.tolist() + chosen.tolist() == full[: len(head) + len(chosen)]
+    assert PairEncoder(ours, chat_template=True).prompt(prompt).tolist() == head
+
+
 def test_qwen3_architectures_have_the_published_sizes() -> None:
     from fspo_recipe.models.qwen3 import Qwen3Factory, qwen3_architectures
 

@@ -356,6 +356,24 @@ def dialogue_prompt(turns: Sequence[tuple[str, str]]) -> str:
     return "".join(parts) + HH_ASSISTANT
 
 
+_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def dialogue_messages(prompt: str) -> list[dict[str, str]] | None:
+    """The messages of a prompt in the HH dialogue format (:func:`dialogue_prompt`; Anthropic HH's own prompts too):
+    ``[{"role": "user", "content": ...}, {"role": "assistant", ...}, ...]`` without the final empty assistant turn,
+    each text without the space after its marker; ``None`` for a prompt in another format. Chat templates render
+    these as a real conversation."""
+    if not prompt.startswith(HUMAN) or not prompt.endswith(HH_ASSISTANT):
+        return None
+    parts = _TURN.split(prompt[: -len(HH_ASSISTANT)])
+    messages = []
+    for speaker, text in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": "user" if speaker == "Human" else "assistant",
+                         "content": text[1:] if text.startswith(" ") else text})
+    return messages if messages and messages[-1]["role"] == "user" else None
+
+
 def plain_pair(ctx: RowContext, row_id: str, prompt: str, preferred: str, dispreferred: str, out: list[PreferenceRow]
                ) -> None:
     """Append a plain pair whose texts are kept byte for byte (the checks look at them stripped): empty texts and

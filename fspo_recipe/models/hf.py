@@ -282,13 +282,18 @@ class ChatTemplate:
         return str(self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                          **self._strings, **kwargs))
 
-    def render_prompt(self, prompt: str, **kwargs: Any) -> str:
-        """The user turn and the assistant header: what a model continues when it generates its answer."""
-        return self.render([{"role": "user", "content": prompt}], add_generation_prompt=True, **kwargs)
+    @staticmethod
+    def _messages(prompt: str | list[dict[str, str]]) -> list[dict[str, str]]:
+        return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
-    def render_pair(self, prompt: str, response: str, **kwargs: Any) -> tuple[str, str]:
+    def render_prompt(self, prompt: str | list[dict[str, str]], **kwargs: Any) -> str:
+        """The user turn (or the conversation so far, a message list ending with a user turn) and the assistant
+        header: what a model continues when it generates its answer."""
+        return self.render(self._messages(prompt), add_generation_prompt=True, **kwargs)
+
+    def render_pair(self, prompt: str | list[dict[str, str]], response: str, **kwargs: Any) -> tuple[str, str]:
         head = self.render_prompt(prompt, **kwargs)
-        full = self.render([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+        full = self.render([*self._messages(prompt), {"role": "assistant", "content": response}],
                            add_generation_prompt=False, **kwargs)
         if not full.startswith(head):
             raise HfImportError(

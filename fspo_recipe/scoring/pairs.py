@@ -15,6 +15,7 @@ from fairseq2.models.decoder import DecoderModel
 from fairseq2.models.sequence import SequenceBatch
 from fairseq2.nn.padding import PaddingMask
 
+from fspo_recipe.data.sources import dialogue_messages
 from fspo_recipe.scoring.logps import pair_logps
 
 
@@ -48,7 +49,8 @@ class PairEncoder:
 
     Plain (the default; base models and the tiny model): the prompt in ``source_mode`` (fairseq2's ``prompt``:
     with the tokenizer's beginning-of-sequence token), each response in ``target_mode`` (``prompt_response``: with
-    its end-of-sequence token). With ``chat_template`` (instruct models): the FSPO prompt is the user turn and each
+    its end-of-sequence token). With ``chat_template`` (instruct models): the FSPO prompt is the user turn (a plain
+    source's dialogue in the HH format, its turns: :func:`fspo_recipe.data.sources.dialogue_messages`) and each
     response the assistant turn of the tokenizer's chat template (:class:`fspo_recipe.models.hf.ChatTemplate`),
     the response ending with the template's end-of-turn token; ``chat_kwargs`` go to the template (e.g.
     ``enable_thinking: false`` for Qwen3).
@@ -73,8 +75,11 @@ class PairEncoder:
         if self.template is None:
             return self._src(prompt), self._tgt(chosen), self._tgt(rejected)
         assert self._raw is not None
-        head, chosen_turn = self.template.render_pair(prompt, chosen, **self._kwargs)
-        _, rejected_turn = self.template.render_pair(prompt, rejected, **self._kwargs)
+        conversation = dialogue_messages(prompt)
+        if conversation is not None:  # a plain source's dialogue: its turns, the responses without the format's space
+            chosen, rejected = chosen.removeprefix(" "), rejected.removeprefix(" ")
+        head, chosen_turn = self.template.render_pair(conversation or prompt, chosen, **self._kwargs)
+        _, rejected_turn = self.template.render_pair(conversation or prompt, rejected, **self._kwargs)
         return self._raw(head), self._raw(chosen_turn), self._raw(rejected_turn)
 
     def prompt(self, prompt: str) -> Tensor:
@@ -82,7 +87,7 @@ class PairEncoder:
         if self.template is None:
             return self._src(prompt)
         assert self._raw is not None
-        return self._raw(self.template.render_prompt(prompt, **self._kwargs))
+        return self._raw(self.template.render_prompt(dialogue_messages(prompt) or prompt, **self._kwargs))
 
 
 def encode_pairs(tokenizer: TextTokenizer, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str],
