@@ -17,7 +17,6 @@ setup(
     extras_require={
         # fairseq2 0.4.6 pins numpy 1.x: pyarrow 22+ needs numpy 2, and datasets 5 needs pyarrow 24+.
         "data": ["datasets>=3,<5", "pyarrow>=15,<22", "orjson"],
-        "flash": ["flash-attn"],
         # the chat judge of fspo-judge (any OpenAI-compatible server: vLLM, SGLang, OpenAI)
         "judge": ["openai>=1.40"],
         # transformers: the reference implementation the model families are tested against (5.23 runs on torch 2.6).

@@ -1,41 +1,89 @@
 """Benchmark of one preference training step on long few-shot prompts: fairseq2's DPO unit versus ours.
 
     python benchmarks/shared_prefix.py [--sizes 1024x256,2048x256,4096x512] [--pairs 2] [--steps 2]
+        [--model-dim 256 --layers 4 --heads 4 --kv-heads 4 --vocab 512] [--dtype float32] [--ckpt] [--compile]
+        [--variants builtin,paired,shared,shared+ref] [--against REV] [--profile]
 
 For each (P, R) = (prompt tokens, tokens per response) it runs, each in a fresh child process (so that peak memory
-is its own), forward + backward of a small llama (4 layers, dim 256, vocab 512, fp32, CPU unless CUDA):
+is its own), forward + backward of a random llama (by default the small CPU shape: 4 layers, dim 256, vocab 512,
+fp32; `--model-dim 2048 --layers 16 --heads 32 --kv-heads 8 --ffn 8192 --vocab 128256 --dtype bfloat16` is the
+Llama 3.2 1B shape for a GPU), on CUDA when there is one:
 
-  builtin   fairseq2 0.4.6's `dpo` unit: chosen and rejected as separate sequences, live reference model
-  paired    our unit, [prompt, response] rows, live reference
-  shared    our unit, one [prompt, chosen, rejected] sequence per pair, live reference
+  builtin     fairseq2 0.4.6's `dpo` unit: chosen and rejected as separate sequences, live reference model
+  paired      our unit, [prompt, response] rows, live reference
+  shared      our unit, one [prompt, chosen, rejected] sequence per pair, live reference
   shared+ref  shared, reference log-probs precomputed in the data (no reference forward)
 
-and prints pairs/s, tokens/s (P + 2R data tokens per pair), peak resident memory of the child, each speed ratio
-against `builtin`, and the token bound 2(P+R)/(P+2R) of shared over paired.
+and prints s/step, pairs/s, tokens/s (P + 2R data tokens per pair), peak memory (child RSS on CPU, allocated on
+CUDA), each speed ratio against `builtin`, and shared over paired against the token bound 2(P+R)/(P+2R).
+
+`--ckpt`: layerwise activation checkpointing; `--compile`: our variants with `criterion.config.compile_layers`
+(norms, feed-forward blocks, projections and rotary compiled; the first, untimed step compiles). `--against REV`
+also runs our variants with the package as it was at git revision REV (a temporary worktree on PYTHONPATH) and
+prints each speed ratio against it: today's code against a baseline in one run. `--profile` profiles one more
+step of each variant and prints the split of its operator time (self time, CPU or CUDA): matmul, attention,
+everything else.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 VARIANTS = ("builtin", "paired", "shared", "shared+ref")
+ROOT = Path(__file__).resolve().parents[1]
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::_scaled_mm")
+ATTENTION_MARKERS = ("scaled_dot_product", "flash", "attention", "cudnn_attention", "efficient_attention")
 
 
-def child(variant: str, prompt: int, response: int, pairs: int, steps: int) -> dict[str, float]:
+def classify(name: str) -> str:
+    """matmul / attention / other for a profiler event name."""
+    if name in MATMUL_OPS or "gemm" in name.lower() or name.startswith("aten::mm"):
+        return "matmul"
+    if any(marker in name.lower() for marker in ATTENTION_MARKERS):
+        return "attention"
+    return "other"
+
+
+def profile_split(step: object, device_type: str) -> dict[str, float]:
+    """Fractions of operator self time (CUDA kernels on a GPU, CPU operators otherwise) per class, of one step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()  # type: ignore[operator]
+    totals = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        if device_type == "cuda":
+            value = float(getattr(event, "self_device_time_total", 0.0) or getattr(event, "self_cuda_time_total", 0.0))
+        else:
+            # Leaf operators only (aten::*), so that no time counts twice under its caller.
+            value = float(event.self_cpu_time_total) if event.key.startswith("aten::") else 0.0
+        totals[classify(event.key)] += value
+    whole = sum(totals.values()) or 1.0
+    return {k: v / whole for k, v in totals.items()}
+
+
+def child(variant: str, prompt: int, response: int, args: argparse.Namespace) -> dict[str, object]:
     import torch
 
     from fairseq2.datasets.preference import PreferenceBatch
     from fairseq2.gang import fake_gangs
     from fairseq2.models.llama import LLaMAConfig, LLaMAFactory
     from fairseq2.models.sequence import SequenceBatch
+    from fairseq2.nn.checkpointing import use_layerwise_activation_checkpointing
     from fairseq2.recipes.lm._preference_finetune._dpo import DpoFinetuneUnit
     from fairseq2.utils.structured import structure
 
+    import fspo_recipe
     from fspo_recipe.criteria import get_criterion
     from fspo_recipe.models.llama import FspoLLaMAFactory
     from fspo_recipe.models.tiny import TinyModelSpec
@@ -43,26 +91,38 @@ def child(variant: str, prompt: int, response: int, pairs: int, steps: int) -> d
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    spec = TinyModelSpec(model_dim=256, num_layers=4, num_attn_heads=4, num_key_value_heads=4, ffn_inner_dim=1024,
+    dtype = getattr(torch, args.dtype)
+    spec = TinyModelSpec(model_dim=args.model_dim, num_layers=args.layers, num_attn_heads=args.heads,
+                         num_key_value_heads=args.kv_heads, ffn_inner_dim=args.ffn or 4 * args.model_dim,
                          max_seq_len=prompt + 2 * response + 8)
     config = structure(spec.model_config(), LLaMAConfig)
+    config.vocab_info = type(config.vocab_info)(size=args.vocab, unk_idx=None, bos_idx=1, eos_idx=2, pad_idx=0)
     # fairseq2's unit gets fairseq2's model; ours the model FSPO's commands load (the packed-pairs subclasses).
     factory = LLaMAFactory if variant == "builtin" else FspoLLaMAFactory
-    model = factory(config).create_model().to(device).train()
-    reference = factory(config).create_model().to(device).eval().requires_grad_(False)
+    model = factory(config).create_model().to(device=device, dtype=dtype).train()
+    reference = factory(config).create_model().to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if args.ckpt:
+        use_layerwise_activation_checkpointing(model)
+    compiled = 0
+    if args.compile and variant != "builtin":
+        from fspo_recipe.models.transformer import compile_layer_blocks
+
+        compiled = compile_layer_blocks(model) + compile_layer_blocks(reference)
     gangs = fake_gangs(device)
 
     def side(prompt_ids: torch.Tensor, resp: torch.Tensor, scores: list[float | None]) -> SequenceBatch:
         seqs = torch.cat([prompt_ids, resp], dim=1).to(device)
         mask = torch.zeros_like(seqs, dtype=torch.bool)
         mask[:, prompt:] = True
-        return SequenceBatch(seqs, None, mask, example={"id": list(range(pairs)), "reference_score_chosen": scores,
+        return SequenceBatch(seqs, None, mask, example={"id": list(range(args.pairs)),
+                                                         "reference_score_chosen": scores,
                                                          "reference_score_rejected": scores})
 
-    prompt_ids = torch.randint(0, 256, (pairs, prompt))
-    chosen = torch.randint(0, 256, (pairs, response))
-    rejected = torch.randint(0, 256, (pairs, response))
-    scores = [-float(response) * 5.0] * pairs if variant == "shared+ref" else [None] * pairs
+    low, high = 3, min(args.vocab, 50_000)
+    prompt_ids = torch.randint(low, high, (args.pairs, prompt))
+    chosen = torch.randint(low, high, (args.pairs, response))
+    rejected = torch.randint(low, high, (args.pairs, response))
+    scores = [-float(response) * 5.0] * args.pairs if variant == "shared+ref" else [None] * args.pairs
     batch = PreferenceBatch(side(prompt_ids, chosen, scores), side(prompt_ids, rejected, scores), None, None)
 
     if variant == "builtin":
@@ -76,19 +136,54 @@ def child(variant: str, prompt: int, response: int, pairs: int, steps: int) -> d
         (loss / n).backward()
         model.zero_grad(set_to_none=True)
 
-    step()  # warm-up
+    step()  # warm-up (and compilation)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(args.steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / args.steps
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"seconds": seconds, "peak_bytes": float(peak), "device": device.type}
+    result: dict[str, object] = {"seconds": seconds, "peak_bytes": float(peak), "device": device.type,
+                                 "package": str(Path(fspo_recipe.__file__).parent), "compiled": compiled}
+    if args.profile:
+        result["profile"] = profile_split(step, device.type)
+    return result
+
+
+def worktree(rev: str) -> Path:
+    """A temporary checkout of ``rev`` (git worktree, detached), removed at exit."""
+    import atexit
+    import shutil
+
+    path = Path(tempfile.mkdtemp(prefix="fspo_baseline_")) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), rev], check=True)
+
+    def remove() -> None:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+    atexit.register(remove)
+    return path
+
+
+def run_child(variant: str, p: int, r: int, argv: list[str], pythonpath: Path | None) -> dict[str, object] | None:
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = f"{pythonpath}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    proc = subprocess.run([sys.executable, __file__, "--child", f"{variant}:{p}:{r}", *argv], capture_output=True,
+                          text=True, env=env)
+    if proc.returncode != 0:
+        tail = proc.stderr[-1500:]
+        if "out of memory" in tail.lower():
+            return None
+        print(tail, file=sys.stderr)
+        raise SystemExit(f"benchmark child {variant} {p}x{r} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def main() -> int:
@@ -96,36 +191,86 @@ def main() -> int:
     parser.add_argument("--sizes", default="1024x256,2048x256,4096x512", help="PxR,... (default: the issue's three)")
     parser.add_argument("--pairs", type=int, default=2, help="pairs per step (default: 2)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up (default: 2)")
+    parser.add_argument("--model-dim", type=int, default=256, help="model width (default: 256)")
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers (default: 4)")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads (default: 4)")
+    parser.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: --heads)")
+    parser.add_argument("--ffn", type=int, default=None, help="feed-forward inner width (default: 4 x model dim)")
+    parser.add_argument("--vocab", type=int, default=512, help="vocabulary size (default: 512)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--ckpt", action="store_true", help="layerwise activation checkpointing")
+    parser.add_argument("--compile", action="store_true", help="our variants with compiled layer blocks")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    parser.add_argument("--against", default=None, metavar="REV",
+                        help="also run our variants with the package at git revision REV; print ratios against it")
+    parser.add_argument("--profile", action="store_true", help="print the matmul / attention / other time split")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.kv_heads = args.kv_heads or args.heads
 
     if args.child:
         variant, p, r = args.child.split(":")
-        print(json.dumps(child(variant, int(p), int(r), args.pairs, args.steps)))
+        print(json.dumps(child(variant, int(p), int(r), args)))
         return 0
 
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    argv, skip = [], False
+    for a in sys.argv[1:]:  # the children's arguments: ours without --against REV
+        if not skip and not a.startswith("--against"):
+            argv.append(a)
+        skip = a == "--against"
+    baseline = worktree(args.against) if args.against else None
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
-    header = f"{'P':>5} {'R':>4} {'variant':<11} {'s/step':>7} {'pairs/s':>8} {'tokens/s':>9} {'peak MB':>8} {'vs builtin':>10}"
-    print(f"one training step, {args.pairs} pairs, 4-layer dim-256 llama, fp32; peak = child RSS on CPU, allocated on CUDA")
-    print(header)
+    shape = (f"{args.layers}-layer dim-{args.model_dim} llama ({args.heads} heads, {args.kv_heads} kv, vocab "
+             f"{args.vocab}), {args.dtype}{', activation checkpointing' if args.ckpt else ''}"
+             f"{', compiled layer blocks' if args.compile else ''}")
+    print(f"one training step, {args.pairs} pairs, {shape}; peak = child RSS on CPU, allocated on CUDA")
+    head = f"{'P':>5} {'R':>4} {'variant':<11} {'s/step':>7} {'pairs/s':>8} {'tokens/s':>9} {'peak MB':>8} {'vs builtin':>10}"
+    if baseline is not None:
+        head += f" {'vs ' + args.against[:10]:>14}"
+    if args.profile:
+        head += "   matmul/attention/other"
+    print(head)
     for p, r in sizes:
-        results = {}
-        for variant in VARIANTS:
-            proc = subprocess.run([sys.executable, __file__, "--child", f"{variant}:{p}:{r}", "--pairs", str(args.pairs),
-                                   "--steps", str(args.steps)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stderr[-2000:], file=sys.stderr)
-                return 1
-            results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
-        base = results["builtin"]["seconds"]
+        results: dict[str, dict[str, object] | None] = {}
+        before: dict[str, dict[str, object] | None] = {}
+        for variant in variants:
+            if baseline is not None and variant != "builtin":  # baseline first, then today's: the same conditions
+                before[variant] = run_child(variant, p, r, [a for a in argv if a != "--compile"], baseline)
+            results[variant] = run_child(variant, p, r, argv, None)
+        base = results.get("builtin")
         for variant, res in results.items():
-            s = res["seconds"]
-            print(f"{p:>5} {r:>4} {variant:<11} {s:>7.2f} {args.pairs / s:>8.2f} {args.pairs * (p + 2 * r) / s:>9.0f} "
-                  f"{res['peak_bytes'] / 2**20:>8.0f} {base / s:>9.2f}x")
-        bound = 2 * (p + r) / (p + 2 * r)
-        print(f"{'':>11} shared/paired {results['paired']['seconds'] / results['shared']['seconds']:.2f}x "
-              f"(token bound {bound:.2f}x); shared+ref/builtin {base / results['shared+ref']['seconds']:.2f}x; "
-              f"peak shared/paired {results['shared']['peak_bytes'] / results['paired']['peak_bytes']:.2f}")
+            if res is None:
+                print(f"{p:>5} {r:>4} {variant:<11} out of memory")
+                continue
+            s = float(res["seconds"])  # type: ignore[arg-type]
+            line = (f"{p:>5} {r:>4} {variant:<11} {s:>7.2f} {args.pairs / s:>8.2f} {args.pairs * (p + 2 * r) / s:>9.0f} "
+                    f"{float(res['peak_bytes']) / 2**20:>8.0f} "  # type: ignore[arg-type]
+                    f"{(float(base['seconds']) / s if base else float('nan')):>9.2f}x")  # type: ignore[arg-type]
+            if baseline is not None:
+                old = before.get(variant)
+                line += f" {float(old['seconds']) / s:>13.2f}x" if old else f" {'':>14}"  # type: ignore[arg-type]
+            if args.profile and "profile" in res:
+                split = res["profile"]
+                line += "   " + "/".join(f"{100 * split[k]:.0f}%" for k in ("matmul", "attention", "other"))  # type: ignore[index]
+            print(line)
+            if baseline is not None and before.get(variant):
+                old = before[variant]
+                if variant == next(v for v in variants if before.get(v)) and (p, r) == sizes[0]:
+                    print(f"{'':>11} (baseline: {args.against}, package {old['package']})")
+                print(f"{'':>11} {'(baseline)':<11} {float(old['seconds']):>7.2f}"  # type: ignore[index, arg-type]
+                      + (f"{'':>38}   " + "/".join(f"{100 * old['profile'][k]:.0f}%"  # type: ignore[index]
+                                                for k in ("matmul", "attention", "other"))
+                         if args.profile and "profile" in old else ""))  # type: ignore[operator]
+        if results.get("paired") and results.get("shared"):
+            bound = 2 * (p + r) / (p + 2 * r)
+            paired, shared = results["paired"], results["shared"]
+            print(f"{'':>11} shared/paired {float(paired['seconds']) / float(shared['seconds']):.2f}x "  # type: ignore[index, arg-type]
+                  f"(token bound {bound:.2f}x); peak shared/paired "
+                  f"{float(shared['peak_bytes']) / float(paired['peak_bytes']):.2f}")  # type: ignore[index, arg-type]
     return 0
 
 

@@ -70,6 +70,15 @@ def test_our_rotary_equals_fairseqs(tiny_model) -> None:
     shifted = torch.arange(7, 27).expand(3, 20)
     expected_shift = encoder(torch.cat([torch.zeros(3, 4, 7, 16), x.transpose(1, 2)], dim=2), None)[:, :, 7:]
     torch.testing.assert_close(rotate(x, encoder.freqs, shifted), expected_shift.transpose(1, 2), rtol=1e-5, atol=1e-6)
+    # bf16: ours multiplies in bf16 (no float32 complex round trip), fairseq2 in float32; within bf16 rounding of a
+    # few products, and ours stays bf16.
+    x16 = (x * 4).bfloat16()
+    ours16 = rotate(x16, encoder.freqs, positions)
+    assert ours16.dtype == torch.bfloat16
+    theirs16 = encoder(x16.transpose(1, 2), None).transpose(1, 2)
+    assert theirs16.dtype == torch.bfloat16
+    torch.testing.assert_close(ours16.float(), theirs16.float(), rtol=2e-2, atol=4e-2)
+    assert float((ours16.float() - theirs16.float()).abs().mean()) < 1e-2
 
 
 def test_fspo_commands_load_packed_models_and_others_fairseqs(tmp_path) -> None:

@@ -238,3 +238,79 @@ def test_split_attention_equals_the_dense_shared_prefix_mask(tiny_model, monkeyp
     paired, _ = logprobs.pair_logps(model, batch.chosen, batch.rejected, shared_prefix=False)
     torch.testing.assert_close(dense_logps, split, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(paired, split, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("tiny_model, backend", [("qwen3", "inductor"), ("llama", "aot_eager")],
+                         indirect=["tiny_model"])
+def test_compiled_layer_blocks_give_the_eager_logps_and_gradients(tiny_model, backend) -> None:
+    """compile_layers under activation checkpointing: the same log-probs and gradients as the eager model, the
+    attention left eager. Qwen3 (its q/k norms compiled with the projections) through CPU inductor (C++ kernels; a
+    minute on two cores), llama through dynamo's aot_eager (the same graphs without code generation)."""
+    import shutil
+
+    import torch._dynamo
+    from fairseq2.nn.checkpointing import use_layerwise_activation_checkpointing
+
+    from fspo_recipe.models.transformer import PackedMultiheadAttention, compile_layer_blocks
+    from fspo_recipe.scoring.logps import pair_logps
+
+    if backend == "inductor" and not (shutil.which("g++") or shutil.which("c++")):
+        backend = "aot_eager"  # inductor's CPU code generation needs a C++ compiler
+    examples = sample_examples(3)
+    examples[1]["tgt_rejected"] = "q"
+    batch = make_batch(examples)
+    results = []
+    torch._dynamo.reset()
+    for compiled in (False, True):
+        model = tiny_model(seed=9).train()
+        keys = list(model.state_dict())
+        use_layerwise_activation_checkpointing(model)
+        if compiled:
+            assert compile_layer_blocks(model, backend=backend) == 2 * 4 + 1  # per layer 2 norms, ffn, qkv; final norm
+            assert all(m._compiled_qkv is not None for m in model.modules() if isinstance(m, PackedMultiheadAttention))
+        logps, _ = pair_logps(model, batch.chosen, batch.rejected, shared_prefix=True)
+        (logps * torch.linspace(0.5, 1.5, 6)).sum().backward()
+        results.append((logps.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+        assert [k.replace("_checkpoint_wrapped_module.", "") for k in model.state_dict()] == keys
+    (eager, eager_grads), (comp, comp_grads) = results
+    torch.testing.assert_close(comp, eager, rtol=1e-5, atol=1e-4)
+    assert float((comp_grads - eager_grads).norm() / eager_grads.norm()) < 1e-4
+    # A batch of another width runs without failing (dynamo recompiles shape-generic kernels).
+    other = make_batch(sample_examples(2))
+    logps, _ = pair_logps(model, other.chosen, other.rejected, shared_prefix=True)
+    assert torch.isfinite(logps).all()
+
+
+@pytest.mark.parametrize("tiny_model", ["llama", "qwen3"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_token_logps_equal_the_full_log_softmax(tiny_model, dtype, monkeypatch) -> None:
+    """Response log-probs projected a few rows at a time (never the [N, vocab] float32 tensor) equal the full
+    log-softmax, with the gradients of the hidden states and of the (untied llama, tied qwen3) output weight."""
+    from fspo_recipe.scoring import logps as logprobs
+
+    model = tiny_model(seed=10).to(dtype)
+    torch.manual_seed(0)
+    hidden = torch.randn(37, model.model_dim, dtype=dtype)
+    targets = torch.randint(0, model.vocab_info.size, (37,))
+    weights = torch.linspace(-1.0, 2.0, 37)
+    results = []
+    for chunk in (None, 5 * model.vocab_info.size):  # default: one [37, V] projection; else 5 rows at a time
+        h = hidden.clone().requires_grad_()
+        model.zero_grad(set_to_none=True)
+        out = logprobs.token_logps(model, h, targets, chunk_elements=chunk)
+        assert out.dtype == torch.float32
+        (out * weights).sum().backward()
+        results.append((out.detach(), h.grad, model.final_proj.weight.grad))
+    (full, gh_full, gw_full), (chunked, gh, gw) = results
+    # float32: sums in another order (1e-5 of values up to 100); bf16: the logits are rounded to bf16 in both.
+    tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(chunked, full, **tol)
+    torch.testing.assert_close(gh.float(), gh_full.float(), **tol)
+    torch.testing.assert_close(gw.float(), gw_full.float(), **tol)
+    # Through the whole packed forward: chunking below the batch's size changes nothing.
+    batch = make_batch(sample_examples(2))
+    model = tiny_model(seed=10)
+    expected, _ = logprobs.pair_logps(model, batch.chosen, batch.rejected, shared_prefix=True)
+    monkeypatch.setattr(logprobs, "LOGITS_CHUNK_ELEMENTS", 3 * model.vocab_info.size)
+    torch.testing.assert_close(logprobs.pair_logps(model, batch.chosen, batch.rejected, shared_prefix=True)[0],
+                               expected, rtol=1e-5, atol=1e-4)

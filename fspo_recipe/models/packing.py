@@ -49,6 +49,27 @@ class PackedSpans(AttentionMask):
         self.positions = positions
         self._dense: Tensor | None = None
         self._second: tuple[Tensor, Tensor, Tensor] | None = None
+        self._rotary: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor]] = {}
+        self._bias: dict[torch.dtype, Tensor] = {}
+
+    def rotary(self, freqs: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The (cos, sin) tables [B, L, 1, E/2] of the rows' positions in ``dtype``, from a rotary encoder's table
+        ``freqs``: made once per forward and shared by every layer (cached per table and dtype)."""
+        from fspo_recipe.models.transformer import rotary_tables
+
+        key = (id(freqs), dtype)
+        if key not in self._rotary:
+            self._rotary[key] = rotary_tables(freqs, self.positions, dtype)
+        return self._rotary[key]
+
+    def second_bias(self, dtype: torch.dtype) -> Tensor:
+        """:meth:`second_layout`'s mask as an additive bias [B, 1, R, L] (0 or -inf) in ``dtype``: what SDPA would
+        convert a boolean mask to on every call, made once per forward."""
+        if dtype not in self._bias:
+            allowed = self.second_layout()[2]
+            bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+            self._bias[dtype] = bias.masked_fill_(~allowed, float("-inf"))
+        return self._bias[dtype]
 
     @property
     def plain(self) -> bool:

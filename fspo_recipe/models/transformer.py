@@ -7,7 +7,8 @@ call (training forward, scoring, incremental decoding), plus the packed path. No
     FspoDecoderModel.forward(PairLogpsRequest)   -> response log-probs (the entry point DDP/FSDP wrap)
       decode_packed(seqs, spans)                  -> frontend, FspoTransformerDecoder(..., spans=spans)
         each decoder layer, called with spans as its self-attention mask
-          PackedMultiheadAttention: q, k, v; rotary at spans.positions; packed_attention(...)
+          PackedMultiheadAttention: packed_qkv (q, k, v; rotary tables of spans.positions, made once per
+          forward); packed_attention(...)
 """
 
 from __future__ import annotations
@@ -92,39 +93,79 @@ class PackedMultiheadAttention(StandardMultiheadAttention):
         if not isinstance(attn_mask, PackedSpans):
             return super().forward(seqs, padding_mask, keys, key_padding_mask, values, attn_mask=attn_mask,
                                    state_bag=state_bag)
-        # [B, L, H, E] per projection (self-attention: keys and values are seqs).
-        q = self.q_proj(seqs).unflatten(-1, (self.num_heads, -1))
-        k = self.k_proj(keys).unflatten(-1, (self.num_key_value_heads, -1))
-        v = self.v_proj(values).unflatten(-1, (self.num_key_value_heads, -1))
-        q, k = self.prepare_qk(q, k)
-        if self.pos_encoder is not None:
-            if not isinstance(self.pos_encoder, RotaryEncoder):
-                raise NotImplementedError(f"Packed rows need a rotary position encoder, not {self.pos_encoder}.")
-            q = rotate(q, self.pos_encoder.freqs, attn_mask.positions)
-            k = rotate(k, self.pos_encoder.freqs, attn_mask.positions)
-        attn = packed_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask)  # [B, H, L, E]
+        if self.pos_encoder is not None and not isinstance(self.pos_encoder, RotaryEncoder):
+            raise NotImplementedError(f"Packed rows need a rotary position encoder, not {self.pos_encoder}.")
+        rotary = None if self.pos_encoder is None else attn_mask.rotary(self.pos_encoder.freqs, seqs.dtype)
+        project = self._compiled_qkv or self.packed_qkv
+        q, k, v = project(seqs, rotary)  # [B, H, L, E], [B, H_kv, L, E] x 2
+        attn = packed_attention(q, k, v, attn_mask)  # [B, H, L, E]
         attn = attn.transpose(1, 2).flatten(2, 3)
         return self.output_proj(attn)  # type: ignore[no-any-return]
+
+    _compiled_qkv: Any = None
+    """:meth:`packed_qkv` compiled (:func:`compile_layer_blocks`), or None."""
+
+    def packed_qkv(self, seqs: Tensor, rotary: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Projections, per-head steps and rotary encoding of the packed path: q [B, H, L, E], k and v
+        [B, H_kv, L, E]. ``rotary``: the (cos, sin) tables of the rows' positions (:meth:`PackedSpans.rotary`).
+        Free of graph breaks, so :func:`compile_layer_blocks` compiles it into few fused kernels."""
+        q = self.q_proj(seqs).unflatten(-1, (self.num_heads, -1))
+        k = self.k_proj(seqs).unflatten(-1, (self.num_key_value_heads, -1))
+        v = self.v_proj(seqs).unflatten(-1, (self.num_key_value_heads, -1))
+        q, k = self.prepare_qk(q, k)
+        if rotary is not None:
+            q, k = rotate_pairs(q, *rotary), rotate_pairs(k, *rotary)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def prepare_qk(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """Per-head steps between the projections and the rotary encoding; q [B, L, H, E], k [B, L, H_kv, E]."""
         return q, k
 
 
-def rotate(x: Tensor, freqs: Tensor, positions: Tensor) -> Tensor:
-    """Rotary encoding of ``x`` [B, L, H, E] at ``positions`` [B, L], with fairseq2's table and pair layout.
+def rotary_tables(freqs: Tensor, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(cos, sin) [B, L, 1, E/2] in ``dtype`` at ``positions`` [B, L], from a :class:`RotaryEncoder`'s table
+    ``freqs`` [max_seq_len, E/2, 2] of (cos, sin) per position and frequency (computed there in float32)."""
+    table = freqs[positions].unsqueeze(2)  # [B, L, 1, E/2, 2]
+    return table[..., 0].to(dtype), table[..., 1].to(dtype)
 
-    ``freqs`` is a :class:`RotaryEncoder`'s table [max_seq_len, E/2, 2] of (cos, sin) per position and frequency;
-    channels (2i, 2i+1) form the rotated pairs, as in fairseq2 (Hugging Face checkpoints are permuted into this
-    layout when converted). Computed in float32 at least, as fairseq2 does, and returned in ``x``'s dtype. Tested
-    against fairseq2's RotaryEncoder (tests/test_models.py).
-    """
-    compute = torch.promote_types(x.dtype, torch.float32)
-    table = freqs[positions].to(compute).unsqueeze(2)  # [B, L, 1, E/2, 2]
-    cos, sin = table[..., 0], table[..., 1]
-    pairs = x.to(compute).unflatten(-1, (-1, 2))  # [B, L, H, E/2, 2]
+
+def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary encoding of ``x`` [B, L, H, E] with fairseq2's pair layout: channels (2i, 2i+1) rotated by the angle
+    whose (cos, sin) [B, L, 1, E/2] are given (Hugging Face checkpoints are permuted into this layout when
+    converted). Real arithmetic in ``x``'s dtype: no complex float32 round trip (fairseq2 multiplies complex
+    numbers in float32); within bf16 rounding of fairseq2's result (tests/test_architecture.py)."""
+    pairs = x.unflatten(-1, (-1, 2))  # [B, L, H, E/2, 2]
     x0, x1 = pairs[..., 0], pairs[..., 1]
-    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2).to(x.dtype)
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+
+
+def rotate(x: Tensor, freqs: Tensor, positions: Tensor) -> Tensor:
+    """Rotary encoding of ``x`` [B, L, H, E] at ``positions`` [B, L] (:func:`rotary_tables`, :func:`rotate_pairs`)."""
+    return rotate_pairs(x, *rotary_tables(freqs, positions, x.dtype))
+
+
+def compile_layer_blocks(model: torch.nn.Module, *, backend: str = "inductor", dynamic: bool | None = None) -> int:
+    """Compile, in place, the parts of every decoder layer that compile without graph breaks: its layer norms, its
+    feed-forward block and the packed attention's projections with their per-head norms and rotary encoding
+    (:meth:`PackedMultiheadAttention.packed_qkv`); the attention itself stays eager (fused SDPA kernels). Works
+    through DDP, FSDP and activation-checkpoint wrappers (the modules are found by type, and ``Module.compile``
+    keeps parameter names and state-dict keys). Returns how many pieces were compiled.
+
+    Shapes change from batch to batch (packed widths), so after the first recompilation dynamo compiles
+    shape-generic kernels (``dynamic=None``)."""
+    from fairseq2.nn import LayerNorm
+    from fairseq2.nn.transformer import FeedForwardNetwork
+
+    count = 0
+    inside_qkv = {id(m) for a in model.modules() if isinstance(a, PackedMultiheadAttention) for m in a.modules()}
+    for module in model.modules():
+        if isinstance(module, (LayerNorm, FeedForwardNetwork)) and id(module) not in inside_qkv:
+            module.compile(backend=backend, dynamic=dynamic)
+            count += 1
+        elif isinstance(module, PackedMultiheadAttention) and module._compiled_qkv is None:
+            module._compiled_qkv = torch.compile(module.packed_qkv, backend=backend, dynamic=dynamic)
+            count += 1
+    return count
 
 
 def packed_attention(q: Tensor, k: Tensor, v: Tensor, spans: PackedSpans) -> Tensor:
@@ -136,7 +177,8 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, spans: PackedSpans) -> Ten
     1. a causal kernel over every row's first A = max(P + Rc) positions: exact for each row's prompt and first
        response (padding and second responses lie after them, where no earlier token looks);
     2. the second responses' queries (gathered into [B, H, Rmax, E]) against each row's keys under a
-       [B, 1, Rmax, L] mask: the row's prompt, and its second response causally; never the first response.
+       [B, 1, Rmax, L] mask (an additive bias made once per forward): the row's prompt, and its second response
+       causally; never the first response.
 
     The second-response outputs then replace the causal kernel's outputs at their positions. Outputs at padded
     positions are never read. Plain rows (the paired layout) need the causal call only.
@@ -146,10 +188,10 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, spans: PackedSpans) -> Ten
     out = _sdpa(q[:, :, :first], k[:, :, :first], v[:, :, :first], None)
     if spans.plain:
         return out if first == width else torch.nn.functional.pad(out, (0, 0, 0, width - first))
-    index, valid, mask = spans.second_layout()  # [B, R], [B, R], [B, 1, R, L]
+    index, valid, _ = spans.second_layout()  # [B, R], [B, R]
     size, heads, _, dim = q.shape
     gather = index[:, None, :, None].expand(size, heads, -1, dim)
-    second = _sdpa(q.gather(2, gather), k, v, mask)  # [B, H, R, E_v]
+    second = _sdpa(q.gather(2, gather), k, v, spans.second_bias(q.dtype))  # [B, H, R, E_v]
     second = second * valid[:, None, :, None].to(second.dtype)  # padded query slots: zero, and no gradient
     # One scratch column (index L) takes the padded slots; it is cut off after the scatter.
     out = torch.nn.functional.pad(out, (0, 0, 0, width + 1 - first))

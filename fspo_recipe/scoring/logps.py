@@ -14,7 +14,7 @@ positions are projected to the vocabulary.
 
 from __future__ import annotations
 
-from typing import final
+from typing import Any, final
 
 import torch
 from torch import Tensor
@@ -135,14 +135,79 @@ def packed_pair_logps(model: PackedDecoder, request: PairLogpsRequest) -> tuple[
     return _score_packed(model, packed)
 
 
+LOGITS_CHUNK_ELEMENTS = 1 << 25
+"""Most logits (response tokens x vocabulary) projected at once: 32M, 128 MB in float32. Larger sets go through
+:class:`ChunkedTokenLogps` in chunks of rows (a 128k vocabulary: 256 tokens per chunk)."""
+
+
+def _projection_weight(model: Module) -> Tensor | None:
+    """The [V, D] weight of a bias-free linear (or tied) output projection, else None (another projection: the
+    logits are computed through ``project``, unchunked)."""
+    from fairseq2.nn import Linear, TiedProjection
+
+    proj = getattr(model, "final_proj", None)
+    if isinstance(proj, TiedProjection) or (isinstance(proj, Linear) and proj.bias is None):
+        return proj.weight  # type: ignore[no-any-return]
+    return None
+
+
+class ChunkedTokenLogps(torch.autograd.Function):
+    """log softmax(hidden @ weight.T)[target] per row, chunk by chunk: the [rows, V] logits of one chunk exist at a
+    time (float32 only for that chunk), in forward and in backward (which recomputes them: one more matmul, instead
+    of keeping [N, V] logits and their float32 log-softmax alive between forward and backward)."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, targets: Tensor, rows: int) -> Tensor:  # type: ignore[override]
+        out = torch.empty(hidden.size(0), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
+        lse = torch.empty_like(out)
+        for start in range(0, hidden.size(0), rows):
+            logits = (hidden[start : start + rows] @ weight.T).to(out.dtype)
+            lse[start : start + rows] = torch.logsumexp(logits, dim=-1)
+            out[start : start + rows] = logits.gather(-1, targets[start : start + rows, None])[:, 0]
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.rows = rows
+        return out - lse
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        hidden, weight, targets, lse = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if ctx.needs_input_grad[1] \
+            else None
+        for start in range(0, hidden.size(0), ctx.rows):
+            chunk = slice(start, start + ctx.rows)
+            h, g = hidden[chunk], grad[chunk, None]
+            # d(logit_t - lse)/d logits = onehot(t) - softmax
+            d = torch.exp((h @ weight.T).to(lse.dtype) - lse[chunk, None]).mul_(-g)
+            d.scatter_add_(-1, targets[chunk, None], g)
+            d = d.to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[chunk] = d @ weight
+            if grad_weight is not None:
+                grad_weight += (d.T @ h).to(grad_weight.dtype)
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
+
+
+def token_logps(model: Module, hidden: Tensor, targets: Tensor, *, chunk_elements: int | None = None) -> Tensor:
+    """[N] log-probs of ``targets`` [N] under the output projection of ``hidden`` [N, D], float32 at least. Up to
+    ``chunk_elements`` (default :data:`LOGITS_CHUNK_ELEMENTS`) logits are projected at once; beyond, chunked
+    (:class:`ChunkedTokenLogps`)."""
+    chunk_elements = chunk_elements or LOGITS_CHUNK_ELEMENTS
+    weight = _projection_weight(model)
+    if weight is None or hidden.size(0) * weight.size(0) <= chunk_elements:
+        logits = model.project(hidden.unsqueeze(0), None).logits.squeeze(0)  # type: ignore[attr-defined]  # [N, V]
+        return _log_softmax(logits).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    rows = max(1, chunk_elements // weight.size(0))
+    return ChunkedTokenLogps.apply(hidden, weight, targets, rows)  # type: ignore[no-any-return]
+
+
 def _score_packed(model: PackedDecoder, packed: PackedBatch) -> tuple[Tensor, Tensor]:
     hidden = model.decode_packed(packed.seqs, packed.spans)  # [B', L, D]
     picked = hidden.flatten(0, 1)[packed.hidden_idx]  # [N, D]
-    logits = model.project(picked.unsqueeze(0), None).logits.squeeze(0)  # type: ignore[attr-defined]  # [N, V]
-    token_logps = _log_softmax(logits).gather(-1, packed.targets.unsqueeze(-1)).squeeze(-1)  # [N]
-    sums = torch.zeros(packed.num_owners, dtype=token_logps.dtype, device=token_logps.device)
-    sums = sums.index_add(0, packed.owner, token_logps)
-    counts = torch.bincount(packed.owner, minlength=packed.num_owners).to(token_logps.dtype)
+    logps = token_logps(model, picked, packed.targets)  # [N]
+    sums = torch.zeros(packed.num_owners, dtype=logps.dtype, device=logps.device)
+    sums = sums.index_add(0, packed.owner, logps)
+    counts = torch.bincount(packed.owner, minlength=packed.num_owners).to(logps.dtype)
     return sums, counts
 
 
@@ -177,11 +242,10 @@ def response_logps(model: Module, batch: SequenceBatch) -> tuple[Tensor, Tensor]
     hidden, _ = decoder.decode(inputs.seqs, inputs.padding_mask)  # [B, T-1, D]
     mask = targets.target_mask  # [B, T-1]
     assert mask is not None
-    logits = decoder.project(hidden[mask].unsqueeze(0), None).logits.squeeze(0)  # [N, V]
-    token_logps = _log_softmax(logits).gather(-1, targets.seqs[mask].unsqueeze(-1)).squeeze(-1)
-    per_position = torch.zeros(mask.shape, dtype=token_logps.dtype, device=token_logps.device)
-    per_position = per_position.masked_scatter(mask, token_logps)
-    return per_position.sum(dim=-1), mask.sum(dim=-1).to(token_logps.dtype)
+    logps = token_logps(decoder, hidden[mask], targets.seqs[mask])  # [N]
+    per_position = torch.zeros(mask.shape, dtype=logps.dtype, device=logps.device)
+    per_position = per_position.masked_scatter(mask, logps)
+    return per_position.sum(dim=-1), mask.sum(dim=-1).to(logps.dtype)
 
 
 def stock_pair_logps(model: Module, chosen: SequenceBatch, rejected: SequenceBatch) -> tuple[Tensor, Tensor]:

@@ -34,6 +34,7 @@ from fairseq2.utils.validation import validate
 from fspo_recipe.criteria import CriterionChoice, CriterionError, PairLogps, PreferenceCriterion, chosen_nll
 from fspo_recipe.fairseq2_compat import repair_ddp_buffers
 from fspo_recipe.models.packing import PairLogpsRequest
+from fspo_recipe.models.transformer import compile_layer_blocks
 from fspo_recipe.scoring.logps import stock_pair_logps, supports_packing, unwrap_decoder
 from fspo_recipe.train.metrics import METRIC_NAMES
 
@@ -60,6 +61,12 @@ class FspoUnitConfig(CriterionChoice):
 
     shared_prefix: bool = True
     """Run each pair as one sequence [prompt, chosen, rejected] (the prompt once, same log-probs as two sequences)."""
+
+    compile_layers: bool = False
+    """Compile with ``torch.compile`` the parts of every decoder layer that compile without graph breaks (norms,
+    feed-forward blocks, the packed attention's projections and rotary encoding), policy and reference, leaving the
+    shared-prefix attention eager (:func:`fspo_recipe.models.transformer.compile_layer_blocks`). The first steps
+    take longer (compilation). Not together with ``trainer.torch_compile`` (which compiles the whole model)."""
 
     def validate(self) -> None:
         super().validate()
@@ -296,6 +303,13 @@ class FspoFinetuneUnitHandler(POFinetuneUnitHandler):
             log.info("FSPO unit: no reference model; reading reference scores from the data.")
         else:
             log.info("FSPO unit: criterion {} needs no reference; no reference model is loaded.", config.loss)
+
+        if config.compile_layers:
+            if get_config_section(recipe_config, "trainer", TrainerSection).torch_compile:
+                raise CriterionError("criterion.config.compile_layers and trainer.torch_compile both compile the "
+                                     "model: set only one (compile_layers keeps the shared-prefix attention eager).")
+            count = sum(compile_layer_blocks(m) for m in (model, reference_model) if m is not None)
+            log.info("FSPO unit: compiled {} layer blocks (norms, feed-forward, projections and rotary).", count)
 
         return FspoFinetuneUnit(
             model, reference_model, criterion, gangs, nll_scale=config.nll_scale, shared_prefix=config.shared_prefix
