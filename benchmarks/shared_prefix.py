@@ -14,8 +14,9 @@ Llama 3.2 1B shape for a GPU), on CUDA when there is one:
   shared      our unit, one [prompt, chosen, rejected] sequence per pair, live reference
   shared+ref  shared, reference log-probs precomputed in the data (no reference forward)
 
-and prints s/step, pairs/s, tokens/s (P + 2R data tokens per pair), peak memory (child RSS on CPU, allocated on
-CUDA), each speed ratio against `builtin`, and shared over paired against the token bound 2(P+R)/(P+2R).
+and prints s/step (wall), CPU s/step (process time: on a shared virtual machine the steadier figure), pairs/s,
+tokens/s (P + 2R data tokens per pair), peak memory (child RSS on CPU, allocated on CUDA), each speed ratio against
+`builtin`, and shared over paired against the token bound 2(P+R)/(P+2R).
 
 `--ckpt`: layerwise activation checkpointing; `--compile`: our variants with `criterion.config.compile_layers`
 (norms, feed-forward blocks, projections and rotary compiled; the first, untimed step compiles). `--against REV`
@@ -140,15 +141,17 @@ def child(variant: str, prompt: int, response: int, args: argparse.Namespace) ->
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps
+    cpu_seconds = (time.process_time() - cpu_start) / args.steps
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    result: dict[str, object] = {"seconds": seconds, "peak_bytes": float(peak), "device": device.type,
+    result: dict[str, object] = {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_bytes": float(peak),
+                                 "device": device.type,
                                  "package": str(Path(fspo_recipe.__file__).parent), "compiled": compiled}
     if args.profile:
         result["profile"] = profile_split(step, device.type)
@@ -228,7 +231,8 @@ def main() -> int:
              f"{args.vocab}), {args.dtype}{', activation checkpointing' if args.ckpt else ''}"
              f"{', compiled layer blocks' if args.compile else ''}")
     print(f"one training step, {args.pairs} pairs, {shape}; peak = child RSS on CPU, allocated on CUDA")
-    head = f"{'P':>5} {'R':>4} {'variant':<11} {'s/step':>7} {'pairs/s':>8} {'tokens/s':>9} {'peak MB':>8} {'vs builtin':>10}"
+    head = (f"{'P':>5} {'R':>4} {'variant':<11} {'s/step':>7} {'cpu s':>7} {'pairs/s':>8} {'tokens/s':>9} {'peak MB':>8} "
+            f"{'vs builtin':>10}")
     if baseline is not None:
         head += f" {'vs ' + args.against[:10]:>14}"
     if args.profile:
@@ -247,7 +251,8 @@ def main() -> int:
                 print(f"{p:>5} {r:>4} {variant:<11} out of memory")
                 continue
             s = float(res["seconds"])  # type: ignore[arg-type]
-            line = (f"{p:>5} {r:>4} {variant:<11} {s:>7.2f} {args.pairs / s:>8.2f} {args.pairs * (p + 2 * r) / s:>9.0f} "
+            line = (f"{p:>5} {r:>4} {variant:<11} {s:>7.2f} {float(res['cpu_seconds']):>7.2f} "  # type: ignore[arg-type]
+                    f"{args.pairs / s:>8.2f} {args.pairs * (p + 2 * r) / s:>9.0f} "
                     f"{float(res['peak_bytes']) / 2**20:>8.0f} "  # type: ignore[arg-type]
                     f"{(float(base['seconds']) / s if base else float('nan')):>9.2f}x")  # type: ignore[arg-type]
             if baseline is not None:
@@ -261,7 +266,8 @@ def main() -> int:
                 old = before[variant]
                 if variant == next(v for v in variants if before.get(v)) and (p, r) == sizes[0]:
                     print(f"{'':>11} (baseline: {args.against}, package {old['package']})")
-                print(f"{'':>11} {'(baseline)':<11} {float(old['seconds']):>7.2f}"  # type: ignore[index, arg-type]
+                print(f"{'':>11} {'(baseline)':<11} {float(old['seconds']):>7.2f} "  # type: ignore[index, arg-type]
+                      f"{float(old.get('cpu_seconds', float('nan'))):>7.2f}"  # type: ignore[union-attr, arg-type]
                       + (f"{'':>38}   " + "/".join(f"{100 * old['profile'][k]:.0f}%"  # type: ignore[index]
                                                 for k in ("matmul", "attention", "other"))
                          if args.profile and "profile" in old else ""))  # type: ignore[operator]

@@ -1,7 +1,11 @@
 """Does it personalize? FSPO versus non-personalized training on synthetic users, end to end, on a CPU.
 
-    python example_training_scripts/synthetic_study.py [--out synthetic_study_out] [--quick]
+    python example_training_scripts/synthetic_study.py [--out synthetic_study_out] [--quick] [--seeds 0,1,2]
     bash example_training_scripts/synthetic_study.sh [--quick]          (the same, setting up .venv first)
+
+With several seeds (the default 0,1,2; ``--quick``: 0) each seed's whole study goes to OUT/seed_N (its own users,
+model initialization and data order), the baseline and FSPO on every seed, the extras (rationale variant, GPO, win
+rates) on the first; OUT then gets the summary over seeds: mean, min-max and a 95% interval over seeds and pairs.
 
 Every stage is one of the project's own commands, run as a user runs it:
 
@@ -332,18 +336,50 @@ def fmt(x: float | None, ci: list[float] | None = None) -> str:
     return f"{x:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got '{text}'") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, got '{text}'")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "synthetic_study_out", help="output directory")
     parser.add_argument("--quick", action="store_true", help="the few-minute CI variant (checks the pipeline only)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the users and the model")
+    parser.add_argument("--seeds", type=parse_seeds, default=None,
+                        help="seeds of the users and the models, e.g. 0,1,2 (default: 0,1,2; --quick: 0); several "
+                        "seeds go to OUT/seed_N and OUT gets their summary")
+    parser.add_argument("--seed", type=int, default=None, help="one seed (the same as --seeds N)")
     parser.add_argument("--add-gpo", action="store_true",
-                        help="run only the GPO stage on the finished study in --out and write its report again")
+                        help="run only the GPO stage on the finished one-seed study in --out and write its report "
+                        "again")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     out = args.out.resolve()
     if args.add_gpo:
         return add_gpo(out, plan)
+    if args.seed is not None and args.seeds is not None:
+        parser.error("give --seed or --seeds, not both")
+    seeds = [args.seed] if args.seed is not None else args.seeds or ([0] if args.quick else [0, 1, 2])
+    if len(seeds) == 1:
+        run_seed(out, plan, seeds[0], first=True)
+        return 0
+    start = time.time()
+    for i, seed in enumerate(seeds):
+        print(f"\n=== seed {seed} ({i + 1} of {len(seeds)}) ===", flush=True)
+        run_seed(out / f"seed_{seed}", plan, seed, first=i == 0)
+    aggregate(out, plan, seeds, seconds=time.time() - start)
+    return 0
+
+
+def run_seed(out: Path, plan: Plan, seed: int, *, first: bool) -> None:
+    """The whole study for one seed into OUT (users, episodes, model, training, evaluation, report). ``first``: also
+    the extras (rationale variant when the plan has it, GPO, win rates of generated answers); later seeds of a
+    multi-seed study train and evaluate the baseline and FSPO only (the 2-hour budget)."""
     assets, sources, logs = out / "assets", out / "sources", out / "logs"
     for d in (assets, sources):
         if d.exists():
@@ -353,18 +389,18 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, float] = {}
 
     # 1-3: users, episodes, model.
-    make_sources(sources, plan, args.seed)
-    prep = [bin_path("fspo-prepare"), "elix", "--out", assets, "--split-mode", "source", "--seed", args.seed,
+    make_sources(sources, plan, seed)
+    prep = [bin_path("fspo-prepare"), "elix", "--out", assets, "--split-mode", "source", "--seed", seed,
             "--no-progress", *(["--passes", plan.passes] if plan.passes else [])]
     datasets = {"syn": (plan.shots, "none"), "syn0": (0, "none")}
-    if plan.rationale:
+    if plan.rationale and first:
         datasets["synrat"] = (plan.shots, "generated")
     for name, (shots, rationale) in datasets.items():
         sh(*prep, "--input", sources / "heldout", "--name", name, "--shots", shots, "--rationale", rationale,
            log=logs / f"prepare_{name}.log")
         sh(*prep, "--input", sources / "interpolated", "--name", f"{name}int", "--shots", shots, "--rationale",
            rationale, log=logs / f"prepare_{name}int.log")
-    sh(bin_path("fspo-tiny-assets"), assets, "--name", MODEL, "--seed", args.seed)
+    sh(bin_path("fspo-tiny-assets"), assets, "--name", MODEL, "--seed", seed)
     times["data"] = time.time() - start
 
     train_users = users_of(assets / "syn" / "train.jsonl")
@@ -377,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         results["untrained"][split] = evaluate(out, assets, f"untrained_{split}", f"syn{suffix}_test", plan, logs,
                                                policy=None, reference=None, beta=plan.ipo_beta,
                                                ablation=plan.full_ablation)
-    variants = [("baseline", "syn0"), ("fspo", "syn")] + ([("fspo+rationale", "synrat")] if plan.rationale else [])
+    variants = [("baseline", "syn0"), ("fspo", "syn")] + ([("fspo+rationale", "synrat")] if "synrat" in datasets
+                                                          else [])
     wins: dict[str, dict] = {}
     for variant, data in variants:
         t0 = time.time()
@@ -385,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         times[f"train {variant}"] = time.time() - t0
         results.setdefault(variant, {})
         for split, suffix in (("heldout", ""), ("interpolated", "int")):
-            judged = split == "heldout" and variant in ("baseline", "fspo")
+            judged = first and split == "heldout" and variant in ("baseline", "fspo")
             name = f"{variant.replace('+', '_')}_{split}"
             results[variant][split] = evaluate(out, assets, name, f"{data}{suffix}_test", plan, logs, policy=ipo,
                                                reference=sft, beta=plan.ipo_beta, ablation=variant != "baseline" and (
@@ -395,14 +432,15 @@ def main(argv: list[str] | None = None) -> int:
             if judged:
                 wins[variant] = win_rate_against_sft(out, assets, variant, f"{data}_test", plan, logs, policy=ipo,
                                                      reference=sft, generations=out / "eval" / name / "generations.jsonl")
-    t0 = time.time()
-    gpo = gpo_stage(out, assets, plan, logs, out / "runs" / "fspo_sft", fresh=True)
-    times["gpo"] = time.time() - t0
+    gpo: dict[str, dict[str, dict]] = {}
+    if first:
+        t0 = time.time()
+        gpo = gpo_stage(out, assets, plan, logs, out / "runs" / "fspo_sft", fresh=True)
+        times["gpo"] = time.time() - t0
     times["total"] = time.time() - start
     counts = {"train_users": len(train_users), "heldout_users": len(heldout_users),
-              "interpolated_users": len(interpolated_users)}
+              "interpolated_users": len(interpolated_users), "seed": seed}
     report(out, plan, [v for v, _ in variants], results, wins, gpo, times, counts)
-    return 0
 
 
 def add_gpo(out: Path, plan: Plan) -> int:
@@ -417,7 +455,7 @@ def add_gpo(out: Path, plan: Plan) -> int:
     gpo = gpo_stage(out, out / "assets", plan, out / "logs", out / "runs" / "fspo_sft", fresh=False)
     times["gpo"] = time.time() - t0
     times["total"] = times.get("total", 0.0) + times["gpo"]
-    counts = {k: summary[k] for k in ("train_users", "heldout_users", "interpolated_users")}
+    counts = {k: summary[k] for k in ("train_users", "heldout_users", "interpolated_users", "seed") if k in summary}
     report(out, plan, variants, results, summary.get("win_rates_vs_sft", {}), gpo, times, counts)
     return 0
 
@@ -528,6 +566,150 @@ def plot(results: dict[str, dict[str, dict]], plan: Plan, path: Path) -> None:
     for a in (ax, ax_steps):
         a.axhline(0.5, color="grey", lw=0.8)
         a.set_ylabel("accuracy" if a is ax_steps else "implicit-reward accuracy")
+        a.set_ylim(0, 1)
+        a.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def pair_outcomes(seed_dir: Path, variant: str, split: str, key: str = "reward_accuracy") -> list[float]:
+    """Per-pair outcomes (1 right, 0 wrong) of one evaluation of a seed's study (its ``pairs.csv``)."""
+    import csv
+
+    path = seed_dir / "eval" / f"{variant.replace('+', '_')}_{split}" / "pairs.csv"
+    with path.open(newline="") as fp:
+        return [float(row[key]) for row in csv.DictReader(fp)]
+
+
+def seeds_and_pairs_interval(per_seed: list[list[float]], samples: int, rng_seed: int = 0) -> list[float]:
+    """95% interval of the mean over seeds of each seed's accuracy, by a two-level bootstrap: seeds drawn with
+    replacement, then each drawn seed's pairs with replacement (the spread between seeds and within them)."""
+    import numpy as np
+
+    rng = np.random.default_rng(rng_seed)
+    arrays = [np.asarray(x, dtype=float) for x in per_seed]
+    means = np.empty(samples)
+    for b in range(samples):
+        picked = rng.integers(0, len(arrays), len(arrays))
+        means[b] = np.mean([arrays[i][rng.integers(0, len(arrays[i]), len(arrays[i]))].mean() for i in picked])
+    low, high = np.quantile(means, [0.025, 0.975])
+    return [float(low), float(high)]
+
+
+def spread(values: list[float]) -> dict[str, object]:
+    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "seeds": values}
+
+
+def aggregate(out: Path, plan: Plan, seeds: list[int], *, seconds: float) -> dict:
+    """The multi-seed summary of OUT/seed_N/study.json: per variant and split the mean, min-max and a 95% interval
+    over seeds and pairs of the held-out/interpolated accuracy; per property and per number of shots the mean and
+    min-max; FSPO's accuracy by IPO step per seed. Writes OUT/study.json (every seed's figures under
+    ``per_seed``), OUT/table.md and OUT/accuracy_vs_shots.png (each seed faint, the mean bold); returns the summary."""
+    per_seed = {seed: json.loads((out / f"seed_{seed}" / "study.json").read_text()) for seed in seeds}
+    variants = [v for v in per_seed[seeds[0]]["results"] if all(v in s["results"] for s in per_seed.values())]
+    summary: dict[str, dict] = {}
+    for variant in variants:
+        for split in ("heldout", "interpolated"):
+            row: dict[str, object] = {}
+            for key in ("reward_accuracy", "policy_accuracy"):
+                if variant == "untrained" and key == "reward_accuracy":
+                    continue  # policy = reference: no implicit reward
+                values = [per_seed[s]["results"][variant][split]["overall"][key] for s in seeds]
+                outcomes = [pair_outcomes(out / f"seed_{s}", variant, split, key) for s in seeds]
+                row[key] = {**spread(values), "ci95": seeds_and_pairs_interval(outcomes, plan.bootstrap)}
+            by_prop = [per_seed[s]["results"][variant][split]["by_property"] for s in seeds]
+            row["by_property"] = {p: spread([b[p] for b in by_prop]) for p in PROPERTIES if all(p in b for b in by_prop)}
+            shots = [per_seed[s]["results"][variant][split]["shots"] for s in seeds]
+            row["shots"] = {k: spread([sh[k]["reward_accuracy"] for sh in shots])
+                            for k in shots[0] if all(k in sh for sh in shots)}
+            row["steps"] = {str(s): {k: v["reward_accuracy"] for k, v in per_seed[s]["results"][variant][split]
+                                     .get("steps", {}).items()} for s in seeds}
+            summary.setdefault(variant, {})[split] = row
+
+    def cell(stat: dict) -> str:
+        return (f"{stat['mean']:.3f} [{stat['ci95'][0]:.2f}, {stat['ci95'][1]:.2f}] | {stat['min']:.3f}-{stat['max']:.3f} "
+                f"| {' / '.join(f'{v:.3f}' for v in stat['seeds'])}")
+
+    rows = [f"Seeds {', '.join(map(str, seeds))}: mean over seeds [95% interval over seeds and pairs] | min-max | "
+            "each seed", "",
+            "| model | users | implicit-reward accuracy | min-max | per seed | policy-only accuracy | min-max | per seed |",
+            "|---|---|---|---|---|---|---|---|"]
+    for variant, splits in summary.items():
+        for split, row in splits.items():
+            reward = cell(row["reward_accuracy"]) if "reward_accuracy" in row else "n/a | | "
+            rows.append(f"| {variant} | {split} | {reward} | {cell(row['policy_accuracy'])} |")
+    rows += ["", "Held-out implicit-reward accuracy by the property the user cares about (mean, min-max over seeds):",
+             "", "| model | " + " | ".join(PROPERTIES) + " |", "|---|" + "---|" * len(PROPERTIES)]
+    for variant in [v for v in summary if v != "untrained"]:
+        props = summary[variant]["heldout"]["by_property"]
+        rows.append(f"| {variant} | " + " | ".join(
+            f"{props[p]['mean']:.3f} ({props[p]['min']:.2f}-{props[p]['max']:.2f})" if p in props else "n/a"
+            for p in PROPERTIES) + " |")
+    ks = [str(k) for k in range(plan.shots + 1)]
+    rows += ["", "Implicit-reward accuracy by number of shots (mean, min-max over seeds):", "",
+             "| model | users | " + " | ".join(f"{k} shots" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+    for variant in [v for v in summary if v not in ("untrained", "baseline")]:
+        for split, row in summary[variant].items():
+            if all(k in row["shots"] for k in ks):
+                rows.append(f"| {variant} | {split} | " + " | ".join(
+                    f"{row['shots'][k]['mean']:.3f} ({row['shots'][k]['min']:.2f}-{row['shots'][k]['max']:.2f})"
+                    for k in ks) + " |")
+    times = {str(s): per_seed[s]["seconds"].get("total", 0.0) for s in seeds}
+    rows += ["", f"Wall time: {seconds / 60:.1f} min in all ("
+             + ", ".join(f"seed {s} {t / 60:.1f}" for s, t in times.items()) + "); rationale, GPO and win rates on "
+             f"seed {seeds[0]} only (OUT/seed_{seeds[0]}/table.md)."]
+    table = "\n".join(rows)
+    (out / "study.json").write_text(json.dumps({"plan": plan.__dict__, "seeds": seeds, "seconds": seconds,
+                                                "machine": f"{os.cpu_count()} CPUs", "summary": summary,
+                                                "per_seed": {str(s): v for s, v in per_seed.items()}}, indent=1))
+    (out / "table.md").write_text(table + "\n")
+    plot_seeds(summary, plan, out / "accuracy_vs_shots.png")
+    print()
+    print(table)
+    return summary
+
+
+def plot_seeds(summary: dict[str, dict[str, dict]], plan: Plan, path: Path) -> None:
+    """Accuracy versus shots (left) and FSPO's held-out accuracy versus IPO step (right): every seed faint, the
+    mean over seeds bold; the no-shots baseline's mean dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_steps) = plt.subplots(1, 2, figsize=(11, 4))
+    ks = [str(k) for k in range(plan.shots + 1)]
+    for variant, style in (("fspo", "-o"), ("fspo+rationale", "-s")):
+        for split, color in (("heldout", "tab:blue"), ("interpolated", "tab:orange")):
+            row = summary.get(variant, {}).get(split)
+            if not row or not all(k in row["shots"] for k in ks):
+                continue
+            x = [int(k) for k in ks]
+            for i in range(len(row["shots"][ks[0]]["seeds"])):
+                ax.plot(x, [row["shots"][k]["seeds"][i] for k in ks], style, color=color, alpha=0.25, lw=1)
+            ax.plot(x, [row["shots"][k]["mean"] for k in ks], style, color=color, lw=2.5,
+                    label=f"{variant}, {split} users (mean)")
+    for split, color in (("heldout", "tab:blue"), ("interpolated", "tab:orange")):
+        if "baseline" in summary:
+            ax.axhline(summary["baseline"][split]["reward_accuracy"]["mean"], ls="--", color=color,
+                       label=f"no-shots baseline, {split} (mean)")
+    ax.set_xticks([int(k) for k in ks])
+    ax.set_xlabel("shots in the prompt")
+    ax.set_title("Held-out accuracy versus shots, every seed")
+    curves = summary.get("fspo", {}).get("heldout", {}).get("steps", {})
+    series = [sorted((int(k), v) for k, v in c.items()) for c in curves.values() if c]
+    for points in series:
+        ax_steps.plot([p for p, _ in points], [v for _, v in points], "-o", color="tab:blue", alpha=0.25, lw=1)
+    if series and all(len(p) == len(series[0]) for p in series):
+        ax_steps.plot([p for p, _ in series[0]], [sum(s[i][1] for s in series) / len(series)
+                                                  for i in range(len(series[0]))],
+                      "-o", color="tab:blue", lw=2.5, label="FSPO, implicit reward (mean)")
+    ax_steps.set_xlabel("IPO step")
+    ax_steps.set_title("FSPO, held-out users, versus IPO step")
+    for a in (ax, ax_steps):
+        a.axhline(0.5, color="grey", lw=0.8)
+        a.set_ylabel("implicit-reward accuracy")
         a.set_ylim(0, 1)
         a.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

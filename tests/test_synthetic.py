@@ -135,3 +135,56 @@ def test_the_rejected_response_is_written_for_a_user_with_its_poles() -> None:
                 got = classify(str((row["response_x"], row["response_y"])[1 - row["label"]]))
                 texts = [got[p] if review else POLE_TEXT[got[p]] for p in own]
                 assert rejected_level.endswith(" and ".join(texts)), (rejected_level, texts)
+
+
+def load_study_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("synthetic_study", REPO / "example_training_scripts" /
+                                                  "synthetic_study.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["synthetic_study"] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_multi_seed_summary_gives_mean_spread_and_an_interval_over_seeds_and_pairs(tmp_path) -> None:
+    """The aggregation of per-seed studies (what --seeds writes after each seed's own study), on two seeds whose
+    per-pair outcomes are known: 3 of 4 and 1 of 4 right."""
+    study = load_study_script()
+    plan = study.QUICK
+    outcomes = {0: [1, 1, 1, 0], 1: [1, 0, 0, 0]}
+    for seed, pairs in outcomes.items():
+        seed_dir = tmp_path / f"seed_{seed}"
+        acc = sum(pairs) / len(pairs)
+        results = {}
+        for variant in ("untrained", "baseline", "fspo"):
+            results[variant] = {}
+            for split in ("heldout", "interpolated"):
+                target = seed_dir / "eval" / f"{variant}_{split}"
+                target.mkdir(parents=True)
+                (target / "pairs.csv").write_text("id,reward_accuracy,policy_accuracy\n" + "".join(
+                    f"p{i},{o},{o}\n" for i, o in enumerate(pairs)))
+                results[variant][split] = {
+                    "overall": {"reward_accuracy": acc, "policy_accuracy": acc, "pairs": 4},
+                    "shots": {str(k): {"reward_accuracy": acc - 0.1 * (2 - k)} for k in range(3)},
+                    "by_property": {p: acc for p in PROPERTIES},
+                    "steps": {"5": {"reward_accuracy": acc}} if variant == "fspo" else {}}
+        (seed_dir / "study.json").write_text(json.dumps({"results": results, "seconds": {"total": 60.0 + seed}}))
+    summary = study.aggregate(tmp_path, plan, [0, 1], seconds=130.0)
+    fspo = summary["fspo"]["heldout"]["reward_accuracy"]
+    assert fspo["mean"] == pytest.approx(0.5) and (fspo["min"], fspo["max"]) == (0.25, 0.75)
+    assert fspo["seeds"] == [0.75, 0.25]
+    low, high = fspo["ci95"]
+    assert 0.0 <= low < 0.5 < high <= 1.0  # two very different seeds: a wide interval
+    assert "reward_accuracy" not in summary["untrained"]["heldout"]  # no implicit reward without training
+    assert summary["fspo"]["heldout"]["shots"]["0"]["mean"] == pytest.approx(0.3)
+    assert summary["fspo"]["heldout"]["by_property"]["mood"]["min"] == 0.25
+    saved = json.loads((tmp_path / "study.json").read_text())
+    assert saved["seeds"] == [0, 1] and set(saved["per_seed"]) == {"0", "1"}
+    table = (tmp_path / "table.md").read_text()
+    assert "| fspo | heldout | 0.500 [" in table and "0.250-0.750 | 0.750 / 0.250 |" in table
+    assert (tmp_path / "accuracy_vs_shots.png").stat().st_size > 0
+    # Equal seeds give an interval from the pairs alone, around their accuracy.
+    assert study.seeds_and_pairs_interval([[1, 1, 1, 0]] * 3, 500)[0] < 0.75 < study.seeds_and_pairs_interval(
+        [[1, 1, 1, 0]] * 3, 500)[1]
