@@ -76,6 +76,10 @@ class Plan:
     """A first guess of one SFT step on the 2-core machine, for the time estimates (corrected as stages finish)."""
     ipo_seconds_per_step: float = 0.45
     """Likewise for one IPO step (policy forward and backward, reference forward)."""
+    sft_warmup: int = 30
+    """Learning-rate warm-up steps of SFT (at most a quarter of its steps)."""
+    ipo_warmup: int = 20
+    """Learning-rate warm-up steps of IPO (at most a quarter of its steps)."""
     gpo_steps: int = 2000
     """Meta-training steps of the GPO baseline (fspo-gpo train)."""
     generate_examples: int | None = None
@@ -210,12 +214,12 @@ def train(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Pa
     for run, preset, steps, extra in (
         (sft, "fspo_sft", plan.sft_steps, [f"model.name={MODEL}", f"optimizer.config.lr={plan.sft_lr}",
                            f"regime.num_steps={plan.sft_steps}", f"regime.checkpoint_every_n_steps={plan.sft_steps}",
-                           f"lr_scheduler.config.num_warmup_steps={min(30, plan.sft_steps // 4)}",
+                           f"lr_scheduler.config.num_warmup_steps={min(plan.sft_warmup, plan.sft_steps // 4)}",
                            "criterion.config.loss_params.sft.include_rejected=false"]),
         (ipo, "fspo_ipo", plan.ipo_steps, [f"common.assets.checkpoint_dir={sft}/checkpoints", f"optimizer.config.lr={plan.ipo_lr}",
                            f"regime.num_steps={plan.ipo_steps}", f"regime.checkpoint_every_n_steps={plan.curve_every}",
                            "regime.keep_last_n_checkpoints=null",
-                           f"lr_scheduler.config.num_warmup_steps={min(20, plan.ipo_steps // 4)}",
+                           f"lr_scheduler.config.num_warmup_steps={min(plan.ipo_warmup, plan.ipo_steps // 4)}",
                            f"criterion.config.loss_params.ipo.beta={plan.ipo_beta}"]),
     ):
         if run.exists():

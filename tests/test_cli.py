@@ -93,6 +93,21 @@ def test_fspo_ipo_trains_on_cpu(tiny_assets, tmp_path) -> None:
     assert (out / "checkpoints" / "step_3" / "model.pt").is_file()
 
 
+def test_compiled_layer_blocks_train_as_the_eager_model(tiny_assets, tmp_path) -> None:
+    """criterion.config.compile_layers through the CLI, under activation checkpointing (dynamo's aot_eager backend:
+    the graphs without C++ code generation; tests/test_unit.py checks inductor): the eager run's losses."""
+    common = [f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama",
+              "criterion.config.reference_model.name=fspo_tiny_llama", "dataset.name=fspo_sample", *CPU_TINY,
+              "trainer.activation_checkpointing=true"]
+    run(tmp_path / "eager", "fspo_ipo", *common)
+    run(tmp_path / "compiled", "fspo_ipo", *common, "criterion.config.compile_layers=true",
+        "criterion.config.compile_backend=aot_eager")
+    log = (tmp_path / "compiled" / "logs" / "rank_0.log").read_text()
+    assert "compiled 18 layer blocks (norms, feed-forward, projections and rotary) with aot_eager" in log  # 2 x 9
+    for eager, compiled in zip(metrics(tmp_path / "eager"), metrics(tmp_path / "compiled"), strict=True):
+        assert compiled["FSPO Loss"] == pytest.approx(eager["FSPO Loss"], rel=1e-4)
+
+
 def test_sft_then_ipo_from_the_sft_checkpoint(tiny_assets, tmp_path) -> None:
     sft, ipo = tmp_path / "sft", tmp_path / "ipo"
     run(sft, "fspo_sft", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama",

@@ -66,7 +66,12 @@ class FspoUnitConfig(CriterionChoice):
     """Compile with ``torch.compile`` the parts of every decoder layer that compile without graph breaks (norms,
     feed-forward blocks, the packed attention's projections and rotary encoding), policy and reference, leaving the
     shared-prefix attention eager (:func:`fspo_recipe.models.transformer.compile_layer_blocks`). The first steps
-    take longer (compilation). Not together with ``trainer.torch_compile`` (which compiles the whole model)."""
+    take longer (compilation). (fairseq2 0.4.6's own ``trainer.torch_compile`` fails before training: its
+    ``compile_model`` returns the ``None`` of ``Module.compile``.)"""
+
+    compile_backend: str = "inductor"
+    """The ``torch.compile`` backend of ``compile_layers`` (``aot_eager``: the same graphs without code generation,
+    to tell a compiler problem from a model problem)."""
 
     def validate(self) -> None:
         super().validate()
@@ -305,11 +310,10 @@ class FspoFinetuneUnitHandler(POFinetuneUnitHandler):
             log.info("FSPO unit: criterion {} needs no reference; no reference model is loaded.", config.loss)
 
         if config.compile_layers:
-            if get_config_section(recipe_config, "trainer", TrainerSection).torch_compile:
-                raise CriterionError("criterion.config.compile_layers and trainer.torch_compile both compile the "
-                                     "model: set only one (compile_layers keeps the shared-prefix attention eager).")
-            count = sum(compile_layer_blocks(m) for m in (model, reference_model) if m is not None)
-            log.info("FSPO unit: compiled {} layer blocks (norms, feed-forward, projections and rotary).", count)
+            count = sum(compile_layer_blocks(m, backend=config.compile_backend)
+                        for m in (model, reference_model) if m is not None)
+            log.info("FSPO unit: compiled {} layer blocks (norms, feed-forward, projections and rotary) with {}.",
+                     count, config.compile_backend)
 
         return FspoFinetuneUnit(
             model, reference_model, criterion, gangs, nll_scale=config.nll_scale, shared_prefix=config.shared_prefix
