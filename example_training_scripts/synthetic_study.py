@@ -80,6 +80,8 @@ class Plan:
     """Learning-rate warm-up steps of SFT (at most a quarter of its steps)."""
     ipo_warmup: int = 20
     """Learning-rate warm-up steps of IPO (at most a quarter of its steps)."""
+    ipo_decay: bool = False
+    """IPO's learning rate falls to 0 along a cosine after the warm-up (else constant, the presets' schedule)."""
     gpo_steps: int = 2000
     """Meta-training steps of the GPO baseline (fspo-gpo train)."""
     generate_examples: int | None = None
@@ -220,6 +222,8 @@ def train(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Pa
                            f"regime.num_steps={plan.ipo_steps}", f"regime.checkpoint_every_n_steps={plan.curve_every}",
                            "regime.keep_last_n_checkpoints=null",
                            f"lr_scheduler.config.num_warmup_steps={min(plan.ipo_warmup, plan.ipo_steps // 4)}",
+                           *([f"lr_scheduler.config.cycle_len={plan.ipo_steps - min(plan.ipo_warmup, plan.ipo_steps // 4)}",
+                              "lr_scheduler.config.final_lr_scale=0.0"] if plan.ipo_decay else []),
                            f"criterion.config.loss_params.ipo.beta={plan.ipo_beta}"]),
     ):
         if run.exists():
