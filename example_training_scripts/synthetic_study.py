@@ -322,16 +322,20 @@ def users_of(path: Path) -> set[str]:
     return {json.loads(line)["user"] for line in path.read_text().splitlines() if line.strip()}
 
 
-def by_property(per_user: dict[str, dict]) -> dict[str, float]:
-    """Pair-weighted implicit-reward accuracy of single-property users, by property (from their descriptions)."""
+def by_property(per_user: dict[str, dict], *, poles: bool = False) -> dict[str, float]:
+    """Pair-weighted implicit-reward accuracy of single-property users, by property (from their descriptions), or
+    with ``poles`` by the pole they prefer. The poles tell reading from bias: a model that reads a property from
+    the shots is right for both poles; one that prefers a pole whatever the shots say is right for one pole's users
+    and wrong for the other's, and averages to chance on the property."""
     sums: dict[str, list[float]] = {}
     for user, m in per_user.items():
-        kinds = {prop for prop, poles in POLES.items() for pole in poles if POLE_TEXT[pole] in user}
-        if len(kinds) == 1:
-            acc = sums.setdefault(kinds.pop(), [0.0, 0.0])
+        found = [pole for pole in POLE_TEXT if POLE_TEXT[pole] in user]
+        if len(found) == 1:
+            acc = sums.setdefault(found[0] if poles else next(p for p, ps in POLES.items() if found[0] in ps),
+                                  [0.0, 0.0])
             acc[0] += m["reward_accuracy"] * m["pairs"]
             acc[1] += m["pairs"]
-    return {prop: a / n for prop, (a, n) in sums.items() if n}
+    return {key: a / n for key, (a, n) in sums.items() if n}
 
 
 def win_cell(w: dict | None) -> str:
@@ -515,6 +519,14 @@ def report(out: Path, plan: Plan, variants: list[str], results: dict[str, dict[s
     for variant in [v for v in results if v != "untrained"]:
         props_rows.append(f"| {variant} | " + " | ".join(
             f"{by_prop[variant]['heldout'].get(p, float('nan')):.3f}" for p in PROPERTIES) + " |")
+    by_pole = {v: {s: by_property(m["per_user"], poles=True) for s, m in sp.items()} for v, sp in results.items()}
+    pole_names = [pole for prop in PROPERTIES for pole in POLES[prop]]
+    props_rows += ["", "The same by the pole the user prefers (reading the shots: both poles of a property right; a "
+                   "bias: one right, the other wrong):", "", "| model | " + " | ".join(pole_names) + " |",
+                   "|---|" + "---|" * len(pole_names)]
+    for variant in [v for v in results if v != "untrained"]:
+        props_rows.append(f"| {variant} | " + " | ".join(
+            f"{by_pole[variant]['heldout'].get(p, float('nan')):.3f}" for p in pole_names) + " |")
     curve = results["fspo"]["heldout"].get("steps", {})
     curve_rows = ["", "FSPO, held-out implicit-reward / policy-only accuracy by IPO step:", "",
                   "| IPO step | " + " | ".join(curve) + " |", "|---|" + "---|" * len(curve),
@@ -530,6 +542,7 @@ def report(out: Path, plan: Plan, variants: list[str], results: dict[str, dict[s
                "gpo": {label: {split: {"overall": m["overall"], "shots": m["shots"]} for split, m in sp.items()}
                        for label, sp in gpo.items()},
                "results": {v: {s: {"overall": m["overall"], "shots": m["shots"], "by_property": by_prop[v][s],
+                                   "by_pole": by_pole[v][s],
                                    "steps": m.get("steps", {})} for s, m in sp.items()}
                            for v, sp in results.items()}}
     (out / "study.json").write_text(json.dumps(summary, indent=1))
@@ -628,6 +641,8 @@ def aggregate(out: Path, plan: Plan, seeds: list[int], *, seconds: float) -> dic
                 row[key] = {**spread(values), "ci95": seeds_and_pairs_interval(outcomes, plan.bootstrap)}
             by_prop = [per_seed[s]["results"][variant][split]["by_property"] for s in seeds]
             row["by_property"] = {p: spread([b[p] for b in by_prop]) for p in PROPERTIES if all(p in b for b in by_prop)}
+            by_pole = [per_seed[s]["results"][variant][split].get("by_pole", {}) for s in seeds]
+            row["by_pole"] = {p: spread([b[p] for b in by_pole]) for p in POLE_TEXT if all(p in b for b in by_pole)}
             shots = [per_seed[s]["results"][variant][split]["shots"] for s in seeds]
             row["shots"] = {k: spread([sh[k]["reward_accuracy"] for sh in shots])
                             for k in shots[0] if all(k in sh for sh in shots)}
@@ -654,6 +669,14 @@ def aggregate(out: Path, plan: Plan, seeds: list[int], *, seconds: float) -> dic
         rows.append(f"| {variant} | " + " | ".join(
             f"{props[p]['mean']:.3f} ({props[p]['min']:.2f}-{props[p]['max']:.2f})" if p in props else "n/a"
             for p in PROPERTIES) + " |")
+    pole_names = [pole for prop in PROPERTIES for pole in POLES[prop]]
+    if any(summary[v]["heldout"]["by_pole"] for v in summary):
+        rows += ["", "The same by the pole the user prefers (each seed; reading: both poles right, a bias: one of "
+                 "them wrong):", "", "| model | " + " | ".join(pole_names) + " |", "|---|" + "---|" * len(pole_names)]
+        for variant in [v for v in summary if v != "untrained"]:
+            poles = summary[variant]["heldout"]["by_pole"]
+            rows.append(f"| {variant} | " + " | ".join(
+                " / ".join(f"{x:.2f}" for x in poles[p]["seeds"]) if p in poles else "n/a" for p in pole_names) + " |")
     ks = [str(k) for k in range(plan.shots + 1)]
     rows += ["", "Implicit-reward accuracy by number of shots (mean, min-max over seeds):", "",
              "| model | users | " + " | ".join(f"{k} shots" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]

@@ -169,6 +169,7 @@ def test_multi_seed_summary_gives_mean_spread_and_an_interval_over_seeds_and_pai
                     "overall": {"reward_accuracy": acc, "policy_accuracy": acc, "pairs": 4},
                     "shots": {str(k): {"reward_accuracy": acc - 0.1 * (2 - k)} for k in range(3)},
                     "by_property": {p: acc for p in PROPERTIES},
+                    "by_pole": {pole: acc for poles in POLES.values() for pole in poles},
                     "steps": {"5": {"reward_accuracy": acc}} if variant == "fspo" else {}}
         (seed_dir / "study.json").write_text(json.dumps({"results": results, "seconds": {"total": 60.0 + seed}}))
     summary = study.aggregate(tmp_path, plan, [0, 1], seconds=130.0)
@@ -180,10 +181,12 @@ def test_multi_seed_summary_gives_mean_spread_and_an_interval_over_seeds_and_pai
     assert "reward_accuracy" not in summary["untrained"]["heldout"]  # no implicit reward without training
     assert summary["fspo"]["heldout"]["shots"]["0"]["mean"] == pytest.approx(0.3)
     assert summary["fspo"]["heldout"]["by_property"]["mood"]["min"] == 0.25
+    assert summary["fspo"]["heldout"]["by_pole"]["exclaiming"]["seeds"] == [0.75, 0.25]
     saved = json.loads((tmp_path / "study.json").read_text())
     assert saved["seeds"] == [0, 1] and set(saved["per_seed"]) == {"0", "1"}
     table = (tmp_path / "table.md").read_text()
     assert "| fspo | heldout | 0.500 [" in table and "0.250-0.750 | 0.750 / 0.250 |" in table
+    assert "| fspo | " + " | ".join(["0.75 / 0.25"] * 8) + " |" in table  # by pole, each seed
     assert (tmp_path / "accuracy_vs_shots.png").stat().st_size > 0
     # Equal seeds give an interval from the pairs alone, around their accuracy.
     assert study.seeds_and_pairs_interval([[1, 1, 1, 0]] * 3, 500)[0] < 0.75 < study.seeds_and_pairs_interval(
