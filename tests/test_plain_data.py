@@ -253,3 +253,34 @@ def test_hh_trains_with_dpo_and_evaluates_without_users(prepared, tmp_path) -> N
     result = json.loads((out / "metrics.json").read_text())
     assert result["overall"]["pairs"] == 30 and list(result["per_user"]) == ["(no user)"]
     assert 0.0 <= result["overall"]["reward_accuracy"] <= 1.0 and result["shots"] == {}
+
+
+def test_hub_splits_are_named_and_chosen_as_the_source_publishes_them(monkeypatch, tmp_path) -> None:
+    """From the hub (datasets.load_dataset, replaced here by the sample's rows): UltraFeedback's test_prefs is the
+    test split and its *_sft / *_gen splits are not read; OpenAssistant2's validation is valid."""
+    import datasets
+
+    def rows(path):
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    class Split:
+        def __init__(self, records):
+            self.records = records
+
+        def to_dict(self):
+            return {k: [r.get(k) for r in self.records] for k in self.records[0]}
+
+    uf = SAMPLES / "ultrafeedback"
+    hub = {"HuggingFaceH4/ultrafeedback_binarized": {
+        "train_prefs": Split(rows(uf / "train_prefs.jsonl")), "test_prefs": Split(rows(uf / "test_prefs.jsonl")),
+        "train_sft": Split(rows(uf / "train_prefs.jsonl")), "test_gen": Split(rows(uf / "test_prefs.jsonl"))},
+        "OpenAssistant/oasst2": {"train": Split(rows(SAMPLES / "oasst2" / "train.jsonl")),
+                                 "validation": Split(rows(SAMPLES / "oasst2" / "validation.jsonl"))}}
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, cache_dir=None: hub[name])
+    assert prepare_main(["ultrafeedback", "--out", str(tmp_path), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "ultrafeedback" / "summary.json").read_text())
+    assert summary["rows_read"] == len(rows(uf / "train_prefs.jsonl")) + len(rows(uf / "test_prefs.jsonl"))
+    assert {s: i["episodes"] for s, i in summary["splits"].items()} == {
+        "train": len(rows(uf / "train_prefs.jsonl")), "test": len(rows(uf / "test_prefs.jsonl"))}
+    assert prepare_main(["oasst2", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert set(json.loads((tmp_path / "oasst2" / "summary.json").read_text())["splits"]) == {"train", "valid"}

@@ -154,6 +154,10 @@ class SourceSpec:
     """Plain sources published without a test split (StackExchange): this fraction of the prompts (seeded, every
     pair of a prompt on the same side) becomes the test split, as the DPO code holds out 1%."""
 
+    hub_splits: tuple[str, ...] | None = None
+    """The hub data set's splits to read (UltraFeedback: ``train_prefs``, ``test_prefs``; its ``*_sft`` and
+    ``*_gen`` splits repeat the prompts for other uses); None: all."""
+
     def schema_text(self) -> str:
         return ", ".join(f"{c} ({what})" for c, what in self.columns.items())
 
@@ -608,7 +612,7 @@ register_source(SourceSpec("hh", "Anthropic/hh-rlhf",
 register_source(SourceSpec("ultrafeedback", "HuggingFaceH4/ultrafeedback_binarized",
                            {"prompt": "the user's prompt", "chosen": "messages [user, preferred assistant]",
                             "rejected": "messages [user, dispreferred assistant]"},
-                           0, ultrafeedback_rows, plain=True))
+                           0, ultrafeedback_rows, plain=True, hub_splits=("train_prefs", "test_prefs")))
 register_source(SourceSpec("shp", "stanfordnlp/SHP",
                            {"history": "the post (question)", "human_ref_A": "comment A", "human_ref_B": "comment B",
                             "score_A": "comment A's score", "score_B": "comment B's score",
@@ -630,13 +634,19 @@ register_source(SourceSpec("oasst2", "OpenAssistant/oasst2",
 _FILE_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 
 
-def _split_of_file(path: Path) -> str:
-    """``train-00000-of-00001.parquet`` and ``test.jsonl`` -> ``train`` / ``test``; anything else -> ``train``."""
-    stem = path.name.split(".")[0].lower()
+def split_name(name: str) -> str:
+    """A source split's name as train / validation / valid / test: ``train-00000-of-00001`` and ``test_prefs``
+    (files or hub splits) -> ``train`` / ``test``; anything else -> ``train``."""
+    stem = name.split(".")[0].lower()
     for split in ("train", "validation", "valid", "test"):
         if stem == split or stem.startswith(split + "-") or stem.startswith(split + "_"):
             return split
     return "train"
+
+
+def _split_of_file(path: Path) -> str:
+    """``train-00000-of-00001.parquet`` and ``test.jsonl`` -> ``train`` / ``test`` (:func:`split_name`)."""
+    return split_name(path.name)
 
 
 def _json_error(path: Path, ex: json.JSONDecodeError, lineno: int | None = None) -> SourceSchemaError:
@@ -739,9 +749,11 @@ def read_source(
 
     for name in remote:
         for split, data in _load_hub(name, cache_dir).items():
+            if spec.hub_splits is not None and split not in spec.hub_splits:
+                continue
             rows = rows_from_columns(spec, split, data, report, f"{name} [{split}]", keep_identical=keep_identical,
                                      min_score_ratio=min_score_ratio)
-            by_split.setdefault(split, []).extend(rows)
+            by_split.setdefault(split_name(split), []).extend(rows)
     return by_split
 
 
