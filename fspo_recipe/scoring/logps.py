@@ -146,7 +146,7 @@ def _projection_weight(model: Module) -> Tensor | None:
     from fairseq2.nn import Linear, TiedProjection
 
     proj = getattr(model, "final_proj", None)
-    if isinstance(proj, TiedProjection) or (isinstance(proj, Linear) and proj.bias is None):
+    if isinstance(proj, (Linear, TiedProjection)) and proj.bias is None:
         return proj.weight  # type: ignore[no-any-return]
     return None
 
