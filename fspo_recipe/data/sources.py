@@ -288,6 +288,18 @@ PLAIN_USER: Final = "(no user)"
 HH_ASSISTANT: Final = "\n\nAssistant:"
 
 
+def plain_pair(ctx: RowContext, row_id: str, prompt: str, preferred: str, dispreferred: str, out: list[PreferenceRow]
+               ) -> None:
+    """Append a plain pair whose texts are kept byte for byte (the checks look at them stripped): empty texts and
+    (unless ``keep_identical``) equal responses are skipped and counted."""
+    if not (prompt.strip() and preferred.strip() and dispreferred.strip()):
+        ctx.report.skip(EMPTY_TEXT, row_id)
+    elif preferred == dispreferred and not ctx.keep_identical:
+        ctx.report.skip("preferred equal to dispreferred (--keep-identical-pairs keeps them)", row_id)
+    else:
+        out.append(PreferenceRow(row_id, PLAIN_USER, prompt, preferred, dispreferred, "", ""))
+
+
 def hh_prompt(dialogue: str) -> str | None:
     """The prompt of an Anthropic HH dialogue as the DPO code cuts it: everything up to and including the last
     "\n\nAssistant:" (``None`` when there is none)."""
@@ -313,15 +325,7 @@ def hh_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContext
         if not rejected.startswith(chosen[:cut]):
             ctx.report.skip("chosen and rejected dialogues with different prompts", f"{split}/{i}")
             continue
-        row_id = f"{split}/{i}"
-        prompt, preferred, dispreferred = chosen[:cut], chosen[cut:], rejected[cut:]
-        if not preferred.strip() or not dispreferred.strip():
-            ctx.report.skip(EMPTY_TEXT, row_id)
-            continue
-        if preferred == dispreferred and not ctx.keep_identical:
-            ctx.report.skip("preferred equal to dispreferred (--keep-identical-pairs keeps them)", row_id)
-            continue
-        out.append(PreferenceRow(row_id, PLAIN_USER, prompt, preferred, dispreferred, "", ""))
+        plain_pair(ctx, f"{split}/{i}", chosen[:cut], chosen[cut:], rejected[cut:], out)
     return out
 
 
@@ -376,18 +380,6 @@ def dialogue_messages(prompt: str) -> list[dict[str, str]] | None:
         messages.append({"role": "user" if speaker == "Human" else "assistant",
                          "content": text[1:] if text.startswith(" ") else text})
     return messages if messages and messages[-1]["role"] == "user" else None
-
-
-def plain_pair(ctx: RowContext, row_id: str, prompt: str, preferred: str, dispreferred: str, out: list[PreferenceRow]
-               ) -> None:
-    """Append a plain pair whose texts are kept byte for byte (the checks look at them stripped): empty texts and
-    (unless ``keep_identical``) equal responses are skipped and counted."""
-    if not (prompt.strip() and preferred.strip() and dispreferred.strip()):
-        ctx.report.skip(EMPTY_TEXT, row_id)
-    elif preferred == dispreferred and not ctx.keep_identical:
-        ctx.report.skip("preferred equal to dispreferred (--keep-identical-pairs keeps them)", row_id)
-    else:
-        out.append(PreferenceRow(row_id, PLAIN_USER, prompt, preferred, dispreferred, "", ""))
 
 
 def _number(value: Any) -> float | None:
@@ -644,11 +636,6 @@ def split_name(name: str) -> str:
     return "train"
 
 
-def _split_of_file(path: Path) -> str:
-    """``train-00000-of-00001.parquet`` and ``test.jsonl`` -> ``train`` / ``test`` (:func:`split_name`)."""
-    return split_name(path.name)
-
-
 def _json_error(path: Path, ex: json.JSONDecodeError, lineno: int | None = None) -> SourceSchemaError:
     where = f"{path}, line {lineno if lineno is not None else ex.lineno}, column {ex.colno}"
     return SourceSchemaError(f"{where}: not valid JSON ({ex.msg}).")
@@ -745,7 +732,7 @@ def read_source(
     for path in files:
         rows = rows_from_columns(spec, path.name, _read_file(path), report, str(path), keep_identical=keep_identical,
                                  min_score_ratio=min_score_ratio)
-        by_split.setdefault(_split_of_file(path), []).extend(rows)
+        by_split.setdefault(split_name(path.name), []).extend(rows)
 
     for name in remote:
         for split, data in _load_hub(name, cache_dir).items():
