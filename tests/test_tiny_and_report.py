@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fspo_recipe.report import last_metrics, main as metrics_main
-from fspo_recipe.models.tiny import BYTE_VOCAB_SIZE, write_tiny_assets
+from fspo_recipe.models.tiny import BYTE_VOCAB_SIZE, main as tiny_main, write_tiny_assets
 
 
 def test_same_seed_same_assets(tmp_path) -> None:
@@ -20,6 +20,20 @@ def test_same_seed_same_assets(tmp_path) -> None:
     assert not all(torch.equal(sd[0][k], sd[2][k]) for k in sd[0])
     assert sd[0]["decoder_frontend.embed.weight"].shape[0] == BYTE_VOCAB_SIZE
     assert not list(a.glob("*.tmp"))
+
+
+def test_head_counts_from_the_command_line(tmp_path, capsys) -> None:
+    assert tiny_main([str(tmp_path / "mha"), "--num-heads", "8", "--kv-heads", "8"]) == 0
+    sd = torch.load(tmp_path / "mha" / "model.pt", weights_only=True)["model"]
+    attn = "decoder.layers.0.self_attn."
+    assert sd[attn + "k_proj.weight"].shape == sd[attn + "q_proj.weight"].shape == (64, 64)
+    assert tiny_main([str(tmp_path / "gqa")]) == 0  # the default: 4 heads sharing 2 key/value heads
+    sd = torch.load(tmp_path / "gqa" / "model.pt", weights_only=True)["model"]
+    assert sd[attn + "k_proj.weight"].shape == (32, 64)
+    with pytest.raises(SystemExit):
+        tiny_main([str(tmp_path / "bad"), "--num-heads", "4", "--kv-heads", "3"])
+    assert "--kv-heads (3) must divide --num-heads (4)" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_tiny_tokenizer_is_byte_level(tmp_path) -> None:

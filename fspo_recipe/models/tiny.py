@@ -157,17 +157,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default="fspo_tiny_llama", help="asset name of the model (default: fspo_tiny_llama)")
     parser.add_argument("--model-dim", type=int, default=TinyModelSpec.model_dim, help="model width (default: 64)")
     parser.add_argument("--num-layers", type=int, default=TinyModelSpec.num_layers, help="decoder layers (default: 2)")
+    parser.add_argument("--num-heads", type=int, default=TinyModelSpec.num_attn_heads,
+                        help="attention heads (default: 4)")
+    parser.add_argument("--kv-heads", type=int, default=TinyModelSpec.num_key_value_heads,
+                        help="key/value heads, dividing --num-heads (default: 2)")
     parser.add_argument("--family", choices=["llama", "qwen3"], default="llama", help="model family (default: llama)")
     args = parser.parse_args(argv)
+    if args.num_heads % args.kv_heads:
+        parser.error(f"--kv-heads ({args.kv_heads}) must divide --num-heads ({args.num_heads})")
+    if args.family == "llama" and args.model_dim % args.num_heads:
+        parser.error(f"--num-heads ({args.num_heads}) must divide --model-dim ({args.model_dim}) of a llama")
     blocking = next((p for p in [args.out_dir, *args.out_dir.parents] if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         print(f"fspo-tiny-assets: {blocking} is a file, not a directory; give a directory to write into.",
               file=sys.stderr)
         return 2
 
-    spec = TinyModelSpec(family=args.family, model_dim=args.model_dim, num_layers=args.num_layers)
+    spec = TinyModelSpec(family=args.family, model_dim=args.model_dim, num_layers=args.num_layers,
+                         num_attn_heads=args.num_heads, num_key_value_heads=args.kv_heads)
     card = write_tiny_assets(args.out_dir, seed=args.seed, name=args.name, spec=spec)
-    print(f"wrote {card} ({spec.family} model '{args.name}', {spec.num_layers} layers, dim {spec.model_dim}, vocab {BYTE_VOCAB_SIZE})")
+    print(f"wrote {card} ({spec.family} model '{args.name}', {spec.num_layers} layers, dim {spec.model_dim}, "
+          f"{spec.num_attn_heads} heads ({spec.num_key_value_heads} key/value), vocab {BYTE_VOCAB_SIZE})")
     return 0
 
 
