@@ -33,12 +33,15 @@ data, a few steps, no rationale variant): it checks the pipeline, not the learni
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +85,14 @@ class Plan:
     """Learning-rate warm-up steps of IPO (at most a quarter of its steps)."""
     ipo_decay: bool = False
     """IPO's learning rate falls to 0 along a cosine after the warm-up (else constant, the presets' schedule)."""
+    num_layers: int = 2
+    """Decoder layers of the tiny byte-level llama (fspo-tiny-assets --num-layers)."""
+    model_dim: int = 64
+    """Its width (--model-dim)."""
+    num_heads: int = 4
+    """Its attention heads (--num-heads)."""
+    kv_heads: int = 2
+    """Its key/value heads (--kv-heads; fewer than num_heads: grouped-query attention)."""
     gpo_steps: int = 2000
     """Meta-training steps of the GPO baseline (fspo-gpo train)."""
     generate_examples: int | None = None
@@ -92,10 +103,10 @@ class Plan:
 
 FULL = Plan(users_per_pole=6, rows_per_user=80, test_rows_per_user=30, shots=2, batch_size=16, sft_steps=500,
             sft_lr=3e-3, ipo_steps=1500, ipo_lr=1e-3, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=True,
-            full_ablation=True, curve_every=250)
+            full_ablation=True, curve_every=250, kv_heads=4)
 QUICK = Plan(users_per_pole=1, rows_per_user=12, test_rows_per_user=12, shots=2, batch_size=8, sft_steps=10, sft_lr=3e-3,
              ipo_steps=5, ipo_lr=1e-3, ipo_beta=0.1, passes=2, bootstrap=200, rationale=False, full_ablation=False,
-             curve_every=5, gpo_steps=20, generate_examples=16, generate_tokens=32)
+             curve_every=5, gpo_steps=20, generate_examples=16, generate_tokens=32, kv_heads=4)
 
 DEMO = Plan(users_per_pole=6, rows_per_user=60, test_rows_per_user=20, shots=1, batch_size=16, sft_steps=50,
             sft_lr=3e-3, ipo_steps=250, ipo_lr=1e-3, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=False,
@@ -366,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="seeds of the users and the models, e.g. 0,1,2 (default: 0,1,2; --quick: 0); several "
                         "seeds go to OUT/seed_N and OUT gets their summary")
     parser.add_argument("--seed", type=int, default=None, help="one seed (the same as --seeds N)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds trained at once, each in its own process with its share of the CPU cores "
+                        "(default: 1; on the 2-core machine 2 finishes three seeds sooner); each seed's output goes "
+                        "to OUT/logs/seed_N.log")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="baseline and FSPO only, also on the first seed (no rationale variant, GPO, win rates)")
     parser.add_argument("--add-gpo", action="store_true",
                         help="run only the GPO stage on the finished one-seed study in --out and write its report "
                         "again")
@@ -376,16 +393,64 @@ def main(argv: list[str] | None = None) -> int:
         return add_gpo(out, plan)
     if args.seed is not None and args.seeds is not None:
         parser.error("give --seed or --seeds, not both")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     seeds = [args.seed] if args.seed is not None else args.seeds or ([0] if args.quick else [0, 1, 2])
     if len(seeds) == 1:
-        run_seed(out, plan, seeds[0], first=True)
+        run_seed(out, plan, seeds[0], first=not args.no_extras)
         return 0
     start = time.time()
-    for i, seed in enumerate(seeds):
-        print(f"\n=== seed {seed} ({i + 1} of {len(seeds)}) ===", flush=True)
-        run_seed(out / f"seed_{seed}", plan, seed, first=i == 0)
+    if args.jobs > 1:
+        def command(seed: int, first: bool) -> list[str]:
+            return [sys.executable, __file__, "--out", str(out / f"seed_{seed}"), "--seed", str(seed),
+                    *(["--quick"] if args.quick else []), *([] if first and not args.no_extras else ["--no-extras"])]
+
+        run_in_parallel(out, seeds, args.jobs, command)
+    else:
+        for i, seed in enumerate(seeds):
+            print(f"\n=== seed {seed} ({i + 1} of {len(seeds)}) ===", flush=True)
+            run_seed(out / f"seed_{seed}", plan, seed, first=i == 0 and not args.no_extras)
     aggregate(out, plan, seeds, seconds=time.time() - start)
     return 0
+
+
+def run_in_parallel(out: Path, seeds: list[int], jobs: int, command: Callable[[int, bool], list[str]]) -> None:
+    """Run ``command(seed, first)`` for every seed, each in its own process, at most ``jobs`` at once, each with
+    ``cores // jobs`` threads (a tiny model's step does not use two cores well, two steps side by side do); the
+    first seed (the one with the extras, the longest) starts first. Output goes to OUT/logs/seed_N.log; a failing
+    seed stops the others and the study, with the end of its log."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    waiting = list(enumerate(seeds))
+    running: dict[int, tuple[subprocess.Popen, Path, float]] = {}
+    start = time.time()
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                i, seed = waiting.pop(0)
+                log = out / "logs" / f"seed_{seed}.log"
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+                with log.open("w") as fp:  # a session of its own: stopping it stops its fairseq2 commands too
+                    proc = subprocess.Popen(command(seed, i == 0), stdout=fp, stderr=subprocess.STDOUT, env=env,
+                                            cwd=ROOT, start_new_session=True)
+                running[seed] = (proc, log, time.time())
+                print(f"seed {seed}: started ({threads} threads; output in {log})  "
+                      f"(elapsed {clock(time.time() - start)})", flush=True)
+            time.sleep(0.5)
+            for seed, (proc, log, began) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[seed]
+                if proc.returncode != 0:
+                    raise SystemExit(f"study: seed {seed} failed ({proc.returncode}); the end of {log}:\n"
+                                     f"{log.read_text()[-3000:]}")
+                print(f"seed {seed}: done in {clock(time.time() - began)}  (elapsed {clock(time.time() - start)})",
+                      flush=True)
+    finally:  # a failed seed, or Ctrl-C: the others stop as well
+        for proc, _, _ in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
 
 
 def run_seed(out: Path, plan: Plan, seed: int, *, first: bool) -> None:
@@ -412,7 +477,8 @@ def run_seed(out: Path, plan: Plan, seed: int, *, first: bool) -> None:
            log=logs / f"prepare_{name}.log")
         sh(*prep, "--input", sources / "interpolated", "--name", f"{name}int", "--shots", shots, "--rationale",
            rationale, log=logs / f"prepare_{name}int.log")
-    sh(bin_path("fspo-tiny-assets"), assets, "--name", MODEL, "--seed", seed)
+    sh(bin_path("fspo-tiny-assets"), assets, "--name", MODEL, "--seed", seed, "--num-layers", plan.num_layers,
+       "--model-dim", plan.model_dim, "--num-heads", plan.num_heads, "--kv-heads", plan.kv_heads)
     times["data"] = time.time() - start
 
     train_users = users_of(assets / "syn" / "train.jsonl")

@@ -191,3 +191,37 @@ def test_multi_seed_summary_gives_mean_spread_and_an_interval_over_seeds_and_pai
     # Equal seeds give an interval from the pairs alone, around their accuracy.
     assert study.seeds_and_pairs_interval([[1, 1, 1, 0]] * 3, 500)[0] < 0.75 < study.seeds_and_pairs_interval(
         [[1, 1, 1, 0]] * 3, 500)[1]
+
+
+def test_seeds_run_side_by_side_at_most_jobs_at_once(tmp_path) -> None:
+    """--jobs: every seed's command runs once, the first with the extras, at most `jobs` at a time, each told its
+    share of the cores; its output goes to OUT/logs/seed_N.log."""
+    study = load_study_script()
+    script = ("import json, os, sys, time; t = time.time(); time.sleep(0.6); "
+              "print(json.dumps({'seed': int(sys.argv[1]), 'first': sys.argv[2] == '1', 'start': t, 'end': time.time(), "
+              "'threads': os.environ['OMP_NUM_THREADS']}))")
+
+    def command(seed: int, first: bool) -> list[str]:
+        return [sys.executable, "-c", script, str(seed), "1" if first else "0"]
+
+    study.run_in_parallel(tmp_path, [3, 5, 7], 2, command)
+    runs = [json.loads((tmp_path / "logs" / f"seed_{s}.log").read_text()) for s in (3, 5, 7)]
+    assert [r["seed"] for r in runs] == [3, 5, 7] and [r["first"] for r in runs] == [True, False, False]
+    assert {r["threads"] for r in runs} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    for run in runs:  # at any start, at most two runs have started and not ended
+        assert sum(r["start"] <= run["start"] < r["end"] for r in runs) <= 2
+    assert runs[2]["start"] >= min(runs[0]["end"], runs[1]["end"])  # the third waited for a free slot
+
+
+def test_a_failing_seed_stops_the_others(tmp_path) -> None:
+    study = load_study_script()
+    marker = tmp_path / "finished"
+
+    def command(seed: int, first: bool) -> list[str]:
+        code = f"import time, pathlib; time.sleep(30); pathlib.Path({str(marker)!r}).write_text('x')" if first \
+            else "import sys; print('broken data'); sys.exit(3)"
+        return [sys.executable, "-c", code]
+
+    with pytest.raises(SystemExit, match=r"seed 1 failed \(3\)(.|\n)*broken data"):
+        study.run_in_parallel(tmp_path, [0, 1], 2, command)
+    assert not marker.exists()  # seed 0 was stopped, not waited for
