@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, seed in enumerate(seeds):
             print(f"\n=== seed {seed} ({i + 1} of {len(seeds)}) ===", flush=True)
             run_seed(out / f"seed_{seed}", plan, seed, first=i == 0 and not args.no_extras)
-    aggregate(out, plan, seeds, seconds=time.time() - start)
+    aggregate(out, plan, seeds, seconds=time.time() - start, jobs=args.jobs)
     return 0
 
 
@@ -688,7 +688,7 @@ def spread(values: list[float]) -> dict[str, object]:
     return {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "seeds": values}
 
 
-def aggregate(out: Path, plan: Plan, seeds: list[int], *, seconds: float) -> dict:
+def aggregate(out: Path, plan: Plan, seeds: list[int], *, seconds: float, jobs: int = 1) -> dict:
     """The multi-seed summary of OUT/seed_N/study.json: per variant and split the mean, min-max and a 95% interval
     over seeds and pairs of the held-out/interpolated accuracy; per property and per number of shots the mean and
     min-max; FSPO's accuracy by IPO step per seed. Writes OUT/study.json (every seed's figures under
@@ -753,9 +753,15 @@ def aggregate(out: Path, plan: Plan, seeds: list[int], *, seconds: float) -> dic
                     f"{row['shots'][k]['mean']:.3f} ({row['shots'][k]['min']:.2f}-{row['shots'][k]['max']:.2f})"
                     for k in ks) + " |")
     times = {str(s): per_seed[s]["seconds"].get("total", 0.0) for s in seeds}
-    rows += ["", f"Wall time: {seconds / 60:.1f} min in all ("
-             + ", ".join(f"seed {s} {t / 60:.1f}" for s, t in times.items()) + "); rationale, GPO and win rates on "
-             f"seed {seeds[0]} only (OUT/seed_{seeds[0]}/table.md)."]
+    first = per_seed[seeds[0]]
+    extras = [name for name, there in (("rationale variant", "fspo+rationale" in first["results"]),
+                                       ("GPO", bool(first.get("gpo"))), ("win rates", bool(first.get("win_rates_vs_sft"))))
+              if there]
+    rows += ["", f"Wall time: {seconds / 60:.1f} min in all"
+             + (f", {jobs} seeds at a time" if jobs > 1 else "") + " ("
+             + ", ".join(f"seed {s} {t / 60:.1f}" for s, t in times.items()) + "); "
+             + (f"{', '.join(extras)} on seed {seeds[0]} only (OUT/seed_{seeds[0]}/table.md)." if extras
+                else "no extras (rationale variant, GPO, win rates).")]
     table = "\n".join(rows)
     (out / "study.json").write_text(json.dumps({"plan": plan.__dict__, "seeds": seeds, "seconds": seconds,
                                                 "machine": f"{os.cpu_count()} CPUs", "summary": summary,

@@ -172,7 +172,7 @@ def test_multi_seed_summary_gives_mean_spread_and_an_interval_over_seeds_and_pai
                     "by_pole": {pole: acc for poles in POLES.values() for pole in poles},
                     "steps": {"5": {"reward_accuracy": acc}} if variant == "fspo" else {}}
         (seed_dir / "study.json").write_text(json.dumps({"results": results, "seconds": {"total": 60.0 + seed}}))
-    summary = study.aggregate(tmp_path, plan, [0, 1], seconds=130.0)
+    summary = study.aggregate(tmp_path, plan, [0, 1], seconds=130.0, jobs=2)
     fspo = summary["fspo"]["heldout"]["reward_accuracy"]
     assert fspo["mean"] == pytest.approx(0.5) and (fspo["min"], fspo["max"]) == (0.25, 0.75)
     assert fspo["seeds"] == [0.75, 0.25]
@@ -187,6 +187,7 @@ def test_multi_seed_summary_gives_mean_spread_and_an_interval_over_seeds_and_pai
     table = (tmp_path / "table.md").read_text()
     assert "| fspo | heldout | 0.500 [" in table and "0.250-0.750 | 0.750 / 0.250 |" in table
     assert "| fspo | " + " | ".join(["0.75 / 0.25"] * 8) + " |" in table  # by pole, each seed
+    assert "Wall time: 2.2 min in all, 2 seeds at a time (seed 0 1.0, seed 1 1.0); no extras" in table
     assert (tmp_path / "accuracy_vs_shots.png").stat().st_size > 0
     # Equal seeds give an interval from the pairs alone, around their accuracy.
     assert study.seeds_and_pairs_interval([[1, 1, 1, 0]] * 3, 500)[0] < 0.75 < study.seeds_and_pairs_interval(
