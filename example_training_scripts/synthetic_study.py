@@ -598,6 +598,15 @@ def report(out: Path, plan: Plan, variants: list[str], results: dict[str, dict[s
                   "| IPO step | " + " | ".join(curve) + " |", "|---|" + "---|" * len(curve),
                   "| accuracy | " + " | ".join(f"{m['reward_accuracy']:.3f} / {m['policy_accuracy']:.3f}"
                                             for m in curve.values()) + " |"]
+    # The training curve of each pole: where a property is read it rises for both poles; a lean moves them apart.
+    steps_by_pole = {v: {s: {step: by_property(users, poles=True) for step, users in m.get("steps_per_user", {}).items()}
+                         for s, m in sp.items()} for v, sp in results.items()}
+    fspo_curve = steps_by_pole["fspo"]["heldout"]
+    if fspo_curve:
+        curve_rows += ["", "The same by the pole the held-out user prefers (implicit reward):", "",
+                       "| pole | " + " | ".join(fspo_curve) + " |", "|---|" + "---|" * len(fspo_curve)]
+        curve_rows += [f"| {pole} | " + " | ".join(f"{by[pole]:.2f}" if pole in by else "n/a"
+                                                    for by in fspo_curve.values()) + " |" for pole in pole_names]
     rows += ["", "(GPO: pairwise accuracy of its predicted preference, chosen above rejected, with each episode's own "
              "shots as context; the GPO module meta-trained on the training users' pairs over frozen embeddings)",
              "", "(win rate: the IPO model's own answers to the held-out users' questions against its SFT model's, "
@@ -608,8 +617,8 @@ def report(out: Path, plan: Plan, variants: list[str], results: dict[str, dict[s
                "gpo": {label: {split: {"overall": m["overall"], "shots": m["shots"]} for split, m in sp.items()}
                        for label, sp in gpo.items()},
                "results": {v: {s: {"overall": m["overall"], "shots": m["shots"], "by_property": by_prop[v][s],
-                                   "by_pole": by_pole[v][s],
-                                   "steps": m.get("steps", {})} for s, m in sp.items()}
+                                   "by_pole": by_pole[v][s], "steps": m.get("steps", {}),
+                                   "steps_by_pole": steps_by_pole[v][s]} for s, m in sp.items()}
                            for v, sp in results.items()}}
     (out / "study.json").write_text(json.dumps(summary, indent=1))
     (out / "table.md").write_text(table + "\n")
@@ -714,6 +723,8 @@ def aggregate(out: Path, plan: Plan, seeds: list[int], *, seconds: float, jobs: 
                             for k in shots[0] if all(k in sh for sh in shots)}
             row["steps"] = {str(s): {k: v["reward_accuracy"] for k, v in per_seed[s]["results"][variant][split]
                                      .get("steps", {}).items()} for s in seeds}
+            row["steps_by_pole"] = {str(s): per_seed[s]["results"][variant][split].get("steps_by_pole", {})
+                                    for s in seeds}
             summary.setdefault(variant, {})[split] = row
 
     def cell(stat: dict) -> str:
@@ -743,6 +754,14 @@ def aggregate(out: Path, plan: Plan, seeds: list[int], *, seconds: float, jobs: 
             poles = summary[variant]["heldout"]["by_pole"]
             rows.append(f"| {variant} | " + " | ".join(
                 " / ".join(f"{x:.2f}" for x in poles[p]["seeds"]) if p in poles else "n/a" for p in pole_names) + " |")
+    curves = summary.get("fspo", {}).get("heldout", {}).get("steps_by_pole", {})
+    steps = [k for k in next(iter(curves.values()), {}) if all(k in c for c in curves.values())]
+    if steps:
+        rows += ["", "FSPO, held-out implicit-reward accuracy by IPO step and the pole the user prefers (each seed):",
+                 "", "| pole | " + " | ".join(steps) + " |", "|---|" + "---|" * len(steps)]
+        rows += [f"| {pole} | " + " | ".join(" / ".join(f"{c[k][pole]:.2f}" if pole in c[k] else "n/a"
+                                                      for c in curves.values()) for k in steps) + " |"
+                 for pole in pole_names]
     ks = [str(k) for k in range(plan.shots + 1)]
     rows += ["", "Implicit-reward accuracy by number of shots (mean, min-max over seeds):", "",
              "| model | users | " + " | ".join(f"{k} shots" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]

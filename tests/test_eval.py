@@ -153,6 +153,13 @@ def test_evaluate_every_checkpoint_of_a_run(eval_assets, tmp_path) -> None:
     assert weighted == pytest.approx(overall["reward_accuracy"])
     with (out / "pairs.csv").open() as fp:
         assert len(list(csv.DictReader(fp))) == 15
+    # Every checkpoint's per-user figures (the training curve of each user), the last one's equal to the headline's.
+    assert set(result["steps_per_user"]) == {"1", "2", "3"} and result["steps_per_user"]["3"] == result["per_user"]
+    for step, users in result["steps_per_user"].items():
+        mean = sum(u["pairs"] * u["reward_accuracy"] for u in users.values()) / 15
+        assert mean == pytest.approx(result["steps"][step]["reward_accuracy"])
+    with (out / "steps_per_user.csv").open() as fp:
+        assert len(list(csv.DictReader(fp))) == 3 * len(rows)
     for png in ("accuracy_per_user.png", "accuracy_vs_shots.png", "accuracy_vs_step.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

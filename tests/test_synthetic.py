@@ -104,6 +104,11 @@ def test_quick_study_runs_the_whole_pipeline(tmp_path) -> None:
     # Every held-out user cares about one property: each property has its accuracy, a pair-weighted mean.
     by_property = study["results"]["fspo"]["heldout"]["by_property"]
     assert set(by_property) == set(PROPERTIES) and all(0.0 <= v <= 1.0 for v in by_property.values())
+    # Each pole's accuracy at each IPO checkpoint (the training curve by pole): 5 steps, one checkpoint.
+    curve = study["results"]["fspo"]["heldout"]["steps_by_pole"]
+    assert list(curve) == ["5"] and set(curve["5"]) == {p for poles in POLES.values() for p in poles}
+    assert curve["5"] == study["results"]["fspo"]["heldout"]["by_pole"]  # the last checkpoint is the final model
+    assert "The same by the pole the held-out user prefers" in proc.stdout
     assert "loss of the preferred response" in proc.stdout and "| model | case | length | mood | ending |" in proc.stdout
     assert (out / "accuracy_vs_shots.png").stat().st_size > 0 and (out / "table.md").is_file()
     # The GPO baseline on the same users and shots, with embeddings of the SFT model and of the untrained model.
@@ -170,7 +175,8 @@ def test_multi_seed_summary_gives_mean_spread_and_an_interval_over_seeds_and_pai
                     "shots": {str(k): {"reward_accuracy": acc - 0.1 * (2 - k)} for k in range(3)},
                     "by_property": {p: acc for p in PROPERTIES},
                     "by_pole": {pole: acc for poles in POLES.values() for pole in poles},
-                    "steps": {"5": {"reward_accuracy": acc}} if variant == "fspo" else {}}
+                    "steps": {"5": {"reward_accuracy": acc}} if variant == "fspo" else {},
+                    "steps_by_pole": {"5": {"exclaiming": acc, "calm": 1 - acc}} if variant == "fspo" else {}}
         (seed_dir / "study.json").write_text(json.dumps({"results": results, "seconds": {"total": 60.0 + seed}}))
     summary = study.aggregate(tmp_path, plan, [0, 1], seconds=130.0, jobs=2)
     fspo = summary["fspo"]["heldout"]["reward_accuracy"]
@@ -187,6 +193,8 @@ def test_multi_seed_summary_gives_mean_spread_and_an_interval_over_seeds_and_pai
     table = (tmp_path / "table.md").read_text()
     assert "| fspo | heldout | 0.500 [" in table and "0.250-0.750 | 0.750 / 0.250 |" in table
     assert "| fspo | " + " | ".join(["0.75 / 0.25"] * 8) + " |" in table  # by pole, each seed
+    assert "| exclaiming | 0.75 / 0.25 |" in table and "| calm | 0.25 / 0.75 |" in table  # each seed's curve
+    assert "| upper | n/a / n/a |" in table
     assert "Wall time: 2.2 min in all, 2 seeds at a time (seed 0 1.0, seed 1 1.0); no extras" in table
     assert (tmp_path / "accuracy_vs_shots.png").stat().st_size > 0
     # Equal seeds give an interval from the pairs alone, around their accuracy.

@@ -2,9 +2,9 @@
 
     fairseq2 lm preference_eval OUT --config model.run_dir=runs/ipo reference.run_dir=runs/sft dataset=elix_test
 
-Writes ``metrics.json`` (overall with 95% bootstrap intervals, per user, per number of shots, per step),
-``per_user.csv``, ``shots.csv``, ``steps.csv``, ``pairs.csv`` and PNG plots into OUT, and, when
-``generation.enabled``, ``generations.jsonl`` ready for a pairwise judge.
+Writes ``metrics.json`` (overall with 95% bootstrap intervals, per user, per number of shots, per step, per step and
+user), ``per_user.csv``, ``shots.csv``, ``steps.csv``, ``steps_per_user.csv``, ``pairs.csv`` and PNG plots into OUT,
+and, when ``generation.enabled``, ``generations.jsonl`` ready for a pairwise judge.
 """
 
 from __future__ import annotations
@@ -337,13 +337,14 @@ class PreferenceEvaluator:
         with progress:
             reference, ablation_refs, ref_vocab = self.score_reference(progress, names, data)
             per_step: dict[int, dict[str, Any]] = {}
+            per_step_user: dict[int, dict[str, Any]] = {}
             final: tuple[dict[str, np.ndarray], dict[str, Any], dict[int, dict[str, Any]]] | None = None
             for step, name in sorted(names.steps.items()):
                 is_final = name == names.final
                 per_pair, summary, shots = self.evaluate_policy(progress, name, names.reference, ref_vocab, data,
                                                                reference, ablation_refs, tokenizer, final=is_final)
                 if step >= 0:
-                    per_step[step] = summary["overall"]
+                    per_step[step], per_step_user[step] = summary["overall"], summary["per_user"]
                 if is_final:
                     final = (per_pair, summary, shots)
         assert final is not None
@@ -356,6 +357,7 @@ class PreferenceEvaluator:
             **summary,
             "shots": {str(k): v for k, v in sorted(shots.items())},
             "steps": {str(k): v for k, v in sorted(per_step.items())},
+            "steps_per_user": {str(k): v for k, v in sorted(per_step_user.items())},
         }
         self.write(result, per_pair, data.examples)
         log.info("preference_eval: {}", headline(result))
@@ -555,6 +557,8 @@ class PreferenceEvaluator:
                    [{"shots": k, **v} for k, v in result["shots"].items()])
         _write_csv(self._out / "steps.csv", ["step", "pairs", *METRICS],
                    [{"step": k, **v} for k, v in result["steps"].items()])
+        _write_csv(self._out / "steps_per_user.csv", ["step", "user", "pairs", *METRICS],
+                   [{"step": k, "user": u, **v} for k, users in result["steps_per_user"].items() for u, v in users.items()])
         _write_csv(self._out / "pairs.csv", ["id", "user", *METRICS],
                    [{"id": e["id"], "user": e["user"], **{m: per_pair[m][i] for m in METRICS}}
                     for i, e in enumerate(examples)])
