@@ -4,8 +4,9 @@
     bash example_training_scripts/synthetic_study.sh [--quick]          (the same, setting up .venv first)
 
 With several seeds (the default 0,1,2; ``--quick``: 0) each seed's whole study goes to OUT/seed_N (its own users,
-model initialization and data order), the baseline and FSPO on every seed, the extras (rationale variant, GPO, win
-rates) on the first; OUT then gets the summary over seeds: mean, min-max and a 95% interval over seeds and pairs.
+model initialization and data order), the baseline and FSPO on every seed, the extras (GPO, win rates; the rationale
+variant only with ``--rationale``) on the first; OUT then gets the summary over seeds: mean, min-max and a 95%
+interval over seeds and pairs. ``--jobs N`` runs N seeds side by side.
 
 Every stage is one of the project's own commands, run as a user runs it:
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -378,9 +380,13 @@ def main(argv: list[str] | None = None) -> int:
                         "seeds go to OUT/seed_N and OUT gets their summary")
     parser.add_argument("--seed", type=int, default=None, help="one seed (the same as --seeds N)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="seeds trained at once, each in its own process with its share of the CPU cores "
-                        "(default: 1; on the 2-core machine 2 finishes three seeds sooner); each seed's output goes "
-                        "to OUT/logs/seed_N.log")
+                        help="seeds trained at once, each in its own process with cores/JOBS threads, output in "
+                        "OUT/logs/seed_N.log (default: 1, one after the other; for machines with more cores than a "
+                        "tiny model's step uses: on the 2-core machine two single-threaded seeds side by side train "
+                        "about as fast as one after the other with two threads)")
+    parser.add_argument("--rationale", action=argparse.BooleanOptionalAction, default=None,
+                        help="train and evaluate the rationale variant on the first seed (default: in a one-seed "
+                        "study only; in a multi-seed study it would take the study over its 2-hour budget)")
     parser.add_argument("--no-extras", action="store_true",
                         help="baseline and FSPO only, also on the first seed (no rationale variant, GPO, win rates)")
     parser.add_argument("--add-gpo", action="store_true",
@@ -393,17 +399,21 @@ def main(argv: list[str] | None = None) -> int:
         return add_gpo(out, plan)
     if args.seed is not None and args.seeds is not None:
         parser.error("give --seed or --seeds, not both")
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     seeds = [args.seed] if args.seed is not None else args.seeds or ([0] if args.quick else [0, 1, 2])
+    rationale = args.rationale if args.rationale is not None else len(seeds) == 1
+    plan = dataclasses.replace(plan, rationale=plan.rationale and rationale and not args.no_extras)
     if len(seeds) == 1:
         run_seed(out, plan, seeds[0], first=not args.no_extras)
         return 0
     start = time.time()
     if args.jobs > 1:
         def command(seed: int, first: bool) -> list[str]:
+            extras = ["--rationale" if plan.rationale else "--no-rationale"] if first and not args.no_extras \
+                else ["--no-extras"]
             return [sys.executable, __file__, "--out", str(out / f"seed_{seed}"), "--seed", str(seed),
-                    *(["--quick"] if args.quick else []), *([] if first and not args.no_extras else ["--no-extras"])]
+                    *(["--quick"] if args.quick else []), *extras]
 
         run_in_parallel(out, seeds, args.jobs, command)
     else:
@@ -416,9 +426,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_in_parallel(out: Path, seeds: list[int], jobs: int, command: Callable[[int, bool], list[str]]) -> None:
     """Run ``command(seed, first)`` for every seed, each in its own process, at most ``jobs`` at once, each with
-    ``cores // jobs`` threads (a tiny model's step does not use two cores well, two steps side by side do); the
-    first seed (the one with the extras, the longest) starts first. Output goes to OUT/logs/seed_N.log; a failing
-    seed stops the others and the study, with the end of its log."""
+    ``cores // jobs`` threads; the first seed (the one with the extras, the longest) starts first. Output goes to
+    OUT/logs/seed_N.log; a failing seed stops the others and the study, with the end of its log."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     waiting = list(enumerate(seeds))
