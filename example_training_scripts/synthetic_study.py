@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         return add_gpo(out, plan)
     if args.seed is not None and args.seeds is not None:
         parser.error("give --seed or --seeds, not both")
-    if args.jobs is not None and args.jobs < 1:
+    if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     seeds = [args.seed] if args.seed is not None else args.seeds or ([0] if args.quick else [0, 1, 2])
     rationale = args.rationale if args.rationale is not None else len(seeds) == 1
