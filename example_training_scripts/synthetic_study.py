@@ -117,6 +117,8 @@ DEMO = Plan(users_per_pole=6, rows_per_user=60, test_rows_per_user=20, shots=1, 
 one shot within minutes (not mood: which of 12 words is used), one shot per episode; see the README."""
 
 MODEL = "syn_tiny"
+POLE_NAMES = [pole for prop in PROPERTIES for pole in POLES[prop]]
+"""Every pole, property by property: the columns (or rows) of the tables by pole."""
 
 START = 8.0
 """Seconds a fairseq2 command needs to start and load its models on the 2-core machine (for the estimates)."""
@@ -349,6 +351,17 @@ def by_property(per_user: dict[str, dict], *, poles: bool = False) -> dict[str, 
             acc[0] += m["reward_accuracy"] * m["pairs"]
             acc[1] += m["pairs"]
     return {key: a / n for key, (a, n) in sums.items() if n}
+
+
+def pole_curve_rows(title: str, curves: list[dict[str, dict[str, float]]]) -> list[str]:
+    """A table under ``title`` of accuracy by IPO step (columns, the steps every curve has) and pole (rows); each cell
+    holds the curves' values (one per seed) joined by " / ". No table when the curves share no step."""
+    steps = [k for k in (curves[0] if curves else {}) if all(k in c for c in curves)]
+    if not steps:
+        return []
+    return ["", title, "", "| pole | " + " | ".join(steps) + " |", "|---|" + "---|" * len(steps),
+            *(f"| {pole} | " + " | ".join(" / ".join(f"{c[k][pole]:.2f}" if pole in c[k] else "n/a" for c in curves)
+                                          for k in steps) + " |" for pole in POLE_NAMES)]
 
 
 def win_cell(w: dict | None) -> str:
@@ -595,13 +608,12 @@ def report(out: Path, plan: Plan, variants: list[str], results: dict[str, dict[s
         props_rows.append(f"| {variant} | " + " | ".join(
             f"{by_prop[variant]['heldout'].get(p, float('nan')):.3f}" for p in PROPERTIES) + " |")
     by_pole = {v: {s: by_property(m["per_user"], poles=True) for s, m in sp.items()} for v, sp in results.items()}
-    pole_names = [pole for prop in PROPERTIES for pole in POLES[prop]]
     props_rows += ["", "The same by the pole the user prefers (reading the shots: both poles of a property right; a "
-                   "bias: one right, the other wrong):", "", "| model | " + " | ".join(pole_names) + " |",
-                   "|---|" + "---|" * len(pole_names)]
+                   "bias: one right, the other wrong):", "", "| model | " + " | ".join(POLE_NAMES) + " |",
+                   "|---|" + "---|" * len(POLE_NAMES)]
     for variant in [v for v in results if v != "untrained"]:
         props_rows.append(f"| {variant} | " + " | ".join(
-            f"{by_pole[variant]['heldout'].get(p, float('nan')):.3f}" for p in pole_names) + " |")
+            f"{by_pole[variant]['heldout'].get(p, float('nan')):.3f}" for p in POLE_NAMES) + " |")
     curve = results["fspo"]["heldout"].get("steps", {})
     curve_rows = ["", "FSPO, held-out implicit-reward / policy-only accuracy by IPO step:", "",
                   "| IPO step | " + " | ".join(curve) + " |", "|---|" + "---|" * len(curve),
@@ -610,12 +622,8 @@ def report(out: Path, plan: Plan, variants: list[str], results: dict[str, dict[s
     # The training curve of each pole: where a property is read it rises for both poles; a lean moves them apart.
     steps_by_pole = {v: {s: {step: by_property(users, poles=True) for step, users in m.get("steps_per_user", {}).items()}
                          for s, m in sp.items()} for v, sp in results.items()}
-    fspo_curve = steps_by_pole["fspo"]["heldout"]
-    if fspo_curve:
-        curve_rows += ["", "The same by the pole the held-out user prefers (implicit reward):", "",
-                       "| pole | " + " | ".join(fspo_curve) + " |", "|---|" + "---|" * len(fspo_curve)]
-        curve_rows += [f"| {pole} | " + " | ".join(f"{by[pole]:.2f}" if pole in by else "n/a"
-                                                    for by in fspo_curve.values()) + " |" for pole in pole_names]
+    curve_rows += pole_curve_rows("The same by the pole the held-out user prefers (implicit reward):",
+                                  [steps_by_pole["fspo"]["heldout"]])
     rows += ["", "(GPO: pairwise accuracy of its predicted preference, chosen above rejected, with each episode's own "
              "shots as context; the GPO module meta-trained on the training users' pairs over frozen embeddings)",
              "", "(win rate: the IPO model's own answers to the held-out users' questions against its SFT model's, "
@@ -755,22 +763,15 @@ def aggregate(out: Path, plan: Plan, seeds: list[int], *, seconds: float, jobs: 
         rows.append(f"| {variant} | " + " | ".join(
             f"{props[p]['mean']:.3f} ({props[p]['min']:.2f}-{props[p]['max']:.2f})" if p in props else "n/a"
             for p in PROPERTIES) + " |")
-    pole_names = [pole for prop in PROPERTIES for pole in POLES[prop]]
     if any(summary[v]["heldout"]["by_pole"] for v in summary):
         rows += ["", "The same by the pole the user prefers (each seed; reading: both poles right, a bias: one of "
-                 "them wrong):", "", "| model | " + " | ".join(pole_names) + " |", "|---|" + "---|" * len(pole_names)]
+                 "them wrong):", "", "| model | " + " | ".join(POLE_NAMES) + " |", "|---|" + "---|" * len(POLE_NAMES)]
         for variant in [v for v in summary if v != "untrained"]:
             poles = summary[variant]["heldout"]["by_pole"]
             rows.append(f"| {variant} | " + " | ".join(
-                " / ".join(f"{x:.2f}" for x in poles[p]["seeds"]) if p in poles else "n/a" for p in pole_names) + " |")
-    curves = summary.get("fspo", {}).get("heldout", {}).get("steps_by_pole", {})
-    steps = [k for k in next(iter(curves.values()), {}) if all(k in c for c in curves.values())]
-    if steps:
-        rows += ["", "FSPO, held-out implicit-reward accuracy by IPO step and the pole the user prefers (each seed):",
-                 "", "| pole | " + " | ".join(steps) + " |", "|---|" + "---|" * len(steps)]
-        rows += [f"| {pole} | " + " | ".join(" / ".join(f"{c[k][pole]:.2f}" if pole in c[k] else "n/a"
-                                                      for c in curves.values()) for k in steps) + " |"
-                 for pole in pole_names]
+                " / ".join(f"{x:.2f}" for x in poles[p]["seeds"]) if p in poles else "n/a" for p in POLE_NAMES) + " |")
+    rows += pole_curve_rows("FSPO, held-out implicit-reward accuracy by IPO step and the pole the user prefers (each "
+                            "seed):", list(summary.get("fspo", {}).get("heldout", {}).get("steps_by_pole", {}).values()))
     ks = [str(k) for k in range(plan.shots + 1)]
     rows += ["", "Implicit-reward accuracy by number of shots (mean, min-max over seeds):", "",
              "| model | users | " + " | ".join(f"{k} shots" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
