@@ -60,3 +60,45 @@ def test_metrics_report(tmp_path, capsys) -> None:
         last_metrics(tmp_path)
     assert metrics_main([str(tmp_path / "nowhere")]) == 1
     assert "does not exist: is" in capsys.readouterr().err
+
+
+def test_bpe_vocabulary_from_training_texts(tmp_path, capsys) -> None:
+    import yaml
+    from fairseq2.data.text.tokenizers.llama import LLaMA3Tokenizer
+
+    from fspo_recipe.models.bpe import corpus_texts, learn_bpe
+
+    rows = [{"src": f"## Question \nWhat is {t}?\n", "tgt_chosen": f"{t.capitalize()} is lovely!\n",
+             "tgt_rejected": f"{t.capitalize()} is awful.\n"} for t in ("rain", "snow", "a cloud", "the moon") * 3]
+    corpus = tmp_path / "train.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tokens = learn_bpe(corpus_texts([corpus]), 40)
+    assert tokens[:256] == [bytes([b]) for b in range(256)] and len(set(tokens)) == len(tokens) == 296
+    assert tokens == learn_bpe(corpus_texts([corpus]), 40)
+    every = learn_bpe(corpus_texts([corpus]), 10_000)  # until no pair occurs twice: the same merges, then more
+    assert 296 < len(every) < 10_256 and every[:296] == tokens
+
+    assert tiny_main([str(tmp_path / "m"), "--bpe-merges", "40", "--bpe-from", str(corpus)]) == 0
+    assert "vocab 552, 40 BPE tokens" in capsys.readouterr().out
+    tok = LLaMA3Tokenizer(tmp_path / "m" / "tokenizer.model")
+    encode, decode = tok.create_raw_encoder(), tok.create_decoder()
+    for word in (" lovely", " awful", " Question"):  # a word of the texts is one learned token
+        ids = encode(word).tolist()
+        assert len(ids) == 1 and 256 <= ids[0] < 296 and tokens[ids[0]] == word.encode()
+    text = "Rain is lovely! Zebras are not in the texts."
+    assert decode(encode(text)) == text
+    card = yaml.safe_load((tmp_path / "m" / "tiny_model.yaml").read_text())["model_config"]["_set_"]
+    info = tok.vocab_info
+    assert card["vocab_info"] == {"size": info.size, "unk_idx": None, "bos_idx": info.bos_idx,
+                                  "eos_idx": info.eos_idx, "pad_idx": info.pad_idx}
+    sd = torch.load(tmp_path / "m" / "model.pt", weights_only=True)["model"]
+    assert sd["decoder_frontend.embed.weight"].shape[0] == info.size == 552
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"text": "no field"}) + "\n")
+    assert tiny_main([str(tmp_path / "b"), "--bpe-merges", "5", "--bpe-from", str(bad)]) == 2
+    assert "bad.jsonl, line 2: expected a JSON object with a text field" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tiny_main([str(tmp_path / "b"), "--bpe-merges", "5"])
+    assert "--bpe-merges N and --bpe-from FILE go together" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -2,28 +2,33 @@
 
 Tests and the quick start train these in seconds on a CPU, offline. The tokenizer is a tiktoken file of the 256
 single bytes, loaded by fairseq2 as a llama 3 tokenizer: it adds 256 special tokens, so the vocabulary is 512.
+With ``--bpe-merges N --bpe-from FILES`` it also has up to N tokens learned from the training texts (words, as a
+real tokenizer has them; see fspo_recipe/models/bpe.py), and the special tokens come after those.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from fspo_recipe.data.writers import atomic_file
+from fspo_recipe.models.bpe import corpus_texts, learn_bpe, tiktoken_text
 
 TOKENIZER_FILE = "tokenizer.model"
 CHECKPOINT_FILE = "model.pt"
 CARD_FILE = "tiny_model.yaml"
 
-# fairseq2's llama 3 tokenizer numbers its special tokens after the 256 byte tokens.
-BYTE_VOCAB_SIZE = 512
-BOS_IDX, EOS_IDX, PAD_IDX = 256, 257, 260
+# fairseq2's llama 3 tokenizer numbers its 256 special tokens after the tokens of the tiktoken file: begin of
+# text first, end of text second, the padding token fifth.
+NUM_SPECIAL_TOKENS = 256
+BOS_OFFSET, EOS_OFFSET, PAD_OFFSET = 0, 1, 4
+BYTE_VOCAB_SIZE = 256 + NUM_SPECIAL_TOKENS
+BOS_IDX, EOS_IDX, PAD_IDX = 256 + BOS_OFFSET, 256 + EOS_OFFSET, 256 + PAD_OFFSET
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,18 @@ class TinyModelSpec:
     max_seq_len: int = 8192
     """Longest sequence the rotary encoder is built for."""
 
+    text_tokens: int = 256
+    """Tokens of the tiktoken file: the 256 bytes, plus any learned BPE tokens."""
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_tokens + NUM_SPECIAL_TOKENS
+
     def model_config(self) -> dict[str, object]:
         """Return the ``LLaMAConfig`` (or ``Qwen3Config``) fields that the card overrides."""
-        vocab_info = {"size": BYTE_VOCAB_SIZE, "unk_idx": None, "bos_idx": BOS_IDX, "eos_idx": EOS_IDX,
-                      "pad_idx": PAD_IDX}
+        n = self.text_tokens
+        vocab_info = {"size": self.vocab_size, "unk_idx": None, "bos_idx": n + BOS_OFFSET, "eos_idx": n + EOS_OFFSET,
+                      "pad_idx": n + PAD_OFFSET}
         if self.family == "qwen3":
             return {"model_dim": self.model_dim, "max_seq_len": self.max_seq_len, "vocab_info": vocab_info,
                     "num_layers": self.num_layers, "num_attn_heads": self.num_attn_heads,
@@ -94,7 +107,7 @@ class TinyModelSpec:
 
 def byte_tokenizer_text() -> str:
     """The tiktoken file of a byte-level vocabulary: one ``base64(byte) rank`` line per byte."""
-    return "".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256))
+    return tiktoken_text([bytes([b]) for b in range(256)])
 
 
 def card_text(name: str, spec: TinyModelSpec) -> str:
@@ -126,13 +139,19 @@ def make_tiny_state_dict(spec: TinyModelSpec, seed: int) -> dict[str, torch.Tens
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
-def write_tiny_assets(out_dir: Path, *, seed: int = 0, name: str = "fspo_tiny_llama", spec: TinyModelSpec | None = None) -> Path:
-    """Write checkpoint, tokenizer and card into ``out_dir``; return the card's path. Same seed, same bytes."""
+def write_tiny_assets(out_dir: Path, *, seed: int = 0, name: str = "fspo_tiny_llama", spec: TinyModelSpec | None = None,
+                      tokens: list[bytes] | None = None) -> Path:
+    """Write checkpoint, tokenizer and card into ``out_dir``; return the card's path. Same seed, same bytes.
+
+    ``tokens``: the tokenizer's vocabulary in rank order (fspo_recipe.models.bpe.learn_bpe); default the 256 bytes.
+    """
     spec = spec or TinyModelSpec()
+    if tokens is not None:
+        spec = replace(spec, text_tokens=len(tokens))
     out_dir.mkdir(parents=True, exist_ok=True)
 
     with atomic_file(out_dir / TOKENIZER_FILE) as fp:
-        fp.write(byte_tokenizer_text())
+        fp.write(byte_tokenizer_text() if tokens is None else tiktoken_text(tokens))
 
     state_dict = make_tiny_state_dict(spec, seed)
     with atomic_file(out_dir / CHECKPOINT_FILE, "wb") as fp:
@@ -162,7 +181,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kv-heads", type=int, default=TinyModelSpec.num_key_value_heads,
                         help="key/value heads, dividing --num-heads (default: 2)")
     parser.add_argument("--family", choices=["llama", "qwen3"], default="llama", help="model family (default: llama)")
+    parser.add_argument("--bpe-merges", type=int, default=0, metavar="N",
+                        help="add up to N BPE tokens learned from --bpe-from, e.g. the words of the training data "
+                        "(default: 0, one token per byte)")
+    parser.add_argument("--bpe-from", type=Path, nargs="+", default=[], metavar="FILE",
+                        help="texts to learn the BPE tokens from: fairseq2 JSONL (src, tgt, tgt_chosen, "
+                        "tgt_rejected fields) or plain text lines")
     args = parser.parse_args(argv)
+    if args.bpe_merges < 0:
+        parser.error(f"--bpe-merges must be >= 0, got {args.bpe_merges}")
+    if bool(args.bpe_merges) != bool(args.bpe_from):
+        parser.error("--bpe-merges N and --bpe-from FILE go together")
+    missing = [str(p) for p in args.bpe_from if not p.is_file()]
+    if missing:
+        parser.error(f"--bpe-from: no such file: {', '.join(missing)}")
     if args.num_heads % args.kv_heads:
         parser.error(f"--kv-heads ({args.kv_heads}) must divide --num-heads ({args.num_heads})")
     if args.family == "llama" and args.model_dim % args.num_heads:
@@ -175,9 +207,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     spec = TinyModelSpec(family=args.family, model_dim=args.model_dim, num_layers=args.num_layers,
                          num_attn_heads=args.num_heads, num_key_value_heads=args.kv_heads)
-    card = write_tiny_assets(args.out_dir, seed=args.seed, name=args.name, spec=spec)
+    tokens = None
+    if args.bpe_merges:
+        try:
+            tokens = learn_bpe(corpus_texts(args.bpe_from), args.bpe_merges)
+        except ValueError as err:
+            print(f"fspo-tiny-assets: {err}", file=sys.stderr)
+            return 2
+        spec = replace(spec, text_tokens=len(tokens))
+    card = write_tiny_assets(args.out_dir, seed=args.seed, name=args.name, spec=spec, tokens=tokens)
     print(f"wrote {card} ({spec.family} model '{args.name}', {spec.num_layers} layers, dim {spec.model_dim}, "
-          f"{spec.num_attn_heads} heads ({spec.num_key_value_heads} key/value), vocab {BYTE_VOCAB_SIZE})")
+          f"{spec.num_attn_heads} heads ({spec.num_key_value_heads} key/value), vocab {spec.vocab_size}"
+          f"{f', {spec.text_tokens - 256} BPE tokens' if tokens else ''})")
     return 0
 
 
