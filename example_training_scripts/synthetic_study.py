@@ -15,7 +15,8 @@ Every stage is one of the project's own commands, run as a user runs it:
      property wins half of the pairs; training users, held-out users (other people with the same kinds of taste)
      and interpolated users (a combination of two properties no training user has).
   2. ``fspo-prepare elix``: episodes with N shots, with 0 shots (the baseline) and with a rationale.
-  3. ``fspo-tiny-assets``: a tiny random llama (byte-level).
+  3. ``fspo-tiny-assets``: a tiny random llama, its tokenizer the bytes plus BPE tokens learned from the training
+     episodes (each of the data's words one token).
   4. ``fairseq2 lm preference_finetune``: for each variant, stage 1 ``fspo_sft`` (chosen responses only), then
      stage 2 ``fspo_ipo`` from the SFT checkpoint with the SFT model as reference:
        - baseline: the same preference pairs without shots (non-personalized);
@@ -88,27 +89,30 @@ class Plan:
     ipo_decay: bool = False
     """IPO's learning rate falls to 0 along a cosine after the warm-up (else constant, the presets' schedule)."""
     num_layers: int = 2
-    """Decoder layers of the tiny byte-level llama (fspo-tiny-assets --num-layers)."""
+    """Decoder layers of the tiny llama (fspo-tiny-assets --num-layers)."""
     model_dim: int = 64
     """Its width (--model-dim)."""
     num_heads: int = 4
     """Its attention heads (--num-heads)."""
     kv_heads: int = 2
     """Its key/value heads (--kv-heads; fewer than num_heads: grouped-query attention)."""
+    bpe_merges: int = 0
+    """BPE tokens learned from the training episodes (fspo-tiny-assets --bpe-merges; 0: one token per byte)."""
     gpo_steps: int = 2000
     """Meta-training steps of the GPO baseline (fspo-gpo train)."""
     generate_examples: int | None = None
     """Held-out queries answered for the win rates (None: all)."""
     generate_tokens: int = 96
-    """Longest generated answer, in tokens (bytes of the tiny model; the data's answers are under 60)."""
+    """Longest generated answer, in tokens (the data's answers are under 60 bytes, about 15 tokens with BPE)."""
 
 
 FULL = Plan(users_per_pole=6, rows_per_user=80, test_rows_per_user=30, shots=2, batch_size=16, sft_steps=500,
-            sft_lr=3e-3, ipo_steps=1500, ipo_lr=1e-3, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=True,
-            full_ablation=True, curve_every=250, kv_heads=4)
+            sft_lr=3e-3, ipo_steps=4000, ipo_lr=1e-3, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=True,
+            full_ablation=True, curve_every=500, kv_heads=4, bpe_merges=400, sft_seconds_per_step=0.2,
+            ipo_seconds_per_step=0.15)
 QUICK = Plan(users_per_pole=1, rows_per_user=12, test_rows_per_user=12, shots=2, batch_size=8, sft_steps=10, sft_lr=3e-3,
              ipo_steps=5, ipo_lr=1e-3, ipo_beta=0.1, passes=2, bootstrap=200, rationale=False, full_ablation=False,
-             curve_every=5, gpo_steps=20, generate_examples=16, generate_tokens=32, kv_heads=4)
+             curve_every=5, gpo_steps=20, generate_examples=16, generate_tokens=32, kv_heads=4, bpe_merges=400)
 
 DEMO = Plan(users_per_pole=6, rows_per_user=60, test_rows_per_user=20, shots=1, batch_size=16, sft_steps=50,
             sft_lr=3e-3, ipo_steps=250, ipo_lr=1e-3, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=False,
@@ -500,7 +504,8 @@ def run_seed(out: Path, plan: Plan, seed: int, *, first: bool) -> None:
         sh(*prep, "--input", sources / "interpolated", "--name", f"{name}int", "--shots", shots, "--rationale",
            rationale, log=logs / f"prepare_{name}int.log")
     sh(bin_path("fspo-tiny-assets"), assets, "--name", MODEL, "--seed", seed, "--num-layers", plan.num_layers,
-       "--model-dim", plan.model_dim, "--num-heads", plan.num_heads, "--kv-heads", plan.kv_heads)
+       "--model-dim", plan.model_dim, "--num-heads", plan.num_heads, "--kv-heads", plan.kv_heads,
+       *(["--bpe-merges", plan.bpe_merges, "--bpe-from", assets / "syn" / "train.jsonl"] if plan.bpe_merges else []))
     times["data"] = time.time() - start
 
     train_users = users_of(assets / "syn" / "train.jsonl")
