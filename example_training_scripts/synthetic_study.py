@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fspo_recipe.data.synthetic import POLE_TEXT, POLES, PROPERTIES
+from fspo_recipe.data.synthetic import POLE_TEXT, POLES, PROPERTIES, reading_ceiling
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -511,6 +511,8 @@ def run_seed(out: Path, plan: Plan, seed: int, *, first: bool) -> None:
     train_users = users_of(assets / "syn" / "train.jsonl")
     heldout_users, interpolated_users = users_of(assets / "syn" / "test.jsonl"), users_of(assets / "synint" / "test.jsonl")
     assert not train_users & heldout_users and not train_users & interpolated_users, "a test user is in training"
+    ceiling = {split: reading_ceiling(json.loads(line) for line in (assets / name / "test.jsonl").read_text().splitlines()
+                                      if line.strip()) for split, name in (("heldout", "syn"), ("interpolated", "synint"))}
 
     # 4-5: train and evaluate.
     results: dict[str, dict[str, dict]] = {"untrained": {}, "baseline": {}, "fspo": {}}
@@ -544,7 +546,7 @@ def run_seed(out: Path, plan: Plan, seed: int, *, first: bool) -> None:
         times["gpo"] = time.time() - t0
     times["total"] = time.time() - start
     counts = {"train_users": len(train_users), "heldout_users": len(heldout_users),
-              "interpolated_users": len(interpolated_users), "seed": seed}
+              "interpolated_users": len(interpolated_users), "seed": seed, "reading_ceiling": ceiling}
     report(out, plan, [v for v, _ in variants], results, wins, gpo, times, counts)
 
 
@@ -566,7 +568,7 @@ def add_gpo(out: Path, plan: Plan) -> int:
 
 
 def report(out: Path, plan: Plan, variants: list[str], results: dict[str, dict[str, dict]], wins: dict[str, dict],
-           gpo: dict[str, dict[str, dict]], times: dict[str, float], counts: dict[str, int]) -> None:
+           gpo: dict[str, dict[str, dict]], times: dict[str, float], counts: dict[str, object]) -> None:
     """Print and write the tables (OUT/table.md), OUT/study.json and the plot."""
 
     # Table.
@@ -629,7 +631,10 @@ def report(out: Path, plan: Plan, variants: list[str], results: dict[str, dict[s
                          for s, m in sp.items()} for v, sp in results.items()}
     curve_rows += pole_curve_rows("The same by the pole the held-out user prefers (implicit reward):",
                                   [steps_by_pole["fspo"]["heldout"]])
-    rows += ["", "(GPO: pairwise accuracy of its predicted preference, chosen above rejected, with each episode's own "
+    ceiling = counts.get("reading_ceiling") or {}
+    rows += ["", "(a perfect reader of the shots, who knows each property a shot's two responses differ on and guesses "
+             "the rest, would reach " + ", ".join(f"{split} {c:.3f}" for split, c in ceiling.items()) + ")",
+             "", "(GPO: pairwise accuracy of its predicted preference, chosen above rejected, with each episode's own "
              "shots as context; the GPO module meta-trained on the training users' pairs over frozen embeddings)",
              "", "(win rate: the IPO model's own answers to the held-out users' questions against its SFT model's, "
              "judged by each user's hidden preference; ties count half)"]
@@ -791,6 +796,13 @@ def aggregate(out: Path, plan: Plan, seeds: list[int], *, seconds: float, jobs: 
     extras = [name for name, there in (("rationale variant", "fspo+rationale" in first["results"]),
                                        ("GPO", bool(first.get("gpo"))), ("win rates", bool(first.get("win_rates_vs_sft"))))
               if there]
+    ceilings = [per_seed[s].get("reading_ceiling", {}) for s in seeds]
+    summary_ceiling = {split: spread([c[split] for c in ceilings]) for split in ("heldout", "interpolated")
+                       if all(split in c for c in ceilings)}
+    if summary_ceiling:
+        rows += ["", "A perfect reader of the shots (knows each property a shot's two responses differ on, guesses "
+                 "the rest) would reach: " + ", ".join(f"{split} {c['mean']:.3f} ({c['min']:.3f}-{c['max']:.3f})"
+                                                       for split, c in summary_ceiling.items()) + "."]
     rows += ["", f"Wall time: {seconds / 60:.1f} min in all"
              + (f", {jobs} seeds at a time" if jobs > 1 else "") + " ("
              + ", ".join(f"seed {s} {t / 60:.1f}" for s, t in times.items()) + "); "
@@ -799,6 +811,7 @@ def aggregate(out: Path, plan: Plan, seeds: list[int], *, seconds: float, jobs: 
     table = "\n".join(rows)
     (out / "study.json").write_text(json.dumps({"plan": plan.__dict__, "seeds": seeds, "seconds": seconds,
                                                 "machine": f"{os.cpu_count()} CPUs", "summary": summary,
+                                                "reading_ceiling": summary_ceiling,
                                                 "per_seed": {str(s): v for s, v in per_seed.items()}}, indent=1))
     (out / "table.md").write_text(table + "\n")
     plot_seeds(summary, plan, out / "accuracy_vs_shots.png")

@@ -19,6 +19,7 @@ from fspo_recipe.data.synthetic import (
     interpolated_users,
     pairs_of_user,
     pole_balance,
+    reading_ceiling,
     render_response,
     source_rows,
     write_study_sources,
@@ -52,6 +53,29 @@ def test_pooled_over_users_every_property_wins_half_of_the_pairs() -> None:
     train, test = heldout_users(3, 1)
     for users in (train, test):
         assert pole_balance(source_rows(users, 40, seed=0)) == {p: 0.5 for p in PROPERTIES}
+
+
+def test_reading_ceiling_counts_only_what_the_shots_show() -> None:
+    from fspo_recipe.data.episodes import PREFERRED_HEADER
+
+    base = {"case": "lower", "length": "short", "mood": "positive", "ending": "calm"}
+
+    def text(**poles: str) -> str:
+        return render_response("rain", 0, {**base, **poles})
+
+    def episode(shots, chosen, rejected):
+        return {"episode": {"shots": [{"preferred": p, "dispreferred": d} for p, d in shots]},
+                "tgt_chosen": f"{PREFERRED_HEADER}{chosen}\n", "tgt_rejected": f"{PREFERRED_HEADER}{rejected}\n"}
+
+    upper_shot = (text(case="upper"), text(case="lower"))
+    both = (text(case="upper", ending="exclaiming"), text(case="upper", ending="exclaiming"))  # shows nothing
+    shown = episode([upper_shot], text(case="upper"), text(case="lower"))
+    unshown = episode([upper_shot, both], text(ending="exclaiming"), text(ending="calm"))
+    either = episode([upper_shot], text(case="upper", ending="exclaiming"), text(case="lower", ending="calm"))
+    assert reading_ceiling([shown]) == 1.0 and reading_ceiling([unshown]) == 0.5 and reading_ceiling([either]) == 1.0
+    assert reading_ceiling([shown, unshown]) == 0.75
+    with pytest.raises(ValueError, match="no episodes"):
+        reading_ceiling([])
 
 
 def test_study_sources_keep_test_users_out_of_training(tmp_path) -> None:
@@ -101,6 +125,10 @@ def test_quick_study_runs_the_whole_pipeline(tmp_path) -> None:
         assert baseline["policy_accuracy"] == pytest.approx(0.5, abs=0.17), split
         assert baseline["reward_accuracy"] == pytest.approx(0.5, abs=0.17), split
     assert set(study["results"]["fspo"]["heldout"]["shots"]) == {"0", "1", "2"}
+    # One-property held-out users show their property in every shot; two-property users not always.
+    ceiling = study["reading_ceiling"]
+    assert ceiling["heldout"] == 1.0 and 0.5 <= ceiling["interpolated"] < 1.0
+    assert f"would reach heldout 1.000, interpolated {ceiling['interpolated']:.3f}" in proc.stdout
     # Every held-out user cares about one property: each property has its accuracy, a pair-weighted mean.
     by_property = study["results"]["fspo"]["heldout"]["by_property"]
     assert set(by_property) == set(PROPERTIES) and all(0.0 <= v <= 1.0 for v in by_property.values())
@@ -177,7 +205,8 @@ def test_multi_seed_summary_gives_mean_spread_and_an_interval_over_seeds_and_pai
                     "by_pole": {pole: acc for poles in POLES.values() for pole in poles},
                     "steps": {"5": {"reward_accuracy": acc}} if variant == "fspo" else {},
                     "steps_by_pole": {"5": {"exclaiming": acc, "calm": 1 - acc}} if variant == "fspo" else {}}
-        (seed_dir / "study.json").write_text(json.dumps({"results": results, "seconds": {"total": 60.0 + seed}}))
+        (seed_dir / "study.json").write_text(json.dumps({"results": results, "seconds": {"total": 60.0 + seed},
+                                                         "reading_ceiling": {"heldout": 1.0, "interpolated": [0.9, 0.95][seed]}}))
     summary = study.aggregate(tmp_path, plan, [0, 1], seconds=130.0, jobs=2)
     fspo = summary["fspo"]["heldout"]["reward_accuracy"]
     assert fspo["mean"] == pytest.approx(0.5) and (fspo["min"], fspo["max"]) == (0.25, 0.75)
@@ -195,6 +224,8 @@ def test_multi_seed_summary_gives_mean_spread_and_an_interval_over_seeds_and_pai
     assert "| fspo | " + " | ".join(["0.75 / 0.25"] * 8) + " |" in table  # by pole, each seed
     assert "| exclaiming | 0.75 / 0.25 |" in table and "| calm | 0.25 / 0.75 |" in table  # each seed's curve
     assert "| upper | n/a / n/a |" in table
+    assert "would reach: heldout 1.000 (1.000-1.000), interpolated 0.925 (0.900-0.950)." in table
+    assert saved["reading_ceiling"]["interpolated"]["seeds"] == [0.9, 0.95]
     assert "Wall time: 2.2 min in all, 2 seeds at a time (seed 0 1.0, seed 1 1.0); no extras" in table
     assert (tmp_path / "accuracy_vs_shots.png").stat().st_size > 0
     # Equal seeds give an interval from the pairs alone, around their accuracy.

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -185,6 +185,32 @@ def classify(response: str) -> dict[str, str]:
         "mood": "positive" if any(f" {w}" in lower for w in GOOD) else "negative",
         "ending": "exclaiming" if response.endswith("!") else "calm",
     }
+
+
+def reading_ceiling(episodes: Iterable[dict[str, object]]) -> float:
+    """The implicit-reward accuracy of a perfect reader of the shots, on prepared episodes (fspo-prepare's lines).
+
+    The reader knows the user's pole of every property on which a shot's preferred and dispreferred responses
+    differ; it ranks a pair right when chosen and rejected differ on such a property, and guesses (half right)
+    otherwise. A property both responses of a shot share does not count as shown: for a training user it is drawn
+    per pair and says nothing. One-property users show their property in every shot (ceiling 1.0); a user of two
+    properties leaves one unshown when no shot's rejected response flips it, so its ceiling is lower.
+    """
+    from fspo_recipe.data.episodes import split_completion
+
+    right = total = 0.0
+    for row in episodes:
+        shown: dict[str, str] = {}
+        for shot in row["episode"]["shots"]:  # type: ignore[index]
+            preferred, dispreferred = classify(shot["preferred"]), classify(shot["dispreferred"])
+            shown.update({p: preferred[p] for p in PROPERTIES if preferred[p] != dispreferred[p]})
+        chosen = classify(split_completion(str(row["tgt_chosen"])).response)
+        rejected = classify(split_completion(str(row["tgt_rejected"])).response)
+        right += 1.0 if any(shown.get(p) == chosen[p] != rejected[p] for p in PROPERTIES) else 0.5
+        total += 1
+    if not total:
+        raise ValueError("no episodes to compute a reading ceiling of")
+    return right / total
 
 
 def has_pole(text: str, pole: str) -> bool:
