@@ -337,8 +337,12 @@ def make_sources(sources: Path, plan: Plan, seed: int, log: Path | None = None) 
        "--properties", ",".join(plan.properties), log=log)
 
 
-def users_of(path: Path) -> set[str]:
-    return {json.loads(line)["user"] for line in path.read_text().splitlines() if line.strip()}
+def jsonl_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def users_of(rows: list[dict]) -> set[str]:
+    return {row["user"] for row in rows}
 
 
 def by_property(per_user: dict[str, dict], *, poles: bool = False) -> dict[str, float]:
@@ -508,11 +512,12 @@ def run_seed(out: Path, plan: Plan, seed: int, *, first: bool) -> None:
        *(["--bpe-merges", plan.bpe_merges, "--bpe-from", assets / "syn" / "train.jsonl"] if plan.bpe_merges else []))
     times["data"] = time.time() - start
 
-    train_users = users_of(assets / "syn" / "train.jsonl")
-    heldout_users, interpolated_users = users_of(assets / "syn" / "test.jsonl"), users_of(assets / "synint" / "test.jsonl")
+    train_users = users_of(jsonl_rows(assets / "syn" / "train.jsonl"))
+    test_rows = {split: jsonl_rows(assets / name / "test.jsonl") for split, name in (("heldout", "syn"),
+                                                                                      ("interpolated", "synint"))}
+    heldout_users, interpolated_users = users_of(test_rows["heldout"]), users_of(test_rows["interpolated"])
     assert not train_users & heldout_users and not train_users & interpolated_users, "a test user is in training"
-    ceiling = {split: reading_ceiling(json.loads(line) for line in (assets / name / "test.jsonl").read_text().splitlines()
-                                      if line.strip()) for split, name in (("heldout", "syn"), ("interpolated", "synint"))}
+    ceiling = {split: reading_ceiling(rows) for split, rows in test_rows.items()}
 
     # 4-5: train and evaluate.
     results: dict[str, dict[str, dict]] = {"untrained": {}, "baseline": {}, "fspo": {}}
