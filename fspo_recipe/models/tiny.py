@@ -105,11 +105,6 @@ class TinyModelSpec:
         return FspoLLaMAFactory(structure(self.model_config(), LLaMAConfig)).create_model()
 
 
-def byte_tokenizer_text() -> str:
-    """The tiktoken file of a byte-level vocabulary: one ``base64(byte) rank`` line per byte."""
-    return tiktoken_text([bytes([b]) for b in range(256)])
-
-
 def card_text(name: str, spec: TinyModelSpec) -> str:
     """The asset card of the tiny model; paths are relative to the card's directory."""
     import yaml
@@ -145,13 +140,12 @@ def write_tiny_assets(out_dir: Path, *, seed: int = 0, name: str = "fspo_tiny_ll
 
     ``tokens``: the tokenizer's vocabulary in rank order (fspo_recipe.models.bpe.learn_bpe); default the 256 bytes.
     """
-    spec = spec or TinyModelSpec()
-    if tokens is not None:
-        spec = replace(spec, text_tokens=len(tokens))
+    tokens = [bytes([b]) for b in range(256)] if tokens is None else tokens
+    spec = replace(spec or TinyModelSpec(), text_tokens=len(tokens))
     out_dir.mkdir(parents=True, exist_ok=True)
 
     with atomic_file(out_dir / TOKENIZER_FILE) as fp:
-        fp.write(byte_tokenizer_text() if tokens is None else tiktoken_text(tokens))
+        fp.write(tiktoken_text(tokens))
 
     state_dict = make_tiny_state_dict(spec, seed)
     with atomic_file(out_dir / CHECKPOINT_FILE, "wb") as fp:
