@@ -1,29 +1,38 @@
 """Benchmark of one preference training step on long few-shot prompts: fairseq2's DPO unit versus ours.
 
-    python benchmarks/shared_prefix.py [--sizes 1024x256,2048x256,4096x512] [--pairs 2] [--steps 2]
-        [--model-dim 256 --layers 4 --heads 4 --kv-heads 4 --vocab 512] [--dtype float32] [--ckpt] [--compile]
-        [--variants builtin,paired,shared,shared+ref] [--against REV] [--profile]
+    python benchmarks/shared_prefix.py [--sizes 1024x256,2048x256,4096x512] [--pairs 2] [--steps 2] [--warmup 1]
+        [--arch 1b|3b | --model-dim 256 --layers 4 --heads 4 --kv-heads 4 --ffn 1024 --vocab 512] [--dtype float32]
+        [--ckpt] [--compile] [--optim] [--variants builtin,paired,shared,shared+ref] [--against REV] [--profile]
 
 For each (P, R) = (prompt tokens, tokens per response) it runs, each in a fresh child process (so that peak memory
 is its own), forward + backward of a random llama (by default the small CPU shape: 4 layers, dim 256, vocab 512,
-fp32; `--model-dim 2048 --layers 16 --heads 32 --kv-heads 8 --ffn 8192 --vocab 128256 --dtype bfloat16` is the
-Llama 3.2 1B shape for a GPU), on CUDA when there is one:
+fp32; `--arch 1b` / `--arch 3b` are the Llama 3.2 shapes in bfloat16, for a GPU), on CUDA when there is one:
 
   builtin     fairseq2 0.4.6's `dpo` unit: chosen and rejected as separate sequences, live reference model
   paired      our unit, [prompt, response] rows, live reference
   shared      our unit, one [prompt, chosen, rejected] sequence per pair, live reference
   shared+ref  shared, reference log-probs precomputed in the data (no reference forward)
 
-and prints s/step (wall), CPU s/step (process time: on a shared virtual machine the steadier figure), pairs/s,
-tokens/s (P + 2R data tokens per pair), peak memory (child RSS on CPU, allocated on CUDA), each speed ratio against
-`builtin`, and shared over paired against the token bound 2(P+R)/(P+2R).
+and prints the median s/step (wall) of `--steps` timed steps, CPU s/step (process time: on a shared virtual
+machine the steadier figure), pairs/s, tokens/s (P + 2R data tokens per pair), peak memory (child RSS on CPU,
+allocated on CUDA), each speed ratio against `builtin`, and shared over paired against the token bound
+2(P+R)/(P+2R).
 
 `--ckpt`: layerwise activation checkpointing; `--compile`: our variants with `criterion.config.compile_layers`
-(norms, feed-forward blocks, projections and rotary compiled; the first, untimed step compiles). `--against REV`
-also runs our variants with the package as it was at git revision REV (a temporary worktree on PYTHONPATH) and
+(norms, feed-forward blocks, projections and rotary compiled; the warm-up steps compile); `--optim`: each step
+also updates the weights (AdamW, fused on CUDA). `--against REV` also runs our variants with the package as it was
+at git revision REV (a temporary worktree on PYTHONPATH; revisions from before the stage packages work too) and
 prints each speed ratio against it: today's code against a baseline in one run. `--profile` profiles one more
 step of each variant and prints the split of its operator time (self time, CPU or CUDA): matmul, attention,
 everything else.
+
+On a GPU machine whose image cannot install fairseq2 0.4.6 (torch 2.11, no package index), ../shared/gpu's
+run.sh provides the environment (fairseq2's pure-Python wheels, a stand-in for its native half); its own
+fspo_gpu.py imports this package's module layout from before the stage packages, so measure today's code with
+this script through it, with the settings of its table (median of 5 steps after 2, AdamW):
+
+    cp benchmarks/shared_prefix.py .gpu/ && bash .gpu/run.sh shared_prefix.py --arch 1b --sizes 4096x512 \
+        --pairs 4 --ckpt --optim --steps 5 --warmup 2 --profile [--compile]
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +49,10 @@ import time
 from pathlib import Path
 
 VARIANTS = ("builtin", "paired", "shared", "shared+ref")
+ARCHS = {  # (model dim, layers, heads, key/value heads, feed-forward width, vocabulary): Llama 3.2's shapes
+    "1b": (2048, 16, 32, 8, 8192, 128256),
+    "3b": (3072, 28, 24, 8, 8192, 128256),
+}
 ROOT = Path(__file__).resolve().parents[1]
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::_scaled_mm")
@@ -86,22 +100,36 @@ def child(variant: str, prompt: int, response: int, args: argparse.Namespace) ->
 
     import fspo_recipe
     from fspo_recipe.criteria import get_criterion
-    from fspo_recipe.models.llama import FspoLLaMAFactory
-    from fspo_recipe.models.tiny import TinyModelSpec
-    from fspo_recipe.train.unit import FspoFinetuneUnit
+
+    # Asked of the imported package's files, not by trying imports: the editable install's finder would serve a
+    # missing module from the checkout instead of the baseline.
+    if (Path(fspo_recipe.__file__).parent / "train").is_dir():
+        from fspo_recipe.models.llama import FspoLLaMAFactory
+        from fspo_recipe.train.unit import FspoFinetuneUnit
+    else:  # a baseline from before the stage packages (7567a99): its unit took fairseq2's own model
+        from fspo_recipe.unit import FspoFinetuneUnit  # type: ignore[no-redef]
+
+        FspoLLaMAFactory = LLaMAFactory  # type: ignore[misc]
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
-    spec = TinyModelSpec(model_dim=args.model_dim, num_layers=args.layers, num_attn_heads=args.heads,
-                         num_key_value_heads=args.kv_heads, ffn_inner_dim=args.ffn or 4 * args.model_dim,
-                         max_seq_len=prompt + 2 * response + 8)
-    config = structure(spec.model_config(), LLaMAConfig)
-    config.vocab_info = type(config.vocab_info)(size=args.vocab, unk_idx=None, bos_idx=1, eos_idx=2, pad_idx=0)
+    config = structure({
+        "model_dim": args.model_dim, "max_seq_len": prompt + 2 * response + 8, "num_layers": args.layers,
+        "num_attn_heads": args.heads, "num_key_value_heads": args.kv_heads,
+        "ffn_inner_dim": args.ffn or 4 * args.model_dim, "ffn_inner_dim_scale": 1.0, "ffn_inner_dim_multiplier": 1.0,
+        "ffn_inner_dim_to_multiple": 1, "dropout_p": 0.0,
+        "vocab_info": {"size": args.vocab, "unk_idx": None, "bos_idx": 1, "eos_idx": 2, "pad_idx": 0},
+    }, LLaMAConfig)
     # fairseq2's unit gets fairseq2's model; ours the model FSPO's commands load (the packed-pairs subclasses).
     factory = LLaMAFactory if variant == "builtin" else FspoLLaMAFactory
-    model = factory(config).create_model().to(device=device, dtype=dtype).train()
-    reference = factory(config).create_model().to(device=device, dtype=dtype).eval().requires_grad_(False)
+    with device:  # built where it runs: a 1B model takes seconds on a GPU, a minute on the host
+        model = factory(config).create_model().to(dtype=dtype).train()
+        reference = factory(config).create_model().to(dtype=dtype).eval().requires_grad_(False)
+    for module in [*model.modules(), *reference.modules()]:  # as fairseq2 loads a half-precision model
+        if dtype != torch.float32 and hasattr(module, "freqs") and hasattr(module, "reset_non_persistent_buffers"):
+            module.freqs = module.freqs.float()  # rotary tables stay float32
+            module.reset_non_persistent_buffers()
     if args.ckpt:
         use_layerwise_activation_checkpointing(model)
     compiled = 0
@@ -132,22 +160,31 @@ def child(variant: str, prompt: int, response: int, args: argparse.Namespace) ->
         unit = FspoFinetuneUnit(model, None if variant == "shared+ref" else reference, get_criterion("dpo"), gangs,
                                 shared_prefix=variant != "paired")
 
+    optimizer = None
+    if args.optim:  # as a training step: AdamW (fused on CUDA), as ../shared/gpu times it
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
+
     def step() -> None:
         loss, n = unit(batch)
         (loss / n).backward()
+        if optimizer is not None:
+            optimizer.step()
         model.zero_grad(set_to_none=True)
 
-    step()  # warm-up (and compilation)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(args.steps):
+    for _ in range(args.warmup):  # warm-up (and compilation)
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.steps
-    cpu_seconds = (time.process_time() - cpu_start) / args.steps
+        torch.cuda.reset_peak_memory_stats()
+    times, cpu_times = [], []
+    for _ in range(args.steps):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    seconds, cpu_seconds = statistics.median(times), statistics.median(cpu_times)
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     result: dict[str, object] = {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_bytes": float(peak),
@@ -193,14 +230,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1024x256,2048x256,4096x512", help="PxR,... (default: the issue's three)")
     parser.add_argument("--pairs", type=int, default=2, help="pairs per step (default: 2)")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up (default: 2)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps; the median is reported (default: 2)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them (default: 1)")
+    parser.add_argument("--arch", default=None, choices=sorted(ARCHS),
+                        help="a Llama 3.2 shape (random weights, bfloat16 unless --dtype) instead of the flags below")
     parser.add_argument("--model-dim", type=int, default=256, help="model width (default: 256)")
     parser.add_argument("--layers", type=int, default=4, help="decoder layers (default: 4)")
     parser.add_argument("--heads", type=int, default=4, help="attention heads (default: 4)")
     parser.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: --heads)")
     parser.add_argument("--ffn", type=int, default=None, help="feed-forward inner width (default: 4 x model dim)")
     parser.add_argument("--vocab", type=int, default=512, help="vocabulary size (default: 512)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="weights' dtype (default: float32; bfloat16 with --arch)")
+    parser.add_argument("--optim", action="store_true",
+                        help="each step also updates the weights (AdamW, fused on CUDA), as ../shared/gpu times it")
     parser.add_argument("--ckpt", action="store_true", help="layerwise activation checkpointing")
     parser.add_argument("--compile", action="store_true", help="our variants with compiled layer blocks")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
@@ -209,6 +252,9 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="print the matmul / attention / other time split")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.arch:
+        args.model_dim, args.layers, args.heads, args.kv_heads, args.ffn, args.vocab = ARCHS[args.arch]
+    args.dtype = args.dtype or ("bfloat16" if args.arch else "float32")
     args.kv_heads = args.kv_heads or args.heads
 
     if args.child:

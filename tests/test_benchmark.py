@@ -1,0 +1,55 @@
+"""benchmarks/shared_prefix.py in the environment of the GPU harness (../shared/gpu/run.sh: fairseq2's pure-Python
+half with a stand-in for its native half), against a baseline revision from before the stage packages."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = "e1d4052"  # the code the H100 figures of the README were measured with (fspo_recipe.unit layout)
+
+# What ../shared/gpu/run.sh writes in place of fairseq2n (built for one torch only), plus a trace of each import.
+STAND_IN = '''
+import os
+with open(os.environ["STAND_IN_TRACE"], "a") as trace:
+    trace.write(f"{os.getpid()}\\n")
+__version__ = "0.4.6"
+DOC_MODE = True
+def torch_version(): return "2.6.0"
+def torch_variant(): return "cpu"
+def supports_image(): return False
+def supports_cuda(): return False
+def cuda_version(): return None
+'''
+
+
+def test_the_benchmark_runs_with_the_gpu_harness_stand_in_and_against_an_old_revision(tmp_path) -> None:
+    has_baseline = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{BASELINE}^{{commit}}"],
+                                  capture_output=True).returncode == 0
+    (tmp_path / "site" / "fairseq2n").mkdir(parents=True)
+    (tmp_path / "site" / "fairseq2n" / "__init__.py").write_text(STAND_IN)
+    trace = tmp_path / "trace"
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{REPO}", STAND_IN_TRACE=str(trace),
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "shared_prefix.py"), "--sizes", "48x8", "--model-dim", "32",
+           "--layers", "1", "--heads", "2", "--vocab", "64", "--pairs", "2", "--steps", "1", "--optim",
+           "--variants", "paired,shared", *(["--against", BASELINE] if has_baseline else [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+    children = 4 if has_baseline else 2
+    assert len(trace.read_text().split()) == children  # every child ran on the stand-in
+    rows = {m[1]: float(m[2]) for m in re.finditer(r"^\s+48\s+8 (paired|shared)\s+([\d.]+)", proc.stdout, re.M)}
+    assert set(rows) == {"paired", "shared"} and all(v > 0 for v in rows.values()), proc.stdout
+    assert re.search(r"shared/paired [\d.]+x \(token bound 1\.\d\dx\)", proc.stdout), proc.stdout
+    if not has_baseline:
+        pytest.skip(f"{BASELINE} is not in this clone: the baseline half was not run")
+    # The baseline's own package ran (its fspo_recipe.unit), and each variant has a ratio against it.
+    assert re.search(rf"\(baseline: {BASELINE}, package \S+fspo_baseline_\S+/tree/fspo_recipe\)", proc.stdout)
+    assert len(re.findall(r"^\s+\(baseline\)\s+[\d.]+", proc.stdout, re.M)) == 2, proc.stdout
