@@ -28,8 +28,14 @@ DDP_RUN = [
 ]
 
 
+# compile_layers under DDP: the compiled layer blocks inside the DDP wrapper (dynamo's aot_eager backend, as in
+# tests/test_cli.py; tests/test_unit.py checks inductor's kernels) train as one eager process.
+COMPILED = ["criterion.config.compile_layers=true", "criterion.config.compile_backend=aot_eager"]
+
+
 @pytest.mark.xdist_group("torchrun")  # torchrun --standalone listens on one fixed port
-def test_two_processes_give_the_loss_trajectory_of_one(tiny_assets, tmp_path) -> None:
+@pytest.mark.parametrize("two_process_options", [[], COMPILED], ids=["eager", "compiled"])
+def test_two_processes_give_the_loss_trajectory_of_one(tiny_assets, tmp_path, two_process_options) -> None:
     import subprocess
 
     one, two = tmp_path / "one", tmp_path / "two"
@@ -37,10 +43,12 @@ def test_two_processes_give_the_loss_trajectory_of_one(tiny_assets, tmp_path) ->
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", FAIRSEQ2,
            "lm", "preference_finetune", str(two), "--preset", "fspo_ipo", "--no-sweep-dir", "--config",
-           f"common.assets.extra_path={tiny_assets}", "dataset.batch_size=2", *DDP_RUN]
+           f"common.assets.extra_path={tiny_assets}", "dataset.batch_size=2", *DDP_RUN, *two_process_options]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(OMP_NUM_THREADS="1"), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (two / "logs" / "rank_1.log").is_file()  # two processes did run
+    if two_process_options:
+        assert "compiled 18 layer blocks" in (two / "logs" / "rank_1.log").read_text()  # policy and reference, 2 x 9
 
     a, b = metrics(one), metrics(two)
     assert [r["Step"] for r in a] == [r["Step"] for r in b] == [1, 2, 3, 4]
