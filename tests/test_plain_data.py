@@ -73,6 +73,23 @@ def test_bad_plain_input_is_refused_with_the_schema(tmp_path, capsys) -> None:
     assert not (tmp_path / "o" / "hh").exists()
 
 
+PER_USER_OPTIONS = ("--shots", "--passes", "--split-mode", "--test-users", "--valid-users", "--test-user-names",
+                    "--no-dispreferred", "--rationale")
+
+
+@pytest.mark.parametrize("source", PLAIN_SOURCES)
+def test_the_help_of_a_plain_source_lists_no_per_user_option(source, capsys) -> None:
+    with pytest.raises(SystemExit):
+        prepare_main([source, "--help"])
+    plain = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        prepare_main(["elix", "--help"])
+    per_user = capsys.readouterr().out
+    for option in PER_USER_OPTIONS:
+        assert f"{option} " in per_user and f"{option} " not in plain, option
+    assert "--seed SEED" in plain and "--test-fraction" in plain  # what does apply stays
+
+
 def fairseq2(*args: str) -> subprocess.CompletedProcess:
     from test_cli import FAIRSEQ2
 

@@ -330,27 +330,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--name", default=key, help=f"name of the data set and prefix of its cards (default: {key})")
         p.add_argument("--overwrite", action="store_true",
                        help="replace OUT/NAME if it holds a data set fspo-prepare wrote (never anything else)")
-        p.add_argument("--shots", type=_at_least(0), default=spec.default_shots,
-                       help=f"shots per episode (default: {spec.default_shots}, as in the paper)")
-        p.add_argument("--passes", type=_at_least(1), default=None,
-                       help="reshuffling passes per user (default: 2*(shots+1))")
+        # Plain pair sources have no users: their help leaves the per-user options out; they are still parsed, so
+        # that one given anyway gets prepare()'s message saying why it does not apply.
+        def per_user(*names: str, help: str, **kwargs: Any) -> None:
+            p.add_argument(*names, help=argparse.SUPPRESS if spec.plain else help, **kwargs)
+
+        per_user("--shots", type=_at_least(0), default=spec.default_shots,
+                 help=f"shots per episode (default: {spec.default_shots}, as in the paper)")
+        per_user("--passes", type=_at_least(1), default=None,
+                 help="reshuffling passes per user (default: 2*(shots+1))")
         p.add_argument("--seed", type=int, default=0, help="seed of shuffles and user splits (default: 0)")
-        p.add_argument("--split-mode", choices=["source", "heldout_users", "interpolated"], default="source",
-                       help="source: the data set's own splits; heldout_users: whole users for valid/test; "
-                       "interpolated (sources with attribute users, i.e. review): single-attribute users train, "
-                       "combinations test")
+        per_user("--split-mode", choices=["source", "heldout_users", "interpolated"], default="source",
+                 help="source: the data set's own splits; heldout_users: whole users for valid/test; "
+                 "interpolated (sources with attribute users, i.e. review): single-attribute users train, "
+                 "combinations test")
         p.add_argument("--valid-fraction", type=_fraction, default=0.0,
                        help="source/interpolated: fraction of each user's train rows for valid, in [0, 1) "
                        "(default: 0)")
-        p.add_argument("--test-users", type=_count_or_fraction, default=0.1,
-                       help="heldout_users: number of test users, or a fraction in (0, 1) of the users, at least "
-                       "one (default: 0.1)")
-        p.add_argument("--valid-users", type=_count_or_fraction, default=0,
-                       help="heldout_users: number of valid users, or a fraction in (0, 1) (default: 0)")
-        p.add_argument("--test-user-names", default="", help="heldout_users: comma-separated test users")
-        p.add_argument("--no-dispreferred", action="store_true", help="show only the preferred response of each shot")
-        p.add_argument("--rationale", choices=["none", "generated", "teacher_forced"], default="none",
-                       help="user-description rationale: in the targets (generated) or the prompt (teacher_forced)")
+        per_user("--test-users", type=_count_or_fraction, default=0.1,
+                 help="heldout_users: number of test users, or a fraction in (0, 1) of the users, at least "
+                 "one (default: 0.1)")
+        per_user("--valid-users", type=_count_or_fraction, default=0,
+                 help="heldout_users: number of valid users, or a fraction in (0, 1) (default: 0)")
+        per_user("--test-user-names", default="", help="heldout_users: comma-separated test users")
+        per_user("--no-dispreferred", action="store_true", help="show only the preferred response of each shot")
+        per_user("--rationale", choices=["none", "generated", "teacher_forced"], default="none",
+                 help="user-description rationale: in the targets (generated) or the prompt (teacher_forced)")
         p.add_argument("--keep-identical-pairs", action="store_true",
                        help="keep rows whose preferred and dispreferred responses are equal (default: skip and "
                        "count them: they carry no preference)")
