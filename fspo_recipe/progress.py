@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 class ProgressBar:
     """A rich progress bar (or nothing: when disabled or stderr is not a terminal), as a context manager yielding
-    ``tick(n)``."""
+    ``tick(n, description=None)``: advance by n, and replace the label when a description is given."""
 
     def __init__(self, enabled: bool, label: str, total: int) -> None:
         self._bar = None
@@ -18,11 +18,14 @@ class ProgressBar:
             self._bar = Progress(transient=True)
             self._task = self._bar.add_task(label, total=total)
 
-    def __enter__(self) -> Callable[[int], None]:
-        if self._bar is None:
-            return lambda n: None
-        self._bar.start()
-        return lambda n: self._bar.advance(self._task, n)  # type: ignore[union-attr]
+    def __enter__(self) -> Callable[..., None]:
+        if self._bar is not None:
+            self._bar.start()
+        return self._tick
+
+    def _tick(self, n: int, description: str | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n, **({} if description is None else {"description": description}))
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:

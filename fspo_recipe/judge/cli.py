@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from fspo_recipe.judge.exact import ExactJudge
 from fspo_recipe.judge.matchups import JudgeInputError, build_matchups, load_systems, read_descriptions
 from fspo_recipe.judge.verdicts import JudgeQuery, Verdict, outcome_name, system_score
 from fspo_recipe.judge.winrates import win_rates, write_outputs
+from fspo_recipe.progress import ProgressBar
 
 
 def parser() -> argparse.ArgumentParser:
@@ -91,34 +92,6 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"{args.out} exists and is not a directory")
 
 
-class _Bar:
-    """A progress bar with the judged and failed counts (rich; nothing when off or not a terminal)."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.judged = self.failed = 0
-        self._bar = None
-        if enabled and sys.stderr.isatty():
-            from rich.progress import Progress
-
-            self._bar = Progress(transient=True)
-            self._task = self._bar.add_task("judging", total=total)
-
-    def __enter__(self) -> Callable[[Verdict], None]:
-        if self._bar is not None:
-            self._bar.start()
-        return self.tick
-
-    def tick(self, verdict: Verdict) -> None:
-        self.judged += verdict.choice is not None
-        self.failed += verdict.choice is None
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, description=f"judging: {self.judged} judged, {self.failed} failed")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     systems = load_systems(args.generations, include_chosen=args.include_chosen)
     descriptions = read_descriptions(args.descriptions) if args.descriptions else None
@@ -146,7 +119,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"fspo-judge: {len(matchups)} matchups ({', '.join(s for s in systems if s != args.baseline)} against "
           f"{args.baseline}), {len(queries)} judgments with the {judge_name} judge", file=sys.stderr)
     try:
-        with _Bar(not args.no_progress, len(queries)) as tick:
+        with ProgressBar(not args.no_progress, "judging", len(queries)) as advance:
+            counts = {"judged": 0, "failed": 0}
+
+            def tick(verdict: Verdict) -> None:
+                counts["judged" if verdict.choice is not None else "failed"] += 1
+                advance(1, f"judging: {counts['judged']} judged, {counts['failed']} failed")
+
             verdicts = judge.judge_all(queries, tick)
     finally:
         if cache is not None:
