@@ -507,9 +507,12 @@ def run_seed(out: Path, plan: Plan, seed: int, *, first: bool) -> None:
            log=logs / f"prepare_{name}.log")
         sh(*prep, "--input", sources / "interpolated", "--name", f"{name}int", "--shots", shots, "--rationale",
            rationale, log=logs / f"prepare_{name}int.log")
+    # The vocabulary is learned from the training episodes, with the user descriptions of the rationale variant's
+    # targets when it is trained (else they would be spelled byte by byte).
+    bpe_corpus = [assets / name / "train.jsonl" for name in ("syn", "synrat") if name in datasets]
     sh(bin_path("fspo-tiny-assets"), assets, "--name", MODEL, "--seed", seed, "--num-layers", plan.num_layers,
        "--model-dim", plan.model_dim, "--num-heads", plan.num_heads, "--kv-heads", plan.kv_heads,
-       *(["--bpe-merges", plan.bpe_merges, "--bpe-from", assets / "syn" / "train.jsonl"] if plan.bpe_merges else []))
+       *(["--bpe-merges", plan.bpe_merges, "--bpe-from", *bpe_corpus] if plan.bpe_merges else []))
     times["data"] = time.time() - start
 
     train_users = users_of(jsonl_rows(assets / "syn" / "train.jsonl"))
