@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,13 +34,21 @@ DDP_RUN = [
 COMPILED = ["criterion.config.compile_layers=true", "criterion.config.compile_backend=aot_eager"]
 
 
+@pytest.fixture(scope="module")
+def one_process_run(tiny_assets, tmp_path_factory) -> Path:
+    """The eager one-process run both two-process runs are compared with (made once)."""
+    one = tmp_path_factory.mktemp("ddp") / "one"
+    run(one, "fspo_ipo", f"common.assets.extra_path={tiny_assets}", "dataset.batch_size=4", *DDP_RUN)
+    return one
+
+
 @pytest.mark.xdist_group("torchrun")  # torchrun --standalone listens on one fixed port
 @pytest.mark.parametrize("two_process_options", [[], COMPILED], ids=["eager", "compiled"])
-def test_two_processes_give_the_loss_trajectory_of_one(tiny_assets, tmp_path, two_process_options) -> None:
+def test_two_processes_give_the_loss_trajectory_of_one(tiny_assets, one_process_run, tmp_path,
+                                                       two_process_options) -> None:
     import subprocess
 
-    one, two = tmp_path / "one", tmp_path / "two"
-    run(one, "fspo_ipo", f"common.assets.extra_path={tiny_assets}", "dataset.batch_size=4", *DDP_RUN)
+    one, two = one_process_run, tmp_path / "two"
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", FAIRSEQ2,
            "lm", "preference_finetune", str(two), "--preset", "fspo_ipo", "--no-sweep-dir", "--config",
