@@ -123,13 +123,16 @@ def child(variant: str, prompt: int, response: int, args: argparse.Namespace) ->
     }, LLaMAConfig)
     # fairseq2's unit gets fairseq2's model; ours the model FSPO's commands load (the packed-pairs subclasses).
     factory = LLaMAFactory if variant == "builtin" else FspoLLaMAFactory
-    with device:  # built where it runs: a 1B model takes seconds on a GPU, a minute on the host
-        model = factory(config).create_model().to(dtype=dtype).train()
-        reference = factory(config).create_model().to(dtype=dtype).eval().requires_grad_(False)
-    for module in [*model.modules(), *reference.modules()]:  # as fairseq2 loads a half-precision model
-        if dtype != torch.float32 and hasattr(module, "freqs") and hasattr(module, "reset_non_persistent_buffers"):
-            module.freqs = module.freqs.float()  # rotary tables stay float32
-            module.reset_non_persistent_buffers()
+    # Built as fairseq2's model handler builds a model: under its dtype as the default (the rotary tables ask for
+    # float32 themselves) and where it runs (a 1B model takes seconds on a GPU, a minute on the host).
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device:
+            model = factory(config).create_model().train()
+            reference = factory(config).create_model().eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(default_dtype)
     if args.ckpt:
         use_layerwise_activation_checkpointing(model)
     compiled = 0
