@@ -80,17 +80,20 @@ def setup_fspo_cli(context: RuntimeContext, cli: object) -> None:
     from fspo_recipe.eval.recipe import PREFERENCE_EVAL, EvalError, PreferenceEvalConfig, load_preference_evaluator
     from fspo_recipe.fairseq2_compat import FspoRecipeCommandHandler, has_command, replace_recipe_command
     from fspo_recipe.train.reader import EmptyPassError
-    from fspo_recipe.train.recipe import FspoLoadError, load_preference_finetuner
+    from fspo_recipe.train.recipe import FspoLoadError, check_training_config, is_fspo_config, load_preference_finetuner
     from fspo_recipe.train.unit import TrainingDivergedError
 
     # Print these as one-line errors (no traceback): they say what to change. fairseq2 matches the exact type.
     for kls in (EvalError, CriterionError, PreferenceDataError, EmptyPassError, TrainingDivergedError, FspoLoadError):
         cli.register_user_error_type(kls)  # type: ignore[attr-defined]
 
-    replace_recipe_command(cli, "lm", "preference_finetune", load_preference_finetuner)
+    # FSPO runs only: other criteria keep fairseq2's behaviour (no lock, no checks of ours).
+    replace_recipe_command(cli, "lm", "preference_finetune", load_preference_finetuner, lock_when=is_fspo_config,
+                           check_config=check_training_config)
     if not has_command(cli, "lm", PREFERENCE_EVAL):
         handler = FspoRecipeCommandHandler(
-            loader=load_preference_evaluator, config_kls=PreferenceEvalConfig, default_preset="fspo_eval"
+            loader=load_preference_evaluator, config_kls=PreferenceEvalConfig, default_preset="fspo_eval",
+            command=f"fairseq2 lm {PREFERENCE_EVAL}",
         )
         cli.get_group("lm").add_command(  # type: ignore[attr-defined]
             PREFERENCE_EVAL, handler, help="evaluate personalization on held-out users (fspo)"

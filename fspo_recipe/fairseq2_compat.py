@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from argparse import ArgumentParser, Namespace
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,26 @@ from fairseq2.context import RuntimeContext
 
 
 class FspoRecipeCommandHandler(RecipeCommandHandler):
-    """fairseq2's recipe command with two additions: an OUTPUT_DIR that is a file is a one-line argument error
-    (fairseq2 0.4.6 prints a traceback), and the loader is ours (it enters :func:`fspo_scope` for FSPO runs)."""
+    """fairseq2's recipe command with our additions, for the runs ``lock_when`` accepts (FSPO's):
+
+    - an OUTPUT_DIR that is a file is a one-line argument error (fairseq2 0.4.6 prints a traceback);
+    - a ``--config`` / ``--config-file`` key that the configuration does not have is named, with the closest keys
+      (fairseq2 0.4.6 blames ``--config-file`` for both and names no key);
+    - ``check_config`` turns a nonsense value (a batch size of 0, a learning rate of NaN) into a one-line error
+      before any work;
+    - the run directory is locked (:class:`fspo_recipe.lock.OutputLock`) by rank 0 from its creation to the end of
+      the process, before fairseq2 writes ``config.yaml`` into it, so two runs never write one directory;
+    - the loader is ours (it enters :func:`fspo_scope` for FSPO runs).
+    """
+
+    def __init__(self, *args: Any, command: str, lock_when: Callable[[object], bool] = lambda config: True,
+                 check_config: Callable[[object], str | None] = lambda config: None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._command = command
+        self._lock_when = lock_when
+        self._check_config = check_config
+        self._lock: Any = None
+        self._wants_lock = False
 
     def run(self, context: RuntimeContext, parser: ArgumentParser, args: Namespace) -> int:
         output_dir: Path | None = getattr(args, "output_dir", None)
@@ -34,12 +52,84 @@ class FspoRecipeCommandHandler(RecipeCommandHandler):
             blocking = next((p for p in [output_dir, *output_dir.parents] if p.exists() and not p.is_dir()), None)
             if blocking is not None:
                 raise CliArgumentError("output_dir", f"{blocking} is a file, not a directory: choose another OUTPUT_DIR.")
-        return super().run(context, parser, args)
+        try:
+            return super().run(context, parser, args)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    # Private (both): RecipeCommandHandler reads the configuration and creates the run directory in these methods;
+    # overriding them is the only way to act between the two and before fairseq2 writes into the directory.
+    def _read_config(self, context: RuntimeContext, args: Namespace) -> object:
+        from fairseq2.cli.commands.recipe import InvalidConfigFileError, InvalidConfigOverrideError
+
+        try:
+            config = super()._read_config(context, args)
+        except (InvalidConfigOverrideError, InvalidConfigFileError) as ex:
+            where = "--config" if isinstance(ex, InvalidConfigOverrideError) else f"--config-file {ex.config_file}"
+            message = unknown_key_message(context, self._config_kls, args.preset, ex)
+            if message is None:
+                raise
+            raise CliArgumentError(where, message) from None
+        self._wants_lock = not args.dump_config and self._lock_when(config)
+        if self._wants_lock:
+            problem = self._check_config(config)
+            if problem is not None:
+                raise CliArgumentError("--config", problem) from None
+        return config
+
+    def _create_output_directory(self, context: RuntimeContext, output_dir: Path, sweep_tag: str | None) -> Path:  # type: ignore[override]
+        import os
+
+        from fairseq2.logging import log
+        from fairseq2.utils.env import get_rank
+
+        from fspo_recipe.lock import OutputInUseError, OutputLock
+
+        output_dir = super()._create_output_directory(context, output_dir, sweep_tag)
+        if self._wants_lock and get_rank(os.environ) == 0:
+            try:
+                self._lock = OutputLock(output_dir, self._command).acquire(say=log.warning)
+            except OutputInUseError as ex:
+                raise CliArgumentError("output_dir", str(ex)) from None
+        return output_dir
 
 
-def replace_recipe_command(cli: Any, group_name: str, command_name: str, loader: Any) -> None:
+def unknown_key_message(context: RuntimeContext, config_kls: type, preset: str, error: BaseException) -> str | None:
+    """For a merge error of fairseq2's configuration reader: "'dataset.batch_sise' is not a configuration key;
+    did you mean 'dataset.batch_size'?" (the keys beside it that are closest); None for other merge errors."""
+    import difflib
+    import re
+
+    from fairseq2.utils.structured import unstructure
+
+    cause = error.__cause__
+    found = re.search(r"does not have an item at path '([^']+)'", str(cause)) if cause is not None else None
+    if found is None:
+        return None
+    path = found.group(1)
+    *parents, leaf = path.split(".")
+    try:
+        node: Any = unstructure(context.get_config_registry(config_kls).get(preset))
+    except Exception:  # noqa: BLE001 (only the hint is lost)
+        node = None
+    for key in parents:
+        node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and "_set_" in node:
+            node = node["_set_"]
+    keys = [str(k) for k in node] if isinstance(node, dict) else []
+    close = difflib.get_close_matches(leaf, keys, n=3, cutoff=0.6)
+    prefix = ".".join(parents) + "." if parents else ""
+    hint = (f"; did you mean {' or '.join(repr(prefix + k) for k in close)}?" if close else
+            f"; the keys there: {', '.join(sorted(keys))}." if keys else ".")
+    return f"'{path}' is not a key of the {preset} configuration{hint}"
+
+
+def replace_recipe_command(cli: Any, group_name: str, command_name: str, loader: Any, **handler_options: Any) -> None:
     """Give fairseq2's ``group_name command_name`` recipe command a :class:`FspoRecipeCommandHandler` with ``loader``
-    and the same configuration class and default preset. Idempotent."""
+    (and ``handler_options``: ``lock_when``, ``check_config``) and the same configuration class and default preset.
+    Idempotent."""
     group = cli.get_group(group_name)
     # Private: fairseq2 0.4.6 has no public way to look up or wrap a registered command; CliGroup keeps them in
     # `_commands` and CliCommand its handler in `_handler`.
@@ -51,6 +141,7 @@ def replace_recipe_command(cli: Any, group_name: str, command_name: str, loader:
     command._handler = FspoRecipeCommandHandler(  # noqa: SLF001
         loader=loader, config_kls=handler._config_kls, default_preset=handler._default_preset,  # noqa: SLF001
         extra_sweep_keys=handler._extra_sweep_keys,  # noqa: SLF001
+        command=f"fairseq2 {group_name} {command_name}", **handler_options,
     )
 
 

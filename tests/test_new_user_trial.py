@@ -89,6 +89,8 @@ def test_a_test_fraction_holds_out_at_least_one_user(tmp_path, capsys) -> None:
 @pytest.mark.parametrize("option,value,message", [
     ("--test-users", "-1", "--test-users: expected a number of users"),
     ("--test-users", "1.5", "--test-users: expected a number of users"),
+    ("--test-users", "inf", "--test-users: expected a number of users"),
+    ("--valid-fraction", "nan", "--valid-fraction: must be in [0, 1)"),
     ("--valid-fraction", "1.5", "--valid-fraction: must be in [0, 1)"),
     ("--passes", "0", "--passes: must be >= 1"),
     ("--shots", "-2", "--shots: must be >= 0"),
@@ -99,6 +101,14 @@ def test_nonsense_numbers_are_refused_with_one_line(tmp_path, capsys, option, va
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert not (tmp_path / "elix").exists()
+
+
+def test_a_valid_fraction_that_takes_no_row_is_refused(tmp_path, capsys) -> None:
+    assert prepare_main(["elix", "--input", str(SAMPLES / "elix"), "--out", str(tmp_path), "--valid-fraction", "0.01",
+                         "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "--valid-fraction 0.01 takes no row" in err and "(the most: 32)" in err
     assert not (tmp_path / "elix").exists()
 
 
@@ -145,39 +155,6 @@ def tiny_cards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny13")
     write_tiny_assets(out, seed=0)
     return out
-
-
-def test_a_partial_output_of_another_input_is_refused(tiny_cards, tmp_path, capsys) -> None:
-    from fspo_recipe.scoring.reference import main as score_main, partial_identity
-
-    elix = tmp_path / "elix.jsonl"
-    prepare("elix", [str(SAMPLES / "elix")], tmp_path / "p", options=EpisodeOptions(num_shots=1), log=False)
-    elix.write_bytes((tmp_path / "p" / "elix" / "train.jsonl").read_bytes())
-    roleplay = SAMPLES / "fspo_sample" / "train.jsonl"
-    out = tmp_path / "scored.jsonl"
-    common = ["--model", "fspo_tiny_llama", "--assets-dir", str(tiny_cards), "--output", str(out), "--no-progress"]
-    # A run over another input, killed after a few lines:
-    assert score_main([*common, "--input", str(roleplay)]) == 0
-    lines = out.read_text().splitlines(keepends=True)
-    assert not out.with_name("scored.jsonl.partial.json").exists()  # removed with a finished run
-    out.with_name("scored.jsonl.partial").write_text("".join(lines[:5]))
-    out.with_name("scored.jsonl.partial.json").write_text(json.dumps(partial_identity(roleplay, "fspo_tiny_llama", None)))
-    out.unlink()
-
-    assert score_main([*common, "--input", str(elix)]) == 1
-    err = capsys.readouterr().err
-    assert "was made from another input or model" in err and "input" in err
-    assert not out.exists()
-
-    # Same identity but lines that are not the input's (a hand-made partial): refused, naming the line.
-    out.with_name("scored.jsonl.partial.json").write_text(json.dumps(partial_identity(elix, "fspo_tiny_llama", None)))
-    assert score_main([*common, "--input", str(elix)]) == 1
-    assert "line 1 is not line 1 of the input" in capsys.readouterr().err
-
-    # A partial with no identity record at all (an older version, or copied by hand): refused too.
-    out.with_name("scored.jsonl.partial.json").unlink()
-    assert score_main([*common, "--input", str(elix)]) == 1
-    assert "has no record of what it was made from" in capsys.readouterr().err
 
 
 def test_score_reference_checks_its_output_first_and_finds_a_runs_cards(tiny_cards, tmp_path, capsys) -> None:
@@ -248,6 +225,19 @@ def test_the_end_of_every_pass_logs_its_counts(tiny_cards, tmp_path) -> None:
               if "end of a pass over" in line]
     assert len(passes) >= 2  # 48 examples in batches of 16, 8 steps: two passes end
     assert all("shortened" in line and "dropped as too long for max_seq_len 700" in line for line in passes)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("dataset.batch_size=0", "dataset.batch_size is 0; expected a whole number >= 1"),
+    ("optimizer.config.lr=nan", "optimizer.config.lr is 'nan'; expected a finite number >= 0"),
+    ("dataset.batch_sise=2", "--config: 'dataset.batch_sise' is not a key of the fspo_sft configuration; did you mean "
+                             "'dataset.batch_size'?"),
+])
+def test_configuration_errors_are_one_line_before_any_work(tiny_cards, tmp_path, override, message) -> None:
+    proc = train(tmp_path / "run", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama", override)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr and "--config-file" not in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_data_file_and_file_as_output_dir_are_one_line(tiny_cards, tmp_path) -> None:

@@ -6,6 +6,7 @@ Pure Python, deterministic: the same rows, options and seed give the same episod
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -56,7 +57,7 @@ def group_by_user(rows: Sequence[PreferenceRow]) -> dict[str, list[PreferenceRow
 def user_count(value: float, total: int, what: str) -> int:
     """How many of ``total`` users ``value`` asks for: a count (a whole number >= 1), or a fraction in (0, 1)
     that rounds to at least one user (a fraction asks for some users, never for none)."""
-    if value < 0 or (value >= 1 and value != int(value)):
+    if not math.isfinite(value) or value < 0 or (value >= 1 and value != int(value)):
         raise ValueError(f"{what} must be a number of users (0, 1, 2, ...) or a fraction in (0, 1), got {value:g}.")
     if 0.0 < value < 1.0:
         return max(1, int(round(value * total)))
@@ -132,6 +133,12 @@ def assign_splits(
             chosen = set(order[:n_valid])
             for i, row in enumerate(rows):
                 (out["valid"] if i in chosen else kept).append(row)
+        if not out["valid"] and kept:
+            most = max((len(rows) for rows in group_by_user(out["train"]).values()), default=0)
+            raise ValueError(f"--valid-fraction {valid_fraction:g} takes no row: it is a fraction of each user's "
+                             f"training rows, and no user has {math.ceil(1 / valid_fraction)} or more (the most: "
+                             f"{most}). Give a larger fraction, or hold out whole users (--split-mode heldout_users "
+                             "--valid-users N).")
         out["train"] = kept
     return out
 

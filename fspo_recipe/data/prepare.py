@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import signal
 import sys
@@ -274,7 +275,7 @@ def _count_or_fraction(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of users or a fraction in (0, 1), got '{text}'") from None
-    if value < 0 or (value >= 1 and value != int(value)):
+    if not math.isfinite(value) or value < 0 or (value >= 1 and value != int(value)):
         raise argparse.ArgumentTypeError(f"expected a number of users (0, 1, 2, ...) or a fraction in (0, 1), "
                                          f"got {text}")
     return value

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from fspo_recipe.lock import pid_alive
+
 
 def _umask() -> int:
     """The process umask (reading it means setting it; it is set straight back)."""
@@ -44,16 +46,6 @@ def _partial_prefix(name: str) -> str:
     return f".{name}.partial-"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def remove_stale_partials(parent: Path, name: str) -> list[Path]:
     """Remove ``.NAME.partial-PID-*`` and ``.NAME.old-PID`` left in ``parent`` by processes that no longer run
     (a SIGKILL leaves no chance to clean up); return what was removed. Live processes' directories are kept."""
@@ -66,7 +58,7 @@ def remove_stale_partials(parent: Path, name: str) -> list[Path]:
             rest = entry.name[len(_partial_prefix(name)) :].split("-", 1)[0]
         elif entry.name.startswith(f".{name}.old-"):
             rest = entry.name[len(f".{name}.old-") :]
-        if rest is None or not rest.isdigit() or _pid_alive(int(rest)):
+        if rest is None or not rest.isdigit() or pid_alive(int(rest)):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

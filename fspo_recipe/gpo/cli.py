@@ -32,6 +32,7 @@ from fspo_recipe.gpo.embed import POOLINGS, EmbeddingCache, EmbeddingError, embe
 from fspo_recipe.gpo.module import GpoConfig
 from fspo_recipe.gpo.tasks import (GpoDataError, TaskSet, groups_of, opinion_tasks, read_opinions, read_pairs,
                                    split_groups, write_json)
+from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.progress import ProgressBar
 
 
@@ -285,8 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name, 0) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     try:
-        return int(args.func(args))
-    except (GpoDataError, EmbeddingError, OSError) as ex:
+        with OutputLock(args.out, f"fspo-gpo {args.command}"):
+            return int(args.func(args))
+    except (GpoDataError, EmbeddingError, OSError, OutputInUseError) as ex:
         print(f"fspo-gpo {args.command}: {ex}", file=sys.stderr)
         return 2
 

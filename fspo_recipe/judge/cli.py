@@ -30,6 +30,7 @@ from fspo_recipe.judge.exact import ExactJudge
 from fspo_recipe.judge.matchups import JudgeInputError, build_matchups, load_systems, read_descriptions
 from fspo_recipe.judge.verdicts import JudgeQuery, Verdict, outcome_name, system_score
 from fspo_recipe.judge.winrates import win_rates, write_outputs
+from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.progress import ProgressBar
 
 
@@ -168,8 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     check_args(p, args)
     try:
-        result = run(args)
-    except (JudgeInputError, JudgeServerError) as ex:
+        with OutputLock(args.out, "fspo-judge"):
+            result = run(args)
+    except (JudgeInputError, JudgeServerError, OutputInUseError) as ex:
         print(f"fspo-judge: {ex}", file=sys.stderr)
         return 2 if isinstance(ex, JudgeInputError) else 1
     except KeyboardInterrupt:

@@ -9,8 +9,13 @@ Each output line is the input line with ``reference_score_chosen`` and ``referen
 response log-probs, nats, the same numbers the live reference computes in training: same encoding, same
 shared-prefix forward). Interrupted runs resume: scored lines are appended to ``OUTPUT.partial`` chunk by chunk
 and the finished file is renamed to OUTPUT. ``OUTPUT.partial.json`` records what the partial file was made from
-(the input's path, size and a hash of its first lines; the model and its checkpoint): a resume from another input
-or model is refused, and every resumed line must be its input line plus the two scores.
+(the input's path, size and a hash of its first lines; the model's name, the files of its weights with their sizes
+and times, the dtype and the encoding): a partial made from anything else (another input, other weights under the
+same card name, a run directory trained again in place, another ``--dtype``), or whose lines are not the input's
+lines plus the two scores, is started over with a message, never merged.
+
+One run writes an OUTPUT at a time (a lock beside it, ``.OUTPUT.lock``). An existing OUTPUT is replaced only with
+``--overwrite`` and only if it holds reference scores (this command's output); the input is never the output.
 """
 
 from __future__ import annotations
@@ -25,8 +30,12 @@ from pathlib import Path
 
 import torch
 
+from fspo_recipe.assets import add_card_directory
+from fspo_recipe.lock import OutputInUseError, OutputLock
+from fspo_recipe.progress import ProgressBar
 
 IDENTITY_LINES = 64  # input lines hashed into the partial file's identity
+CHUNK_SIZE = 256  # lines scored between two writes (and fsyncs) of the partial output
 
 
 class ResumeMismatchError(ValueError):
@@ -34,36 +43,67 @@ class ResumeMismatchError(ValueError):
 
 
 def partial_identity(input_path: Path, model: str, checkpoint: str | None, *, chat_template: bool = False,
-                     chat_template_kwargs: dict[str, object] | None = None) -> dict[str, object]:
-    """What a partial output depends on: the input (path, size, hash of its first lines), the model, the encoding."""
+                     chat_template_kwargs: dict[str, object] | None = None, weights: list[list[object]] | None = None,
+                     dtype: str = "float32") -> dict[str, object]:
+    """What a partial output depends on: the input (path, size, hash of its first lines), the model (name, checkpoint,
+    weight files), the dtype and the encoding."""
     digest = hashlib.sha256()
     with input_path.open("rb") as fp:
         for _, line in zip(range(IDENTITY_LINES), fp):
             digest.update(line)
     return {"input": str(input_path.resolve()), "input_bytes": input_path.stat().st_size,
             "input_head_sha256": digest.hexdigest(), "model": model, "checkpoint": checkpoint,
+            "weights": weights or [], "dtype": dtype,
             "chat_template": {"enabled": chat_template, "kwargs": chat_template_kwargs or {}}}
 
 
-def check_resume(meta_path: Path, expected: dict[str, object]) -> None:
-    """Refuse to resume a partial output whose recorded identity differs from ``expected`` (or has none)."""
-    partial = meta_path.with_suffix("")
+def weight_files(context: object, model_name: str) -> list[list[object]]:
+    """[path, bytes, modification time (ns)] of every file of the checkpoint of card ``model_name`` (a file, or the
+    files of a directory): other weights under the same name, or a checkpoint written again, differ here."""
+    from urllib.parse import unquote, urlparse
+
+    from fairseq2.assets import AssetCardError, AssetCardNotFoundError
+
+    try:
+        uri = context.asset_store.retrieve_card(model_name).field("checkpoint").as_uri()  # type: ignore[attr-defined]
+    except (AssetCardError, AssetCardNotFoundError):
+        return []
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        return [[uri, None, None]]  # a hub repository: its name and revision are all we know before downloading
+    path = Path(unquote(parsed.path))
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else []
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def resume_point(partial: Path, meta_path: Path, expected: dict[str, object], examples: list[dict[str, object]]
+                 ) -> int:
+    """How many lines of ``partial`` to keep: all of its complete lines when it was made from ``expected`` and each
+    is its input line plus the two scores; otherwise 0, after removing it with a message saying why."""
+    if not partial.exists():
+        return 0
     try:
         recorded = json.loads(meta_path.read_text(encoding="utf-8"))
+        differ = [key for key in expected if recorded.get(key) != expected[key]]
+        why = (f"it was made from another input or model ({'; '.join(differ)} differ{'s' if len(differ) == 1 else ''})"
+               if differ else None)
     except FileNotFoundError:
-        raise ResumeMismatchError(
-            f"{partial} has no record of what it was made from ({meta_path} is missing): remove {partial} and "
-            "score again."
-        ) from None
-    except ValueError as ex:
-        raise ResumeMismatchError(f"{meta_path} is not valid JSON ({ex}): remove {partial} and {meta_path}.") from None
-    differ = [key for key in expected if recorded.get(key) != expected[key]]
-    if differ:
-        what = "; ".join(f"{k}: {recorded.get(k)!r} then, {expected[k]!r} now" for k in differ)
-        raise ResumeMismatchError(
-            f"{partial} was made from another input or model ({what}). Remove {partial} and {meta_path} to start "
-            "over, or give the same --input and model."
-        )
+        why = f"it has no record of what it was made from ({meta_path} is missing)"
+    except (ValueError, AttributeError) as ex:
+        why = f"its record {meta_path} is not a JSON object ({ex})"
+    if why is None:
+        done = _complete_lines(partial)
+        try:
+            if done > len(examples):
+                raise ResumeMismatchError(f"it has {done} lines, the input only {len(examples)}")
+            check_resumed_lines(partial, examples, done)
+            return done
+        except ResumeMismatchError as ex:
+            why = str(ex)
+    print(f"fspo-score-reference: not resuming {partial}: {why}; scoring from the start.", file=sys.stderr)
+    partial.unlink()
+    meta_path.unlink(missing_ok=True)
+    return 0
 
 
 def check_resumed_lines(partial: Path, examples: list[dict[str, object]], done: int) -> None:
@@ -75,13 +115,12 @@ def check_resumed_lines(partial: Path, examples: list[dict[str, object]], done: 
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as ex:
-                raise ResumeMismatchError(f"{partial}, line {lineno}: not valid JSON ({ex.msg}).") from None
+                raise ResumeMismatchError(f"line {lineno} is not valid JSON ({ex.msg})") from None
             stripped = {k: v for k, v in record.items() if k not in SCORE_KEYS} if isinstance(record, dict) else None
             if stripped != {k: v for k, v in example.items() if k not in SCORE_KEYS}:
-                raise ResumeMismatchError(
-                    f"{partial}, line {lineno} is not line {lineno} of the input (id {record.get('id') if isinstance(record, dict) else None!r} "
-                    f"vs {example.get('id')!r}): remove {partial} and score again."
-                )
+                theirs = record.get("id") if isinstance(record, dict) else None
+                raise ResumeMismatchError(f"its line {lineno} is not line {lineno} of the input plus scores (id "
+                                          f"{theirs!r} vs {example.get('id')!r})")
 
 
 SCORE_KEYS = ("reference_score_chosen", "reference_score_rejected")
@@ -118,7 +157,7 @@ def score_reference(
     output_path: Path,
     *,
     batch_size: int = 8,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | None = None,
     assets_dir: Path | None = None,
@@ -126,11 +165,13 @@ def score_reference(
     progress: bool = True,
     chat_template: bool = False,
     chat_template_kwargs: dict[str, object] | None = None,
+    overwrite: bool = False,
 ) -> int:
     """Score every line of ``input_path`` with ``model_name`` (or the last checkpoint of the training run
     ``run_dir``, as stage 2's ``last_checkpoint@`` reference); return the number of lines written. With
     ``chat_template`` the pairs are encoded with the model's chat template, as training with
-    ``dataset.extras.chat_template=true`` encodes them."""
+    ``dataset.extras.chat_template=true`` encodes them. An existing ``output_path`` is replaced only with
+    ``overwrite`` (see :func:`check_output_path`)."""
     from fairseq2 import setup_fairseq2
     from fairseq2.context import get_runtime_context
     from fairseq2.data.text.tokenizers import get_text_tokenizer_hub
@@ -138,64 +179,43 @@ def score_reference(
     from fairseq2.models.decoder import DecoderModel
     from fairseq2.recipes.common import load_reference_model
 
-    from fspo_recipe.assets import add_card_directory
     from fspo_recipe.data.jsonl import read_preference_jsonl
     from fspo_recipe.data.writers import atomic_file
+    from fspo_recipe.models.llama import packed_model_families
     from fspo_recipe.scoring.pairs import PairEncoder, default_device, encode_pairs, score_pairs
 
     setup_fairseq2()
     context = get_runtime_context()
-    check_output_path(output_path)
-    if assets_dir is not None:
-        add_card_directory(context, assets_dir)
-    checkpoint = None
-    if run_dir is not None:
-        import tempfile
+    check_output_path(output_path, input_path, overwrite=overwrite)
+    with OutputLock(output_path, "fspo-score-reference", directory=False):
+        check_output_path(output_path, input_path, overwrite=overwrite)  # again, now that no other run writes it
+        if assets_dir is not None:
+            add_card_directory(context, assets_dir)
+        checkpoint = None
+        if run_dir is not None:
+            model_name, checkpoint = _register_run(context, run_dir, assets_dir)
 
-        from fspo_recipe.eval.recipe import register_run_cards
+        examples = [record for _, record in read_preference_jsonl(input_path)]  # as in the file; bad lines named
+        partial = output_path.with_name(output_path.name + ".partial")
+        meta = output_path.with_name(output_path.name + ".partial.json")
+        identity = partial_identity(input_path, model_name, checkpoint, chat_template=chat_template,
+                                    chat_template_kwargs=chat_template_kwargs,
+                                    weights=weight_files(context, model_name), dtype=str(dtype).removeprefix("torch."))
+        done = resume_point(partial, meta, identity, examples)
+        if done == 0:
+            with atomic_file(meta) as fp:
+                json.dump(identity, fp, indent=1)
 
-        # The run's own card directory (its tokenizer's card often lives there, beside the base model's).
-        run_assets = run_asset_path(run_dir)
-        if run_assets is not None and run_assets.is_dir() and run_assets != assets_dir:
-            add_card_directory(context, run_assets)
-        with tempfile.TemporaryDirectory() as card_dir:  # the cards are read into memory on registration
-            steps = register_run_cards(context, run_dir, "reference", Path(card_dir))
-        model_name = steps[max(steps)]
-        checkpoint = str((run_dir / "checkpoints" / f"step_{max(steps)}").resolve())
+        torch_device = default_device(device)
+        with packed_model_families(context):
+            model = load_reference_model(DecoderModel, context, model_name, fake_gangs(torch_device), dtype, mp=False)
+        model.eval()
+        tokenizer = get_text_tokenizer_hub().load(model_name)
+        encoder = PairEncoder(tokenizer, chat_template=chat_template, chat_kwargs=chat_template_kwargs)
 
-    examples = [record for _, record in read_preference_jsonl(input_path)]  # as in the file; bad lines are named
-    partial = output_path.with_name(output_path.name + ".partial")
-    meta = output_path.with_name(output_path.name + ".partial.json")
-    identity = partial_identity(input_path, model_name, checkpoint, chat_template=chat_template,
-                                chat_template_kwargs=chat_template_kwargs)
-    if partial.exists():
-        check_resume(meta, identity)
-    else:
-        with atomic_file(meta) as fp:
-            json.dump(identity, fp, indent=1)
-    done = _complete_lines(partial)
-    if done > len(examples):
-        raise ResumeMismatchError(f"{partial} has {done} lines but {input_path} only {len(examples)}: remove {partial}.")
-    check_resumed_lines(partial, examples, done)
-
-    torch_device = default_device(device)
-    from fspo_recipe.models.llama import packed_model_families
-
-    with packed_model_families(context):
-        model = load_reference_model(DecoderModel, context, model_name, fake_gangs(torch_device), dtype, mp=False)
-    model.eval()
-    tokenizer = get_text_tokenizer_hub().load(model_name)
-    encoder = PairEncoder(tokenizer, chat_template=chat_template, chat_kwargs=chat_template_kwargs)
-
-    bar = None
-    if progress and sys.stderr.isatty():
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        task = bar.add_task("reference scores", total=len(examples), completed=done)
-        bar.start()
-    try:
-        with partial.open("ab") as fp:
+        with partial.open("ab") as fp, ProgressBar(progress, "reference scores", len(examples)) as tick:
+            tick(done)
+            chunk_size = chunk_size or CHUNK_SIZE
             for start in range(done, len(examples), chunk_size):
                 chunk = examples[start : start + chunk_size]
                 pairs = encode_pairs(tokenizer, [e["src"] for e in chunk], [e["tgt_chosen"] for e in chunk],
@@ -206,22 +226,55 @@ def score_reference(
                     fp.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
                 fp.flush()
                 os.fsync(fp.fileno())
-                if bar is not None:
-                    bar.advance(task, len(chunk))
-    finally:
-        if bar is not None:
-            bar.stop()
-    os.replace(partial, output_path)
-    meta.unlink(missing_ok=True)
+                tick(len(chunk))
+        os.replace(partial, output_path)
+        meta.unlink(missing_ok=True)
     return len(examples)
 
 
-def check_output_path(output_path: Path) -> None:
-    """Refuse, before any work, an ``--output`` that cannot be written as a file."""
+def _register_run(context: object, run_dir: Path, assets_dir: Path | None) -> tuple[str, str]:
+    """Register the cards of training run ``run_dir``; return (the card name of its last step, that step's path)."""
+    import tempfile
+
+    from fspo_recipe.eval.recipe import register_run_cards
+
+    # The run's own card directory (its tokenizer's card often lives there, beside the base model's).
+    run_assets = run_asset_path(run_dir)
+    if run_assets is not None and run_assets.is_dir() and run_assets != assets_dir:
+        add_card_directory(context, run_assets)  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory() as card_dir:  # the cards are read into memory on registration
+        steps = register_run_cards(context, run_dir, "reference", Path(card_dir))  # type: ignore[arg-type]
+    return steps[max(steps)], str((run_dir / "checkpoints" / f"step_{max(steps)}").resolve())
+
+
+def _scored(path: Path) -> bool:
+    """Whether the first line of ``path`` holds reference scores (a file this command wrote)."""
+    with path.open("rb") as fp:
+        first = next((line for line in fp if line.strip()), b"")
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and all(k in record for k in SCORE_KEYS)
+
+
+def check_output_path(output_path: Path, input_path: Path, *, overwrite: bool = False) -> None:
+    """Refuse, before any work, an ``--output`` that cannot be written as a file, is the input, or exists (without
+    ``overwrite``, or holding something else than reference scores)."""
     if output_path.is_dir():
         raise ValueError(f"--output {output_path} is a directory; name the JSONL file to write.")
     if not output_path.parent.is_dir():
         raise ValueError(f"--output {output_path}: the directory {output_path.parent} does not exist.")
+    if output_path.resolve() == input_path.resolve() or (output_path.exists() and input_path.exists()
+                                                          and output_path.samefile(input_path)):
+        raise ValueError(f"--output {output_path} is the --input: choose another file (the input is never replaced).")
+    if output_path.exists():
+        if not overwrite:
+            raise ValueError(f"--output {output_path} exists; pass --overwrite to replace it (only a file of reference "
+                             "scores is replaced).")
+        if not _scored(output_path):
+            raise ValueError(f"--output {output_path} exists and holds no reference scores (not written by "
+                             "fspo-score-reference); not replacing it. Choose another --output.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     which.add_argument("--run-dir", type=Path, help="a training run's output directory: its last checkpoint")
     parser.add_argument("--input", type=Path, required=True, help="a prepared split (JSONL)")
     parser.add_argument("--output", type=Path, required=True, help="the JSONL to write (resumes OUTPUT.partial)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing OUTPUT of reference scores (never the input, nothing else)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per forward (default: 8)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
@@ -248,8 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = score_reference(args.model or "", args.input, args.output, batch_size=args.batch_size,
                             dtype=getattr(torch, args.dtype), device=args.device, assets_dir=args.assets_dir,
                             run_dir=args.run_dir, progress=not args.no_progress, chat_template=args.chat_template,
-                            chat_template_kwargs=args.chat_template_kwargs)
-    except (ValueError, OSError) as ex:
+                            chat_template_kwargs=args.chat_template_kwargs, overwrite=args.overwrite)
+    except (ValueError, OSError, OutputInUseError) as ex:
         print(f"fspo-score-reference: {ex}", file=sys.stderr)
         return 1
     except load_error_types() as ex:

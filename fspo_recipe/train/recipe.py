@@ -42,6 +42,71 @@ def load_preference_finetuner(context: RuntimeContext, config: object, output_di
         raise FspoLoadError(describe_load_error(ex)) from ex
 
 
+def is_fspo_config(config: object) -> bool:
+    """Whether a preference-finetuning configuration trains with the FSPO unit (``criterion.name=fspo``)."""
+    from fspo_recipe.train.unit import FSPO_UNIT
+
+    return criterion_name(config) == FSPO_UNIT
+
+
+# Keys that must be whole numbers >= 1 when set (None: not used), and numbers that must not be negative.
+_AT_LEAST_ONE = ("dataset.batch_size", "dataset.max_num_tokens", "dataset.max_seq_len", "dataset.min_seq_len",
+                 "trainer.gradient_accumulation", "regime.num_steps", "regime.num_data_epochs",
+                 "regime.checkpoint_every_n_steps", "regime.publish_metrics_every_n_steps",
+                 "regime.keep_last_n_checkpoints")
+_NOT_NEGATIVE = ("optimizer.config.lr", "optimizer.config.weight_decay", "trainer.max_gradient_norm",
+                 "lr_scheduler.config.num_warmup_steps")
+
+
+def _flat(config: object, prefix: tuple[str, ...] = ()) -> dict[str, object]:
+    """``{"a.b.c": value}`` of an unstructured configuration (fairseq2's ``_set_`` levels folded in)."""
+    out: dict[str, object] = {}
+    if isinstance(config, dict):
+        for key, value in config.items():
+            path = prefix if key == "_set_" else (*prefix, str(key))
+            if isinstance(value, dict):
+                out.update(_flat(value, path))
+            else:
+                out[".".join(path)] = value
+    return out
+
+
+def _number(value: object) -> float | None:
+    """A configuration value as a number: YAML and ``--config`` give "nan" or "1e-4" as strings, which fairseq2
+    turns into floats later; None for what is not a number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def check_training_config(config: object) -> str | None:
+    """The first nonsense value of an FSPO training configuration, as one line (None: none found): a float that is
+    NaN or infinite anywhere, a size or count that is not a whole number >= 1, a negative (or NaN) learning rate,
+    weight decay, gradient norm or warm-up."""
+    import math
+
+    flat = _flat(config)
+    for key, value in flat.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{key} is {value}; expected a finite number."
+    for key in _AT_LEAST_ONE:
+        value = flat.get(key)
+        number = _number(value)
+        if value is not None and (number is None or not math.isfinite(number) or number != int(number) or number < 1):
+            return f"{key} is {value!r}; expected a whole number >= 1."
+    for key in _NOT_NEGATIVE:
+        value = flat.get(key)
+        number = _number(value)
+        if value is not None and (number is None or not math.isfinite(number) or number < 0):
+            return f"{key} is {value!r}; expected a finite number >= 0."
+    return None
+
+
 def criterion_name(config: object) -> str | None:
     """``criterion.name`` of an unstructured (or structured) preference-finetuning configuration."""
     criterion = config.get("criterion") if isinstance(config, dict) else getattr(config, "criterion", None)
