@@ -4,10 +4,9 @@ writes it.
 The lock is ``flock`` on a small hidden file (``DIR/.fspo.lock``, or ``.NAME.lock`` beside an output file) that
 also records the holder (process id, host, command). The kernel releases the lock when its process ends, however
 it ends, so a lock left by a killed run is free: the next command takes it over and says whose it was. A second
-command started while the first runs is refused at once, naming the first one's process id and host. The lock file
-stays after a run (it then names no holder); only a directory that the lock itself created and that is still empty
-at the end (a command that failed before writing) is removed with it, and a process that locked a file just
-removed that way takes the lock again on the new file.
+command started while the first runs is refused at once, naming the first one's process id and host. A command
+that ends removes its lock file (and the directory the lock created, when nothing was written into it); a process
+that locked a file just removed that way takes the lock again on a new file, so two never hold it.
 
 On a shared file system the lock is as good as the file system's ``flock`` (NFSv4 and Lustre mounted with
 ``flock`` lock across machines; a file system without it locks per machine only).
@@ -131,15 +130,14 @@ class OutputLock:
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
 
     def release(self) -> None:
-        """Clear the holder record and release the lock; a directory the lock created that is still empty is
-        removed (see the module docstring)."""
+        """Remove the lock file and release the lock; a directory the lock created that is still empty goes too
+        (see the module docstring)."""
         if self._fd is None:
             return
         try:
-            os.ftruncate(self._fd, 0)
+            self.path.unlink(missing_ok=True)
             directory = self.path.parent
-            if self._created and [p.name for p in directory.iterdir()] == [self.path.name]:
-                self.path.unlink()
+            if self._created and not any(directory.iterdir()):
                 directory.rmdir()
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

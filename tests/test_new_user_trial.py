@@ -299,7 +299,7 @@ def test_a_signal_leaves_nothing_behind(tmp_path, sig) -> None:
     assert proc.returncode == 128 + sig, stderr
     assert stderr.strip().splitlines()[-1].startswith("fspo-prepare: interrupted") and "nothing written" in stderr
     assert "Traceback" not in stderr
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # made for this run, removed with its lock: nothing behind
 
 
 def test_debris_of_killed_runs_is_removed(tmp_path) -> None:
@@ -308,11 +308,77 @@ def test_debris_of_killed_runs_is_removed(tmp_path) -> None:
     dead.wait()
     (out / f".elix.partial-{dead.pid}-abc").mkdir(parents=True)
     (out / f".elix.partial-{dead.pid}-abc" / "train.jsonl").write_text("half")
-    (out / f".elix.old-{dead.pid}").write_text("old")
     live = out / f".elix.partial-{os.getpid()}-xyz"  # a process that still runs: its work is left alone
     live.mkdir()
     prepare("elix", [str(SAMPLES / "elix")], out, options=EpisodeOptions(num_shots=2))
     assert sorted(p.name for p in out.iterdir()) == sorted(["elix", live.name])
+    (out / f".elix.old-{dead.pid}").mkdir()  # a replaced data set a killed run had not removed yet: removed
+    prepare("elix", [str(SAMPLES / "elix")], out, options=EpisodeOptions(num_shots=3), overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["elix", live.name])
+
+
+def dataset_files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+@pytest.mark.parametrize("at", ["writing", "before rename 1", "after rename 1", "after rename 2"])
+def test_a_signal_at_each_rename_leaves_the_old_or_the_new_data_set_and_says_which(tmp_path, monkeypatch, capsys, at
+                                                                                   ) -> None:
+    args = ["elix", "--input", str(SAMPLES / "elix"), "--out", str(tmp_path), "--no-progress", "--overwrite"]
+    assert prepare_main([*args, "--shots", "2"]) == 0
+    old = dataset_files(tmp_path / "elix")
+    real_replace, renames = os.replace, []
+
+    def replace(src, dst):  # SIGTERM to this process at the chosen point of the two renames of the replacement
+        renames.append(1)
+        if at == f"before rename {len(renames)}":
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_replace(src, dst)
+        if at == f"after rename {len(renames)}":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(os, "replace", replace)
+    if at == "writing":
+        monkeypatch.setattr("fspo_recipe.data.prepare.jsonl_line", lambda record: os.kill(os.getpid(), signal.SIGTERM))
+    capsys.readouterr()
+    assert prepare_main([*args, "--shots", "3"]) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    now = dataset_files(tmp_path / "elix")
+    if at == "writing":
+        assert now == old and "nothing written" in err and "holds the data set it held before" in err
+    else:  # the renames run with signals held: the signal arrives once the new data set is in place
+        assert json.loads(now["summary.json"])["num_shots"] == 3
+        assert "the new data set was already in place" in err and "is complete" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elix"]  # no backup, no partial, no lock left
+
+
+def test_a_replacement_killed_between_its_renames_is_put_back(tmp_path) -> None:
+    args = ["elix", "--input", str(SAMPLES / "elix"), "--out", str(tmp_path), "--no-progress"]
+    assert prepare_main([*args, "--shots", "2"]) == 0
+    old = dataset_files(tmp_path / "elix")
+    # SIGKILL (which no program can hold) right after the old data set was moved aside:
+    code = ("import os, signal, sys; real = os.replace\n"
+            "def replace(src, dst):\n    real(src, dst)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "os.replace = replace\nfrom fspo_recipe.data.prepare import main\nmain(sys.argv[1:])")
+    proc = subprocess.run([sys.executable, "-c", code, *args, "--shots", "3", "--overwrite"], cwd=REPO, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "elix").exists() and any(p.name.startswith(".elix.old-") for p in tmp_path.iterdir())
+    # The next run puts it back first, then refuses to replace it without --overwrite.
+    proc = subprocess.run(prepare_cli(*args, "--shots", "4"), capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 1 and "put " in proc.stderr and "pass --overwrite" in proc.stderr
+    assert dataset_files(tmp_path / "elix") == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elix"]
+
+
+def test_the_output_is_never_inside_the_input(tmp_path, capsys) -> None:
+    raw = tmp_path / "raw"
+    (raw / "elix").mkdir(parents=True)
+    for f in (SAMPLES / "elix").glob("*.jsonl"):
+        (raw / "elix" / f.name).write_bytes(f.read_bytes())
+    assert prepare_main(["elix", "--input", str(raw / "elix"), "--out", str(raw / "elix"), "--no-progress"]) == 1
+    assert "is inside the input directory" in capsys.readouterr().err
+    assert sorted(p.name for p in (raw / "elix").iterdir()) == ["test.jsonl", "train.jsonl"]
 
 
 # ---- 8, 9. messages that say where ------------------------------------------------------------------------

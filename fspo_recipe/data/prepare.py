@@ -27,7 +27,8 @@ from typing import Any
 from fspo_recipe.data.build import (SPLITS, EpisodeOptions, SplitStats, assign_splits, build_split_episodes,
                                    hold_out_prompts, limit_pairs_per_prompt, plain_examples)
 from fspo_recipe.data.sources import SOURCES, ReadReport, SourceSchemaError, get_source, read_source
-from fspo_recipe.data.writers import atomic_directory, dataset_card, jsonl_line, remove_stale_partials
+from fspo_recipe.data.writers import Commit, atomic_directory, dataset_card, jsonl_line, recover_stale
+from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.progress import ProgressBar
 
 MARKER = "fspo-prepare"
@@ -51,6 +52,11 @@ def check_output(final: Path, inputs: Sequence[str], *, overwrite: bool) -> None
             raise OutputRefusedError(
                 f"The output {final} is or contains the input {given}: writing it would delete the input. "
                 "Choose another --out or --name."
+            )
+        if source.is_dir() and source in target.parents:
+            raise OutputRefusedError(
+                f"The output {final} is inside the input directory {given}: fspo-prepare never writes into its "
+                "input. Choose another --out."
             )
     for parent in [target, *target.parents]:
         if parent.exists() and not parent.is_dir():
@@ -103,6 +109,7 @@ def prepare(
     count_tokens: Callable[[str], int] | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    commit: Commit | None = None,
     keep_identical: bool = False,
     log: bool = True,
     min_score_ratio: float = 2.0,
@@ -112,7 +119,8 @@ def prepare(
     """Prepare one source; return the summary that is also written as ``summary.json``.
 
     ``progress`` shows a progress bar on a terminal, ``log`` one line per stage on stderr. An existing output is
-    replaced only with ``overwrite`` and only if fspo-prepare wrote it (:func:`check_output`).
+    replaced only with ``overwrite`` and only if fspo-prepare wrote it (:func:`check_output`); ``commit`` says
+    whether the new data set is in place (for a caller interrupted by a signal).
     """
     spec = get_source(source)
     name = name or source
@@ -124,114 +132,120 @@ def prepare(
         raise ValueError(f"{source} holds plain preference pairs without users: use --shots 0, no --rationale and "
                          "--split-mode source (its own train/test splits).")
     final = out_dir / name
-    check_output(final, inputs, overwrite=overwrite)
-    for stale in remove_stale_partials(out_dir, name):
-        _say(log, f"removed {stale}, left by a process that was killed")
-    report = ReadReport()
-    started = time.perf_counter()
+    check_output(final, inputs, overwrite=overwrite)  # before anything is touched, the input included
+    with OutputLock(final, "fspo-prepare", directory=False):
+        for line in recover_stale(out_dir, name):
+            _say(log, line)
+        check_output(final, inputs, overwrite=overwrite)  # again: a data set may have been put back
+        report = ReadReport()
+        started = time.perf_counter()
 
-    _say(log, f"reading {source} from {', '.join(inputs)}")
-    by_source_split = read_source(spec, inputs, report, keep_identical=keep_identical, min_score_ratio=min_score_ratio)
-    if spec.plain:
-        by_source_split = hold_out_prompts(
-            {name: limit_pairs_per_prompt(rows, max_pairs_per_prompt, report) for name, rows in by_source_split.items()},
-            spec.test_fraction if test_fraction is None else test_fraction, options.seed)
-    _say(log, f"read {report.rows_read} rows in {time.perf_counter() - started:.1f} s"
-         + "".join(f"; {line}" for line in report.lines()))
-    splits = assign_splits(
-        by_source_split,
-        split_mode,  # type: ignore[arg-type]
-        seed=options.seed,
-        valid_fraction=valid_fraction,
-        valid_users=valid_users,
-        test_users=test_users,
-        test_user_names=test_user_names,
-        attributes=spec.attributes,
-    )
-    _say(log, "split (" + split_mode + "): " + ", ".join(
-        f"{split} {len(rows)} rows of {len({r.user for r in rows})} users" for split, rows in splits.items() if rows))
+        _say(log, f"reading {source} from {', '.join(inputs)}")
+        by_source_split = read_source(spec, inputs, report, keep_identical=keep_identical,
+                                      min_score_ratio=min_score_ratio)
+        if spec.plain:
+            by_source_split = hold_out_prompts(
+                {split: limit_pairs_per_prompt(rows, max_pairs_per_prompt, report)
+                 for split, rows in by_source_split.items()},
+                spec.test_fraction if test_fraction is None else test_fraction, options.seed)
+        _say(log, f"read {report.rows_read} rows in {time.perf_counter() - started:.1f} s"
+             + "".join(f"; {line}" for line in report.lines()))
+        splits = assign_splits(
+            by_source_split,
+            split_mode,  # type: ignore[arg-type]
+            seed=options.seed,
+            valid_fraction=valid_fraction,
+            valid_users=valid_users,
+            test_users=test_users,
+            test_user_names=test_user_names,
+            attributes=spec.attributes,
+        )
+        _say(log, "split (" + split_mode + "): " + ", ".join(
+            f"{split} {len(rows)} rows of {len({r.user for r in rows})} users"
+            for split, rows in splits.items() if rows))
 
-    summary: dict[str, Any] = {
-        "source": source,
-        "inputs": list(inputs),
-        "split_mode": split_mode,
-        "num_shots": options.num_shots,
-        "num_passes": options.passes(),
-        "seed": options.seed,
-        "include_dispreferred": options.include_dispreferred,
-        "rationale": options.rationale,
-        "rows_read": report.rows_read,
-        "rows_skipped": dict(report.skipped),
-        "rows_flagged": dict(report.flagged),
-        "keep_identical_pairs": keep_identical,
-        **({"min_score_ratio": min_score_ratio} if source == "shp" else {}),
-        **({"max_pairs_per_prompt": max_pairs_per_prompt,
-            "test_fraction": spec.test_fraction if test_fraction is None else test_fraction} if spec.plain else {}),
-        "splits": {},
-        "written_by": MARKER,
-    }
+        summary: dict[str, Any] = {
+            "source": source,
+            "inputs": list(inputs),
+            "split_mode": split_mode,
+            "num_shots": options.num_shots,
+            "num_passes": options.passes(),
+            "seed": options.seed,
+            "include_dispreferred": options.include_dispreferred,
+            "rationale": options.rationale,
+            "rows_read": report.rows_read,
+            "rows_skipped": dict(report.skipped),
+            "rows_flagged": dict(report.flagged),
+            "keep_identical_pairs": keep_identical,
+            **({"min_score_ratio": min_score_ratio} if source == "shp" else {}),
+            **({"max_pairs_per_prompt": max_pairs_per_prompt,
+                "test_fraction": spec.test_fraction if test_fraction is None else test_fraction} if spec.plain else {}),
+            "splits": {},
+            "written_by": MARKER,
+        }
 
-    with atomic_directory(final) as tmp:
-        for split in SPLITS:
-            rows = splits[split]
-            if not rows:
-                continue
-            stats = SplitStats()
-            lengths: list[int] = []
-            sample: list[str] = []
-            rng = random.Random(f"summary:{split}")
-            jsonl = f"{split}.jsonl"
-            users = {row.user for row in rows}
-            with (tmp / jsonl).open("wb") as fp, ProgressBar(progress, f"{name}/{split}", len(users)) as tick:
-                last_users = 0
-                examples = plain_examples(rows, stats) if spec.plain else build_split_episodes(rows, options, stats)
-                for episode in examples:
-                    fp.write(jsonl_line(episode))
-                    lengths.append(len(episode["src"]))
-                    # Reservoir sample of prompts for the token percentiles (when tokens are counted).
-                    if count_tokens is None:
-                        pass
-                    elif len(sample) < TOKEN_SAMPLE:
-                        sample.append(episode["src"])
-                    else:
-                        j = rng.randrange(stats.episodes)
-                        if j < TOKEN_SAMPLE:
-                            sample[j] = episode["src"]
-                    if stats.users != last_users:
-                        tick(stats.users - last_users)
-                        last_users = stats.users
-                tick(len(users) - last_users)
-            _say(log, f"{split}: {stats.episodes} episodes of {stats.users} users "
-                 f"({time.perf_counter() - started:.1f} s so far)")
-            if stats.episodes == 0:
-                (tmp / jsonl).unlink()
-            else:
-                card = f"{name}_{split}"
-                (tmp / f"{card}.yaml").write_text(
-                    dataset_card(card, jsonl, f"{source} {split} split, plain preference pairs (fspo-prepare)"
-                                 if spec.plain else f"FSPO {source} {split} split, {options.num_shots} shots (fspo-prepare)"),
-                    encoding="utf-8",
+        with atomic_directory(final, commit) as tmp:
+            for split in SPLITS:
+                rows = splits[split]
+                if not rows:
+                    continue
+                stats = SplitStats()
+                lengths: list[int] = []
+                sample: list[str] = []
+                rng = random.Random(f"summary:{split}")
+                jsonl = f"{split}.jsonl"
+                users = {row.user for row in rows}
+                with (tmp / jsonl).open("wb") as fp, ProgressBar(progress, f"{name}/{split}", len(users)) as tick:
+                    last_users = 0
+                    examples = plain_examples(rows, stats) if spec.plain else build_split_episodes(rows, options, stats)
+                    for episode in examples:
+                        fp.write(jsonl_line(episode))
+                        lengths.append(len(episode["src"]))
+                        # Reservoir sample of prompts for the token percentiles (when tokens are counted).
+                        if count_tokens is None:
+                            pass
+                        elif len(sample) < TOKEN_SAMPLE:
+                            sample.append(episode["src"])
+                        else:
+                            j = rng.randrange(stats.episodes)
+                            if j < TOKEN_SAMPLE:
+                                sample[j] = episode["src"]
+                        if stats.users != last_users:
+                            tick(stats.users - last_users)
+                            last_users = stats.users
+                    tick(len(users) - last_users)
+                _say(log, f"{split}: {stats.episodes} episodes of {stats.users} users "
+                     f"({time.perf_counter() - started:.1f} s so far)")
+                if stats.episodes == 0:
+                    (tmp / jsonl).unlink()
+                else:
+                    card = f"{name}_{split}"
+                    what = ("plain preference pairs" if spec.plain else f"{options.num_shots} shots")
+                    (tmp / f"{card}.yaml").write_text(
+                        dataset_card(card, jsonl, f"{'' if spec.plain else 'FSPO '}{source} {split} split, {what} "
+                                     "(fspo-prepare)"),
+                        encoding="utf-8",
+                    )
+                info: dict[str, Any] = {
+                    "episodes": stats.episodes,
+                    "users": stats.users,
+                    "rows": len(rows),
+                    "users_skipped_too_few_rows": stats.users_too_few_rows,
+                    "rows_of_skipped_users": stats.rows_of_skipped_users,
+                    "prompt_chars": percentiles(lengths),
+                }
+                if count_tokens is not None and sample:
+                    info["prompt_tokens"] = percentiles([count_tokens(s) for s in sample])
+                    info["prompt_tokens_sample"] = len(sample)
+                summary["splits"][split] = info
+            summary["seconds"] = round(time.perf_counter() - started, 2)
+            if not any(info["episodes"] for info in summary["splits"].values()):
+                raise ValueError(
+                    f"No episode was made from {report.rows_read} rows: every user has fewer than "
+                    f"{options.num_shots + 1} usable rows (shots + 1) or every row was skipped. Nothing was written."
                 )
-            info: dict[str, Any] = {
-                "episodes": stats.episodes,
-                "users": stats.users,
-                "rows": len(rows),
-                "users_skipped_too_few_rows": stats.users_too_few_rows,
-                "rows_of_skipped_users": stats.rows_of_skipped_users,
-                "prompt_chars": percentiles(lengths),
-            }
-            if count_tokens is not None and sample:
-                info["prompt_tokens"] = percentiles([count_tokens(s) for s in sample])
-                info["prompt_tokens_sample"] = len(sample)
-            summary["splits"][split] = info
-        summary["seconds"] = round(time.perf_counter() - started, 2)
-        if not any(info["episodes"] for info in summary["splits"].values()):
-            raise ValueError(
-                f"No episode was made from {report.rows_read} rows: every user has fewer than "
-                f"{options.num_shots + 1} usable rows (shots + 1) or every row was skipped. Nothing was written."
-            )
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return summary
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        return summary
 
 
 def format_summary(summary: dict[str, Any], out: Path) -> str:
@@ -401,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rationale=args.rationale,
     )
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
+    commit = Commit()
+    final = args.out / args.name
     try:
         count_tokens = _token_counter(args.tokenizer, args.assets_dir) if args.tokenizer else None
         summary = prepare(
@@ -417,6 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             count_tokens=count_tokens,
             progress=not args.no_progress,
             overwrite=args.overwrite,
+            commit=commit,
             keep_identical=args.keep_identical_pairs,
             log=not args.quiet,
             min_score_ratio=getattr(args, "min_score_ratio", 2.0),
@@ -424,9 +441,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             test_fraction=getattr(args, "test_fraction", None),
         )
     except Interrupted as ex:
-        print(f"fspo-prepare: interrupted ({signal.Signals(ex.signum).name}), nothing written", file=sys.stderr)
+        if commit.done:
+            state = f"the new data set was already in place: {final} is complete"
+        elif commit.replaced or final.exists():
+            state = f"nothing written: {final} holds the data set it held before"
+        else:
+            state = "nothing written"
+        print(f"fspo-prepare: interrupted ({signal.Signals(ex.signum).name}); {state}", file=sys.stderr)
         return 128 + ex.signum
-    except (SourceSchemaError, ValueError, OSError) as ex:
+    except (SourceSchemaError, ValueError, OSError, OutputInUseError) as ex:
         print(f"fspo-prepare: {ex}", file=sys.stderr)
         return 1
     finally:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,13 +49,16 @@ def _partial_prefix(name: str) -> str:
     return f".{name}.partial-"
 
 
-def remove_stale_partials(parent: Path, name: str) -> list[Path]:
-    """Remove ``.NAME.partial-PID-*`` and ``.NAME.old-PID`` left in ``parent`` by processes that no longer run
-    (a SIGKILL leaves no chance to clean up); return what was removed. Live processes' directories are kept."""
-    removed: list[Path] = []
+def recover_stale(parent: Path, name: str) -> list[str]:
+    """Clean up after processes that were killed while writing ``parent/name`` (a SIGKILL leaves no chance to):
+    their ``.NAME.partial-PID-*`` directories are removed, and the earlier data set a killed replacement had moved
+    aside (``.NAME.old-PID``) is put back under its name when nothing is there, else removed. Debris of processes
+    that still run is left alone. Returns one line per thing done."""
+    done: list[str] = []
     if not parent.is_dir():
-        return removed
-    for entry in parent.iterdir():
+        return done
+    final = parent / name
+    for entry in sorted(parent.iterdir()):
         rest = None
         if entry.name.startswith(_partial_prefix(name)):
             rest = entry.name[len(_partial_prefix(name)) :].split("-", 1)[0]
@@ -60,23 +66,59 @@ def remove_stale_partials(parent: Path, name: str) -> list[Path]:
             rest = entry.name[len(f".{name}.old-") :]
         if rest is None or not rest.isdigit() or pid_alive(int(rest)):
             continue
+        if entry.name.startswith(f".{name}.old-") and not final.exists():
+            os.replace(entry, final)
+            done.append(f"put {final} back from {entry}, where a run killed while replacing it had moved it")
+            continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed
+        done.append(f"removed {entry}, left by a process that was killed")
+    return done
 
 
 @contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive while the block runs are delivered just after it, to the handlers in place
+    before (Python runs signal handlers in the main thread only, so elsewhere the block runs as it is). SIGKILL
+    cannot be held, which is what :func:`recover_stale` is for."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+@dataclass
+class Commit:
+    """Whether an :func:`atomic_directory` has put its new contents in place (a signal may still arrive after)."""
+
+    done: bool = False
+    replaced: bool = False
+    """An earlier directory was replaced."""
+
+
+@contextmanager
+def atomic_directory(final: Path, commit: Commit | None = None) -> Iterator[Path]:
     """Yield a temporary directory beside ``final``; on success it replaces ``final``, on error it is removed.
 
-    A crash (an exception, Ctrl-C, a SIGTERM turned into an exception) leaves ``final`` as it was: an earlier
-    complete output, or nothing. The temporary name carries the process id, so a later run can tell the debris of
-    a killed process (:func:`remove_stale_partials`) from the work of one still running. Whether ``final`` may be
-    replaced at all is the caller's decision; a file there is never replaced.
+    At every moment ``final`` holds either what it held before or the complete new contents: the two renames of a
+    replacement run with SIGINT and SIGTERM held (they arrive just after), so an interrupted command leaves the old
+    contents or the new, and ``commit`` (when given) says which. A SIGKILL between the renames leaves the old
+    contents in ``.NAME.old-PID``, which the next run puts back (:func:`recover_stale`); the temporary name carries
+    the process id, so a later run can tell the debris of a killed process from the work of one still running.
+    Whether ``final`` may be replaced at all is the caller's decision; a file there is never replaced.
     """
+    commit = commit if commit is not None else Commit()
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and not final.is_dir():
         raise FileExistsError(f"{final} exists and is not a directory; not replacing it.")
@@ -84,16 +126,20 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     try:
         honour_umask(tmp, directory=True)
         yield tmp
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        with _signals_held():
+            if final.exists():
+                os.replace(final, old)
+                commit.replaced = True
+            os.replace(tmp, final)
+            commit.done = True
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not commit.done:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if commit.done:
+            shutil.rmtree(final.parent / f".{final.name}.old-{os.getpid()}", ignore_errors=True)
 
 
 try:  # orjson (the `data` extra) encodes the long prompts about 5x faster than the json module
