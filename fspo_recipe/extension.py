@@ -79,12 +79,14 @@ def setup_fspo_cli(context: RuntimeContext, cli: object) -> None:
     from fspo_recipe.data.jsonl import PreferenceDataError
     from fspo_recipe.eval.recipe import PREFERENCE_EVAL, EvalError, PreferenceEvalConfig, load_preference_evaluator
     from fspo_recipe.fairseq2_compat import FspoRecipeCommandHandler, has_command, replace_recipe_command
+    from fspo_recipe.train.checkpoints import CheckpointCheckError
     from fspo_recipe.train.reader import EmptyPassError
     from fspo_recipe.train.recipe import FspoLoadError, check_training_config, is_fspo_config, load_preference_finetuner
     from fspo_recipe.train.unit import TrainingDivergedError
 
     # Print these as one-line errors (no traceback): they say what to change. fairseq2 matches the exact type.
-    for kls in (EvalError, CriterionError, PreferenceDataError, EmptyPassError, TrainingDivergedError, FspoLoadError):
+    for kls in (EvalError, CriterionError, PreferenceDataError, EmptyPassError, TrainingDivergedError, FspoLoadError,
+                CheckpointCheckError):
         cli.register_user_error_type(kls)  # type: ignore[attr-defined]
 
     # FSPO runs only: other criteria keep fairseq2's behaviour (no lock, no checks of ours).

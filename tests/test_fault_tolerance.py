@@ -133,3 +133,43 @@ def test_a_checkpoint_directory_that_does_not_exist_is_named(tmp_path) -> None:
     assert f"The checkpoint metadata file (model.yaml) is not found under '{missing}'" in message
     assert "'last_checkpoint@' is not a known model" in message
     assert "Traceback" not in message
+
+
+class _Hostile:
+    """A pickle that creates a file when it is loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("damage", ["hostile pickle", "empty model.pt", "truncated rank_0.pt"])
+def test_a_resume_from_a_hostile_or_damaged_checkpoint_is_refused_naming_the_file(tiny_assets, tmp_path, damage
+                                                                                  ) -> None:
+    out = tmp_path / "run"
+    overrides = [f"common.assets.extra_path={tiny_assets}", *SHORT_RUN, "regime.keep_last_n_checkpoints=2",
+                 "regime.num_steps=8"]
+    run(out, "fspo_ipo", *overrides)
+    step = out / "checkpoints" / "step_8"
+    marker = tmp_path / "code_ran"
+    if damage == "hostile pickle":
+        state = torch.load(step / "rank_0.pt", weights_only=True)
+        torch.save({**state, "_step_nr": _Hostile(marker)}, step / "rank_0.pt")
+        bad = step / "rank_0.pt"
+    elif damage == "empty model.pt":
+        bad = step / "model.pt"
+        bad.write_bytes(b"")
+    else:
+        bad = step / "rank_0.pt"
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    proc = subprocess.run(command(out, *overrides, "regime.num_steps=12"), capture_output=True, text=True, cwd=REPO,
+                          timeout=300, env=env(COLUMNS="400"))
+    assert proc.returncode == 1
+    message = " ".join(proc.stderr.split())
+    assert str(bad) in message and "Traceback" not in message
+    assert f"move {step} away to resume from step 4" in message
+    assert ("loading it could run code" if damage == "hostile pickle" else "is damaged") in message
+    assert not marker.exists()
+    assert [r["Step"] for r in metrics(out)] == list(range(1, 9))  # nothing was trained or written

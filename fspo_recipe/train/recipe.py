@@ -6,7 +6,9 @@ For ``criterion.name=fspo`` it
    resumed run), before fairseq2 creates the process group (:func:`fspo_recipe.fairseq2_compat.activate_fspo_workarounds`);
 2. loads the policy and the reference with the llama/mistral factories that implement the packed-pairs interface
    (:func:`fspo_recipe.models.llama.packed_model_families`);
-3. turns a model, tokenizer or data file that cannot be found into a one-line :class:`FspoLoadError`.
+3. turns a model, tokenizer or data file that cannot be found into a one-line :class:`FspoLoadError`;
+4. checks the checkpoint a resumed run starts from (:func:`fspo_recipe.train.checkpoints.check_resume_checkpoint`:
+   no code in a pickle runs, a damaged file is named with the step to resume from instead).
 
 Every other criterion (dpo, simpo, ... of fairseq2) gets fairseq2's loader untouched.
 """
@@ -30,10 +32,12 @@ def load_preference_finetuner(context: RuntimeContext, config: object, output_di
     from fspo_recipe.assets import describe_load_error, load_error_types
     from fspo_recipe.fairseq2_compat import activate_fspo_workarounds
     from fspo_recipe.models.llama import packed_model_families
+    from fspo_recipe.train.checkpoints import check_resume_checkpoint
     from fspo_recipe.train.unit import FSPO_UNIT
 
     if criterion_name(config) != FSPO_UNIT:
         return load_po_finetuner(context, config, output_dir)
+    check_resume_checkpoint(output_dir)
     activate_fspo_workarounds()
     try:
         with packed_model_families(context):

@@ -1,0 +1,79 @@
+"""The checkpoint a run resumes from, checked before fairseq2 loads it: it must load as tensors and plain data.
+
+fairseq2 0.4.6 loads trainer, optimizer and data-reader state with ``torch.load(weights_only=False)``
+(``recipes/common/_checkpoint.py``), so a pickle placed in ``checkpoints/step_N/rank_0.pt`` runs its code when the
+run resumes, and a damaged file stops the run with a traceback that may name no file. Before an FSPO run starts,
+every ``*.pt`` file of the step it will resume from is loaded here with ``weights_only=True`` (memory-mapped, so a
+large model costs no read): a file that needs more than tensors and plain data is refused, a damaged one is named
+with the step to resume from instead. A file that passes refers to nothing but what the restricted unpickler
+allows, so fairseq2's own load of it runs no other code.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+
+class CheckpointCheckError(ValueError):
+    """A checkpoint file of the step a run would resume from is unsafe or damaged; printed as one line."""
+
+
+def step_dirs(checkpoint_dir: Path) -> list[tuple[int, Path]]:
+    """(step, directory) of every ``step_N`` directory, by step (what fairseq2's checkpoint manager lists)."""
+    if not checkpoint_dir.is_dir():
+        return []
+    found = [(int(p.name[5:]), p) for p in checkpoint_dir.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found)
+
+
+def _load(path: Path) -> None:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as ex:
+        if "mmap" not in str(ex):
+            raise
+        torch.load(path, map_location="cpu", weights_only=True)  # a file in torch's old (not zip) format
+
+
+def check_resume_checkpoint(output_dir: Path) -> int | None:
+    """Check every ``*.pt`` file of the last checkpoint of the run in ``output_dir`` (see the module docstring);
+    return its step, or None when there is none. Raises :class:`CheckpointCheckError`."""
+    steps = step_dirs(output_dir / "checkpoints")
+    if not steps:
+        return None
+    step, directory = steps[-1]
+    if len(steps) > 1:
+        instead = f"move {directory} away to resume from step {steps[-2][0]}"
+    else:
+        instead = f"move {directory} away to start the run from the beginning"
+    for path in sorted(directory.glob("*.pt")):
+        try:
+            _load(path)
+        except pickle.UnpicklingError as ex:
+            if "weights only" not in str(ex).lower():
+                raise CheckpointCheckError(f"{path} is damaged ({_first_line(ex)}); the run cannot resume from step "
+                                           f"{step}: {instead}.") from None
+            raise CheckpointCheckError(
+                f"{path} holds Python objects besides tensors and plain data ({_unsafe_name(ex)}); loading it could run "
+                f"code, so the run does not resume from it. If you did not write it yourself, {instead}."
+            ) from None
+        except Exception as ex:  # noqa: BLE001 (torch raises RuntimeError, EOFError, ValueError, OSError... here)
+            raise CheckpointCheckError(f"{path} is damaged ({type(ex).__name__}: {_first_line(ex)}); the run cannot "
+                                       f"resume from step {step}: {instead}.") from None
+    return step
+
+
+def _first_line(ex: BaseException) -> str:
+    text = str(ex).strip().splitlines()
+    return text[0][:200] if text else "the file ends too early"
+
+
+def _unsafe_name(ex: BaseException) -> str:
+    """What the restricted unpickler refused, from torch's message ("... unsupported GLOBAL posix.system ...")."""
+    for line in str(ex).splitlines():
+        if "global" in line.lower() or "unsupported" in line.lower():
+            return line.strip().removeprefix("WeightsUnpickler error: ").rstrip(".")[:200]
+    return _first_line(ex)
