@@ -226,3 +226,56 @@ def test_token_percentiles_with_a_fairseq2_tokenizer(tmp_path) -> None:
     # Byte-level tokenizer on ASCII text: one token per character, plus the beginning-of-sequence token.
     assert {k: v + 1 for k, v in train["prompt_chars"].items()} == train["prompt_tokens"]
     assert train["prompt_tokens_sample"] == train["episodes"]
+
+
+def test_repeated_rows_are_counted_and_dropped(tmp_path) -> None:
+    rows = load(SAMPLES / "elix" / "train.jsonl")
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:7]))  # 7 rows again
+    (data / "test.jsonl").write_text(json.dumps(rows[10]) + "\n")  # a training row in the test split too
+    summary = prepare("elix", [str(data)], tmp_path / "out", options=EpisodeOptions(num_shots=2), progress=False)
+    assert summary["rows_skipped"][build_mod.DUPLICATE_ROW] == 8
+    episodes = load(tmp_path / "out" / "elix" / "train.jsonl")
+    used = {r for ep in episodes for r in ep["shot_row_ids"] + [ep["query_row_id"]]}
+    assert not any(f"train.jsonl/{i}" in used for i in range(len(rows), len(rows) + 7))
+    assert "train.jsonl/10" not in used  # the repeated test pair is kept once, in the file read first (test)
+
+
+def test_a_query_is_never_answered_by_its_own_shots() -> None:
+    # Five questions asked twice each with other answers, and one asked four times: windows often repeat a question.
+    rows = [PreferenceRow(f"s/{i}", "u", f"q{min(i // 2, 5)}", f"good {i}", f"bad {i}", "d", "d") for i in range(14)]
+    stats = build_mod.SplitStats()
+    episodes = list(build_user_episodes("u", rows, EpisodeOptions(num_shots=3, num_passes=40), stats=stats))
+    assert episodes
+    by_id = {r.row_id: r for r in rows}
+    for ep in episodes:
+        assert by_id[ep["query_row_id"]].question not in {by_id[r].question for r in ep["shot_row_ids"]}
+    # Windows of rows that all share their questions (two and two) have no possible query: skipped and counted.
+    pairs = [PreferenceRow(f"s/{i}", "u", f"q{i // 2}", f"good {i}", f"bad {i}", "d", "d") for i in range(4)]
+    stats = build_mod.SplitStats()
+    assert list(build_user_episodes("u", pairs, EpisodeOptions(num_shots=1, num_passes=30), stats=stats))
+    assert stats.windows_one_question > 0
+
+
+def test_a_nan_score_is_refused_naming_the_file_and_line(tmp_path, capsys) -> None:
+    good = {"history": "Why?", "human_ref_A": "Because.", "human_ref_B": "No idea.", "score_A": 10, "score_B": 1,
+            "labels": 1}
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps(good) + "\n\n" + json.dumps({**good, "score_B": float("nan")}) + "\n")
+    assert prepare_main(["shp", "--input", str(data), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{data}, line 3: score_B is nan; expected a finite number" in err
+    assert not (tmp_path / "out" / "shp").exists()
+
+
+def test_a_field_of_the_wrong_type_is_reported_as_such(tmp_path) -> None:
+    rows = load(SAMPLES / "elix" / "train.jsonl")
+    rows[3]["prompt"] = ["a", "list"]
+    rows[4]["response_y"] = 42
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = prepare("elix", [str(data)], tmp_path / "out", options=EpisodeOptions(num_shots=2), progress=False)
+    assert summary["rows_skipped"] == {"field 'prompt' is a list, not text": 1,
+                                       "field 'response_y' is a number, not text": 1}

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from conftest import REPO, cli_env
+from fspo_recipe.data.build import DUPLICATE_ROW
 from fspo_recipe.data.prepare import main as prepare_main
 
 SAMPLES = REPO / "datasets" / "samples"
@@ -36,27 +37,32 @@ def prepared(tmp_path_factory):
 
 
 def test_hh_splits_as_the_dpo_code_and_reports_pairs_with_different_prompts(prepared) -> None:
-    for split in ("train", "test"):
+    seen, duplicates = set(), 0
+    for split in ("test", "train"):  # the order files are read in: a repeated pair is dropped where it repeats
         rows = [json.loads(line) for line in (SAMPLES / "hh" / f"{split}.jsonl").read_text().splitlines()]
         got = {e["id"]: e for e in map(json.loads, (prepared / "hh" / f"{split}.jsonl").read_text().splitlines())}
         for i, row in enumerate(rows):
             prompt, chosen, rejected = dpo_code_split(row)
-            if row["rejected"].startswith(prompt):
+            if not row["rejected"].startswith(prompt):
+                assert f"{split}.jsonl/{i}" not in got  # the DPO code would pair a wrong rejected response
+            elif (prompt, chosen, rejected) in seen:
+                assert f"{split}.jsonl/{i}" not in got  # a duplicate of an earlier row
+                duplicates += 1
+            else:
+                seen.add((prompt, chosen, rejected))
                 e = got[f"{split}.jsonl/{i}"]
                 assert (e["src"], e["tgt_chosen"], e["tgt_rejected"]) == (prompt, chosen, rejected)  # byte for byte
                 assert e["user"] == "(no user)" and "episode" not in e
-            else:
-                assert f"{split}.jsonl/{i}" not in got  # the DPO code would pair a wrong rejected response
-        assert len(got) == sum(r["rejected"].startswith(dpo_code_split(r)[0]) for r in rows)
     summary = json.loads((prepared / "hh" / "summary.json").read_text())
-    assert summary["rows_skipped"] == {"chosen and rejected dialogues with different prompts": 4}
+    assert duplicates > 0 and summary["rows_skipped"] == {"chosen and rejected dialogues with different prompts": 4,
+                                                          DUPLICATE_ROW: duplicates}
     assert (prepared / "hh" / "hh_train.yaml").is_file() and (prepared / "hh" / "hh_test.yaml").is_file()
 
 
 def test_ultrafeedback_takes_the_assistant_messages(prepared) -> None:
     rows = [json.loads(line) for line in (SAMPLES / "ultrafeedback" / "train_prefs.jsonl").read_text().splitlines()]
     got = [json.loads(line) for line in (prepared / "ultrafeedback" / "train.jsonl").read_text().splitlines()]
-    assert len(got) == len(rows)
+    assert len(got) == len({(r["prompt"], json.dumps(r["chosen"]), json.dumps(r["rejected"])) for r in rows})
     assert got[0]["src"] == rows[0]["prompt"] and got[0]["tgt_chosen"] == rows[0]["chosen"][1]["content"]
     assert got[0]["tgt_rejected"] == rows[0]["rejected"][1]["content"]
 
@@ -297,7 +303,8 @@ def test_hub_splits_are_named_and_chosen_as_the_source_publishes_them(monkeypatc
     assert prepare_main(["ultrafeedback", "--out", str(tmp_path), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "ultrafeedback" / "summary.json").read_text())
     assert summary["rows_read"] == len(rows(uf / "train_prefs.jsonl")) + len(rows(uf / "test_prefs.jsonl"))
-    assert {s: i["episodes"] for s, i in summary["splits"].items()} == {
-        "train": len(rows(uf / "train_prefs.jsonl")), "test": len(rows(uf / "test_prefs.jsonl"))}
+    assert {s: i["episodes"] for s, i in summary["splits"].items()} == {  # repeated pairs dropped (test read first)
+        "train": 118, "test": 28}
+    assert summary["rows_skipped"] == {DUPLICATE_ROW: 14}
     assert prepare_main(["oasst2", "--out", str(tmp_path), "--no-progress"]) == 0
     assert set(json.loads((tmp_path / "oasst2" / "summary.json").read_text())["splits"]) == {"train", "valid"}

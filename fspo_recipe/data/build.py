@@ -167,6 +167,28 @@ def hold_out_prompts(by_source_split: Mapping[str, Sequence[PreferenceRow]], fra
     return splits
 
 
+DUPLICATE_ROW = "duplicate of an earlier row (same user, question and both responses)"
+
+
+def drop_duplicate_rows(by_source_split: Mapping[str, Sequence[PreferenceRow]], report: ReadReport
+                        ) -> dict[str, list[PreferenceRow]]:
+    """The rows without those that repeat an earlier one (same user, question and responses, in any split), which
+    are skipped and counted: a repeated pair could be shown as a shot of its own query (the answer given away), and a
+    pair in two splits is a test pair seen in training."""
+    seen: set[tuple[str, str, str, str]] = set()
+    out: dict[str, list[PreferenceRow]] = {}
+    for split, rows in by_source_split.items():
+        kept = out.setdefault(split, [])
+        for row in rows:
+            key = (row.user, row.question, row.preferred, row.dispreferred)
+            if key in seen:
+                report.skip(DUPLICATE_ROW, row.row_id)
+            else:
+                seen.add(key)
+                kept.append(row)
+    return out
+
+
 def limit_pairs_per_prompt(rows: Sequence[PreferenceRow], limit: int | None, report: ReadReport) -> list[PreferenceRow]:
     """At most ``limit`` pairs of one prompt, the first ones in source order (SHP's authors advise at most 5 per
     post so that posts with many comments do not dominate); the rest are skipped and counted."""
@@ -183,16 +205,34 @@ def limit_pairs_per_prompt(rows: Sequence[PreferenceRow], limit: int | None, rep
     return kept
 
 
+def query_last(window: Sequence[int], rows: Sequence[PreferenceRow]) -> tuple[int, ...] | None:
+    """``window`` (row indices: shots, then the query) with a query whose question no shot asks: as it is when its
+    query's question is not among the shots', else with the last row whose question is asked once in the window
+    swapped into the query's place; None when every question of the window is asked twice or more."""
+    questions = [rows[i].question for i in window]
+    if questions[-1] not in questions[:-1]:
+        return tuple(window)
+    once = [j for j, q in enumerate(questions) if questions.count(q) == 1]
+    if not once:
+        return None
+    order = list(window)
+    order[once[-1]], order[-1] = order[-1], order[once[-1]]
+    return tuple(order)
+
+
 def build_user_episodes(
     user: str,
     rows: Sequence[PreferenceRow],
     options: EpisodeOptions,
     other_descriptions: Sequence[str] = (),
+    stats: SplitStats | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the episodes of one user: N shots and one query per episode, all rows of this user.
 
     Each pass shuffles the rows and cuts them into consecutive windows of N+1 (rows 0..N-1 shots, row N the query;
-    no row of a window is left unused). A window already produced (same shots in the same order, same query) is not
+    no row of a window is left unused). The query's question is never among its shots' questions (the shot would
+    answer it): such a window takes another of its rows as the query (:func:`query_last`) or, when none fits, is
+    skipped and counted in ``stats``. A window already produced (same shots in the same order, same query) is not
     produced again, so identical prompts merge. ``other_descriptions`` supply the rejected rationale where the
     source does not say whom the rejected response was written for (Roleplay).
     """
@@ -212,7 +252,11 @@ def build_user_episodes(
     for p in range(options.passes()):
         rng.shuffle(order)
         for w in range(len(order) // width):
-            window = tuple(order[w * width : (w + 1) * width])
+            window = query_last(order[w * width : (w + 1) * width], rows)
+            if window is None:
+                if stats is not None:
+                    stats.windows_one_question += 1
+                continue
             if window in seen:
                 continue
             seen.add(window)
@@ -257,6 +301,9 @@ class SplitStats:
     episodes: int = 0
     users_too_few_rows: int = 0
     rows_of_skipped_users: int = 0
+    windows_one_question: int = 0
+    """Windows skipped because each of their questions is asked by two rows or more (no query without its answer
+    among the shots)."""
 
 
 def build_split_episodes(
@@ -275,7 +322,7 @@ def build_split_episodes(
             continue
         stats.users += 1
         others = _Excluding(descriptions, positions[descriptions[index]])
-        for episode in build_user_episodes(user, user_rows, options, others):
+        for episode in build_user_episodes(user, user_rows, options, others, stats):
             stats.episodes += 1
             yield episode
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fspo_recipe.data.build import (SPLITS, EpisodeOptions, SplitStats, assign_splits, build_split_episodes,
-                                   hold_out_prompts, limit_pairs_per_prompt, plain_examples)
+                                   drop_duplicate_rows, hold_out_prompts, limit_pairs_per_prompt, plain_examples)
 from fspo_recipe.data.sources import SOURCES, ReadReport, SourceSchemaError, get_source, read_source
 from fspo_recipe.data.writers import Commit, atomic_directory, dataset_card, jsonl_line, recover_stale
 from fspo_recipe.lock import OutputInUseError, OutputLock
@@ -141,8 +141,8 @@ def prepare(
         started = time.perf_counter()
 
         _say(log, f"reading {source} from {', '.join(inputs)}")
-        by_source_split = read_source(spec, inputs, report, keep_identical=keep_identical,
-                                      min_score_ratio=min_score_ratio)
+        by_source_split = drop_duplicate_rows(read_source(spec, inputs, report, keep_identical=keep_identical,
+                                                          min_score_ratio=min_score_ratio), report)
         if spec.plain:
             by_source_split = hold_out_prompts(
                 {split: limit_pairs_per_prompt(rows, max_pairs_per_prompt, report)
@@ -232,6 +232,7 @@ def prepare(
                     "rows": len(rows),
                     "users_skipped_too_few_rows": stats.users_too_few_rows,
                     "rows_of_skipped_users": stats.rows_of_skipped_users,
+                    "windows_skipped_one_question": stats.windows_one_question,
                     "prompt_chars": percentiles(lengths),
                 }
                 if count_tokens is not None and sample:
@@ -260,6 +261,9 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
         if "prompt_tokens" in info:
             line += f"  tokens {info['prompt_tokens']} (sample of {info['prompt_tokens_sample']})"
         lines.append(line)
+        if info.get("windows_skipped_one_question"):
+            lines.append(f"        skipped {info['windows_skipped_one_question']} window(s) of rows that all share "
+                         "their question (a query is never answered by its own shots)")
         if info["users_skipped_too_few_rows"]:
             lines.append(
                 f"        skipped {info['users_skipped_too_few_rows']} user(s) with fewer than "

@@ -9,6 +9,7 @@ imports torch or fairseq2.
 from __future__ import annotations
 
 import json
+import math
 import re
 from html.entities import name2codepoint
 from html.parser import HTMLParser
@@ -112,6 +113,18 @@ class RowContext:
     """SHP: pairs whose higher comment score is less than this many times the lower are skipped and counted (the DPO
     code's filter; 1 keeps every pair)."""
 
+    where: str = ""
+    """The file (or hub data set and split) the rows come from, for errors."""
+
+    lines: Sequence[int] | None = None
+    """The line of each row in a JSON Lines file (None for other formats: rows are counted from 1)."""
+
+    def locate(self, index: int) -> str:
+        """Where row ``index`` is: ``FILE, line N`` (JSON Lines) or ``FILE, row N``."""
+        if self.lines is not None and index < len(self.lines):
+            return f"{self.where}, line {self.lines[index]}"
+        return f"{self.where}, row {index + 1}"
+
 
 RowMapping = Callable[["SourceSpec", Mapping[str, Sequence[Any]], RowContext], list[PreferenceRow]]
 
@@ -188,6 +201,31 @@ def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
+_JSON_TYPES: Final = ((bool, "true/false"), (int, "a number"), (float, "a number"), (list, "a list"),
+                      (Mapping, "an object"))
+
+
+def wrong_type(ctx: RowContext, row_id: str, fields: Mapping[str, Any]) -> bool:
+    """Skip and count a row one of whose text ``fields`` holds something else than text (a list as ``prompt``), with
+    the field and what it holds as the reason; ``None`` (a missing value) is left to the empty-text check."""
+    for name, value in fields.items():
+        if value is not None and not isinstance(value, str):
+            kind = next((label for kls, label in _JSON_TYPES if isinstance(value, kls)), type(value).__name__)
+            ctx.report.skip(f"field '{name}' is {kind}, not text", row_id)
+            return True
+    return False
+
+
+def finite(ctx: RowContext, index: int, column: str, value: Any) -> float | None:
+    """``value`` as a float; None when it is not a number; a NaN or infinite number is an error naming the file and
+    line (it would pass every comparison-based filter and fake an order)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value):
+        raise SourceSchemaError(f"{ctx.locate(index)}: {column} is {value}; expected a finite number.")
+    return float(value)
+
+
 def _check_columns(spec: SourceSpec, columns: Iterable[str], where: str) -> None:
     present = set(columns)
     missing = [c for c in spec.columns if c not in present]
@@ -200,12 +238,13 @@ def _check_columns(spec: SourceSpec, columns: Iterable[str], where: str) -> None
 
 def rows_from_columns(
     spec: SourceSpec, split: str, data: Mapping[str, Sequence[Any]], report: ReadReport, where: str, *,
-    keep_identical: bool = False, min_score_ratio: float = 2.0,
+    keep_identical: bool = False, min_score_ratio: float = 2.0, lines: Sequence[int] | None = None,
 ) -> list[PreferenceRow]:
-    """Turn one split's columns (name -> list of values) into rows; bad rows are counted in ``report``."""
+    """Turn one split's columns (name -> list of values) into rows; bad rows are counted in ``report``. ``lines``:
+    the line of each row in a JSON Lines file, for errors."""
     _check_columns(spec, data.keys(), where)
     report.rows_read += len(next(iter(data.values()))) if data else 0
-    return spec.to_rows(spec, data, RowContext(split, report, keep_identical, min_score_ratio))
+    return spec.to_rows(spec, data, RowContext(split, report, keep_identical, min_score_ratio, where, lines))
 
 
 EMPTY_TEXT = "empty question, response or user"
@@ -246,6 +285,9 @@ def scored_pair_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: R
         if label not in (0, 1) or isinstance(label, bool):
             ctx.report.skip("label not 0 or 1", row_id)
             continue
+        if wrong_type(ctx, row_id, {"prompt": q, "response_x": rx, "response_y": ry, "scorer_level": user,
+                                    "level_x": lx, "level_y": ly}):
+            continue
         q, rx, ry, user = _text(q), _text(rx), _text(ry), _text(user)
         if not user:
             ctx.report.skip(EMPTY_TEXT, row_id)
@@ -265,6 +307,8 @@ def persona_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowCo
     cols = [data[c] for c in ("x", "yw", "yl", "level", "score_persona")]
     for i, (q, yw, yl, level, persona) in enumerate(zip(*cols)):
         row_id = f"{ctx.split}/{i}"
+        if wrong_type(ctx, row_id, {"x": q, "yw": yw, "yl": yl}):
+            continue
         user = _text(str(level)) if level is not None else ""
         q, yw, yl = _text(q), _text(yw), _text(yl)
         if not user:
@@ -314,6 +358,8 @@ def hh_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContext
     out: list[PreferenceRow] = []
     split = ctx.split
     for i, (chosen, rejected) in enumerate(zip(data["chosen"], data["rejected"])):
+        if wrong_type(ctx, f"{split}/{i}", {"chosen": chosen, "rejected": rejected}):
+            continue
         if not isinstance(chosen, str) or not isinstance(rejected, str):
             ctx.report.skip(EMPTY_TEXT, f"{split}/{i}")
             continue
@@ -346,6 +392,9 @@ def ultrafeedback_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx:
             continue
         if turns[0][0].get("content") != turns[1][0].get("content"):
             ctx.report.skip("chosen and rejected answer different prompts", row_id)
+            continue
+        if wrong_type(ctx, row_id, {"prompt": prompt, "chosen's assistant content": turns[0][1].get("content"),
+                                    "rejected's assistant content": turns[1][1].get("content")}):
             continue
         q, preferred, dispreferred = (_text(x) for x in (prompt, turns[0][1].get("content"), turns[1][1].get("content")))
         if accept_pair(ctx, row_id, q, preferred, dispreferred):
@@ -382,10 +431,6 @@ def dialogue_messages(prompt: str) -> list[dict[str, str]] | None:
     return messages if messages and messages[-1]["role"] == "user" else None
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def shp_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContext) -> list[PreferenceRow]:
     """Stanford SHP: one pair per row, as the DPO code reads it: prompt ``"\n\nHuman: " + history +
     "\n\nAssistant:"``, responses ``" " + human_ref_A/B``, A preferred when ``labels`` is 1; pairs whose score
@@ -394,13 +439,15 @@ def shp_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContex
     cols = [data[c] for c in ("history", "human_ref_A", "human_ref_B", "score_A", "score_B", "labels")]
     for i, (history, ref_a, ref_b, score_a, score_b, label) in enumerate(zip(*cols)):
         row_id = f"{ctx.split}/{i}"
-        a, b = _number(score_a), _number(score_b)
+        a, b = finite(ctx, i, "score_A", score_a), finite(ctx, i, "score_B", score_b)
         if label not in (0, 1) or isinstance(label, bool):
             ctx.report.skip("labels not 0 or 1", row_id)
         elif a is None or b is None or a <= 0 or b <= 0:
             ctx.report.skip("score_A/score_B not positive numbers", row_id)
         elif max(a / b, b / a) < ctx.min_score_ratio:
             ctx.report.skip(f"score ratio below {ctx.min_score_ratio:g} (--min-score-ratio)", row_id)
+        elif wrong_type(ctx, row_id, {"history": history, "human_ref_A": ref_a, "human_ref_B": ref_b}):
+            pass
         elif not all(isinstance(x, str) for x in (history, ref_a, ref_b)):
             ctx.report.skip(EMPTY_TEXT, row_id)
         else:
@@ -515,8 +562,8 @@ def stackexchange_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx:
     for i, (question, answers) in enumerate(zip(data["question"], data["answers"])):
         row_id = f"{ctx.split}/{i}"
         if not isinstance(question, str) or not isinstance(answers, list) or not all(
-                isinstance(a, Mapping) and isinstance(a.get("text"), str) and _number(a.get("pm_score")) is not None
-                for a in answers):
+                isinstance(a, Mapping) and isinstance(a.get("text"), str)
+                and finite(ctx, i, "pm_score", a.get("pm_score")) is not None for a in answers):
             ctx.report.skip("question not text or answers not a list of {text, pm_score}", row_id)
             continue
         if len(answers) < 2:
@@ -524,7 +571,7 @@ def stackexchange_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx:
             continue
         prompt = dialogue_prompt([("user", strip_html(question))])
         texts = [" " + strip_html(a["text"]) for a in answers]
-        scores = [_number(a["pm_score"]) for a in answers]
+        scores = [finite(ctx, i, "pm_score", a["pm_score"]) for a in answers]
         for j in range(len(answers)):
             for k in range(j + 1, len(answers)):
                 pair_id = f"{row_id}/{j}-{k}"
@@ -554,7 +601,7 @@ def oasst2_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowCon
             ctx.report.skip("message without message_id, role prompter/assistant or text", f"{ctx.split}/{i}")
             continue
         messages[mid] = (parent if isinstance(parent, str) else None, role, text)
-        if role == "assistant" and isinstance(parent, str) and _number(rank) is not None:
+        if role == "assistant" and isinstance(parent, str) and finite(ctx, i, "rank", rank) is not None:
             replies.setdefault(parent, []).append((float(rank), i, text))
     for parent, ranked in replies.items():
         turns: list[tuple[str, str]] = []
@@ -655,17 +702,18 @@ def _decode(path: Path, data: bytes, lineno: int | None = None) -> str:
         ) from None
 
 
-def _read_json(path: Path) -> list[Any]:
-    """The records of a JSON array file or of a JSONL file (one object per line), errors named by line."""
+def _read_json(path: Path) -> tuple[list[Any], list[int] | None]:
+    """The records of a JSON array file or of a JSONL file (one object per line), errors named by line; and the line
+    of each record of a JSONL file (None for an array)."""
     with path.open("rb") as fp:
         head = fp.read(4096).lstrip()
         fp.seek(0)
         if head.startswith(b"["):
             try:
-                return json.loads(_decode(path, fp.read()))
+                return json.loads(_decode(path, fp.read())), None
             except json.JSONDecodeError as ex:
                 raise _json_error(path, ex) from None
-        records = []
+        records, lines = [], []
         for lineno, raw in enumerate(fp, 1):
             line = _decode(path, raw, lineno).rstrip("\r\n")
             if line.strip():
@@ -673,11 +721,13 @@ def _read_json(path: Path) -> list[Any]:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as ex:
                     raise _json_error(path, ex, lineno) from None
-        return records
+                lines.append(lineno)
+        return records, lines
 
 
-def _read_file(path: Path) -> dict[str, list[Any]]:
-    """The columns (name -> values) of one parquet / JSON / JSONL file; every error names the file."""
+def _read_file(path: Path) -> tuple[dict[str, list[Any]], list[int] | None]:
+    """The columns (name -> values) of one parquet / JSON / JSONL file, and the line of each row of a JSONL file;
+    every error names the file."""
     fmt = _FILE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise SourceSchemaError(f"{path}: unsupported file type '{path.suffix}'; use .parquet, .jsonl or .json.")
@@ -693,8 +743,8 @@ def _read_file(path: Path) -> dict[str, list[Any]]:
             raise SourceSchemaError(f"{path}: not a readable parquet file ({ex}).") from None
         if not columns or not len(next(iter(columns.values()))):
             raise SourceSchemaError(f"{path}: the file has no rows.")
-        return columns
-    records = _read_json(path)
+        return columns, None
+    records, lines = _read_json(path)
     if not records:
         raise SourceSchemaError(f"{path}: the file has no records (only blank lines).")
     bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
@@ -703,7 +753,7 @@ def _read_file(path: Path) -> dict[str, list[Any]]:
     keys: dict[str, None] = {}
     for r in records:
         keys.update(dict.fromkeys(r))
-    return {k: [r.get(k) for r in records] for k in keys}
+    return {k: [r.get(k) for r in records] for k in keys}, lines
 
 
 def read_source(
@@ -730,8 +780,9 @@ def read_source(
         raise SourceSchemaError(f"{', '.join(map(str, local))}: no .parquet, .jsonl or .json file found.")
 
     for path in files:
-        rows = rows_from_columns(spec, path.name, _read_file(path), report, str(path), keep_identical=keep_identical,
-                                 min_score_ratio=min_score_ratio)
+        columns, lines = _read_file(path)
+        rows = rows_from_columns(spec, path.name, columns, report, str(path), keep_identical=keep_identical,
+                                 min_score_ratio=min_score_ratio, lines=lines)
         by_split.setdefault(split_name(path.name), []).extend(rows)
 
     for name in remote:
