@@ -194,8 +194,14 @@ def test_hub_names_resolve_through_the_hugging_face_cache(hf_dirs, tmp_path, mon
     ("bias", "'attention_bias' is True; this plugin represents only attention_bias = False exactly"),
     ("missing_shard", "names shard(s) that are not in"),
     ("pickle", "has no *.safetensors file (pytorch_model.bin are pickles"),
-    ("vocab", "does not fit the embedding of 128 rows"),
+    ("vocab", "tensors disagree with config.json: model.embed_tokens.weight is [512, "),
     ("no_dir", "is not a directory"),
+    ("hidden", "tensors disagree with config.json"),
+    ("layers", "tensors are missing: model.layers.2."),
+    ("fewer_layers", "tensors have no place in the model config.json describes: model.layers.1."),
+    ("heads", "field 'num_attention_heads' is 0; expected a whole number >= 1"),
+    ("truncated", "is cut short"),
+    ("no_tokenizer_config", "tokenizer_config.json does not exist"),
 ])
 def test_bad_hugging_face_directories_are_one_line(case, expected, hf_dirs, tmp_path, capsys) -> None:
     from fspo_recipe.models.hf import main as hf_card_main
@@ -216,6 +222,17 @@ def test_bad_hugging_face_directories_are_one_line(case, expected, hf_dirs, tmp_
         (directory / "pytorch_model.bin").write_bytes(b"pickle")
     elif case == "vocab":
         config["vocab_size"] = 128
+    elif case == "hidden":
+        config["hidden_size"] *= 2
+    elif case in ("layers", "fewer_layers"):
+        config["num_hidden_layers"] += 1 if case == "layers" else -1
+    elif case == "heads":
+        config["num_attention_heads"] = 0
+    elif case == "truncated":
+        shard = next(directory.glob("model-00002-*.safetensors"))
+        shard.write_bytes(shard.read_bytes()[:-100])
+    elif case == "no_tokenizer_config":
+        (directory / "tokenizer_config.json").unlink()
     (directory / "config.json").write_text(json.dumps(config))
     target = tmp_path / "nowhere" if case == "no_dir" else directory
     assert hf_card_main([str(target), "--name", "x", "--out", str(tmp_path / "cards")]) == 1

@@ -340,6 +340,8 @@ def _require(config: Mapping[str, Any], where: Path, key: str, kind: type | tupl
     value = config.get(key)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise HfImportError(f"{where}: field '{key}' is missing or not a {getattr(kind, '__name__', kind)}.")
+    if kind is int and value < 1:
+        raise HfImportError(f"{where}: field '{key}' is {value}; expected a whole number >= 1.")
     return value
 
 
@@ -382,6 +384,9 @@ def qwen3_model_config(config: Mapping[str, Any], where: Path, tokenizer: HfToke
     if scaling is not None:
         raise _refuse(where, "rope_scaling", scaling, "Qwen3 without rotary scaling")
     heads, kv = _require(config, where, "num_attention_heads", int), _require(config, where, "num_key_value_heads", int)
+    head_dim = config.get("head_dim") or _require(config, where, "hidden_size", int) // heads
+    if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:
+        raise HfImportError(f"{where}: field 'head_dim' is {head_dim!r}; expected a whole number >= 1.")
     if heads % kv:
         raise HfImportError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}.")
     return {
@@ -391,7 +396,7 @@ def qwen3_model_config(config: Mapping[str, Any], where: Path, tokenizer: HfToke
         "num_layers": _require(config, where, "num_hidden_layers", int),
         "num_attn_heads": heads,
         "num_key_value_heads": kv,
-        "head_dim": config.get("head_dim") or _require(config, where, "hidden_size", int) // heads,
+        "head_dim": head_dim,
         "ffn_inner_dim": _require(config, where, "intermediate_size", int),
         "rope_theta": theta,
         "layer_norm_eps": float(_require(config, where, "rms_norm_eps", (int, float))),
@@ -403,6 +408,10 @@ def qwen3_model_config(config: Mapping[str, Any], where: Path, tokenizer: HfToke
 def llama_model_config(config: Mapping[str, Any], where: Path, tokenizer: HfTokenizer) -> dict[str, Any]:
     """The fairseq2 ``LLaMAConfig`` fields of a Llama config.json; what fairseq2's llama cannot represent is refused."""
     hidden, heads = _require(config, where, "hidden_size", int), _require(config, where, "num_attention_heads", int)
+    kv = _require(config, where, "num_key_value_heads", int) if "num_key_value_heads" in config else heads
+    if hidden % heads or heads % kv:
+        raise HfImportError(f"{where}: hidden_size {hidden}, num_attention_heads {heads} and num_key_value_heads {kv} "
+                            "do not divide (hidden_size by heads, heads by key/value heads).")
     for key, allowed in (("attention_bias", (False, None)), ("mlp_bias", (False, None)), ("hidden_act", ("silu",))):
         if config.get(key) not in allowed:
             raise _refuse(where, key, config.get(key), f"{key} = {allowed[0]!r}")
@@ -417,7 +426,7 @@ def llama_model_config(config: Mapping[str, Any], where: Path, tokenizer: HfToke
         "vocab_info": _vocab_info(config, where, tokenizer),
         "num_layers": _require(config, where, "num_hidden_layers", int),
         "num_attn_heads": heads,
-        "num_key_value_heads": config.get("num_key_value_heads") or heads,
+        "num_key_value_heads": kv,
         "ffn_inner_dim": _require(config, where, "intermediate_size", int),
         "ffn_inner_dim_scale": 1.0,
         "ffn_inner_dim_multiplier": 1.0,
@@ -438,7 +447,91 @@ def llama_model_config(config: Mapping[str, Any], where: Path, tokenizer: HfToke
     return out
 
 
-_FAMILIES = {"qwen3": (qwen3_model_config, "qwen3_4b"), "llama": (llama_model_config, "llama3_2_1b")}
+def decoder_tensors(model_config: Mapping[str, Any], *, qk_norm: bool) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor of a Hugging Face llama-style decoder with ``model_config`` (fairseq2
+    field names), ``lm_head.weight`` included (tied models may leave it out)."""
+    dim, layers, ffn = model_config["model_dim"], model_config["num_layers"], model_config["ffn_inner_dim"]
+    heads, kv = model_config["num_attn_heads"], model_config["num_key_value_heads"]
+    head_dim = model_config.get("head_dim") or dim // heads
+    vocab = model_config["vocab_info"]["size"]
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, dim), "model.norm.weight": (dim,),
+                                          "lm_head.weight": (vocab, dim)}
+    for i in range(layers):
+        layer = {"self_attn.q_proj.weight": (heads * head_dim, dim), "self_attn.k_proj.weight": (kv * head_dim, dim),
+                 "self_attn.v_proj.weight": (kv * head_dim, dim), "self_attn.o_proj.weight": (dim, heads * head_dim),
+                 "mlp.gate_proj.weight": (ffn, dim), "mlp.up_proj.weight": (ffn, dim),
+                 "mlp.down_proj.weight": (dim, ffn),
+                 "input_layernorm.weight": (dim,), "post_attention_layernorm.weight": (dim,)}
+        if qk_norm:
+            layer.update({"self_attn.q_norm.weight": (head_dim,), "self_attn.k_norm.weight": (head_dim,)})
+        shapes.update({f"model.layers.{i}.{name}": shape for name, shape in layer.items()})
+    return shapes
+
+
+_FAMILIES = {"qwen3": (qwen3_model_config, "qwen3_4b", True), "llama": (llama_model_config, "llama3_2_1b", False)}
+
+_DTYPE_BYTES: Final = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                       "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The tensors (name -> shape) of a safetensors file, read from its header; a file cut short (or with bytes
+    after its last tensor, or a tensor whose bytes do not match its shape) is refused naming it."""
+    size = path.stat().st_size
+    with path.open("rb") as fp:
+        head = fp.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if length < 2 or 8 + length > size:
+            raise HfImportError(f"{path}: not a complete safetensors file (its header is cut short: {size} bytes).")
+        try:
+            header = json.loads(fp.read(length))
+        except ValueError as ex:
+            raise HfImportError(f"{path}: the safetensors header is not JSON ({ex}).") from None
+    if not isinstance(header, dict):
+        raise HfImportError(f"{path}: the safetensors header is not a JSON object.")
+    shapes: dict[str, tuple[int, ...]] = {}
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            shape, (start, stop), dtype = tuple(int(d) for d in info["shape"]), info["data_offsets"], info["dtype"]
+        except (KeyError, TypeError, ValueError):
+            raise HfImportError(f"{path}: the header entry of '{name}' has no shape, dtype and data_offsets.") from None
+        count = 1
+        for d in shape:
+            count *= d
+        if dtype in _DTYPE_BYTES and stop - start != count * _DTYPE_BYTES[dtype]:
+            raise HfImportError(f"{path}: tensor '{name}' {list(shape)} {dtype} should take "
+                                f"{count * _DTYPE_BYTES[dtype]} bytes, its offsets give {stop - start}.")
+        shapes[name], end = shape, max(end, int(stop))
+    if 8 + length + end != size:
+        what = "cut short" if 8 + length + end > size else "longer than its tensors"
+        raise HfImportError(f"{path}: the file is {what} ({size} bytes; its header describes {8 + length + end}): "
+                            "download it again.")
+    return shapes
+
+
+def check_tensors(directory: Path, files: Sequence[Path], expected: Mapping[str, tuple[int, ...]], *,
+                  tied: bool) -> None:
+    """Every tensor of the safetensors ``files`` has the name and shape the model configuration implies, and none
+    is missing (``lm_head.weight`` may be when the embeddings are tied): what fairseq2 would otherwise report as
+    several tracebacks when the card is loaded."""
+    found: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        for name, shape in safetensors_shapes(path).items():
+            if name in found:
+                raise HfImportError(f"{path}: tensor '{name}' is also in another shard of {directory}.")
+            found[name] = shape
+    wrong = [f"{n} is {list(found[n])}, config.json implies {list(shape)}" for n, shape in expected.items()
+             if n in found and found[n] != shape]
+    missing = [n for n in expected if n not in found and not (tied and n == "lm_head.weight")]
+    unused = [n for n in found if n not in expected]
+    for problems, what in ((wrong, "tensors disagree with config.json"), (missing, "tensors are missing"),
+                           (unused, "tensors have no place in the model config.json describes")):
+        if problems:
+            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+            raise HfImportError(f"{directory}: {len(problems)} {what}: {shown}.")
 
 
 def check_weights(directory: Path) -> list[Path]:
@@ -470,9 +563,15 @@ def hf_card(directory: Path, name: str) -> dict[str, Any]:
     if family not in _FAMILIES:
         raise HfImportError(f"{where}: model_type {family!r} is not supported; supported: {', '.join(_FAMILIES)} "
                             f"(architectures {config.get('architectures')}).")
-    check_weights(directory)
+    files = check_weights(directory)
+    if not (directory / "tokenizer_config.json").is_file():
+        raise HfImportError(f"{directory / 'tokenizer_config.json'} does not exist: the special tokens and the chat "
+                            "template of the model are unknown without it.")
     tokenizer = HfTokenizer(directory)
-    model_config, arch = _FAMILIES[family][0](config, where, tokenizer), _FAMILIES[family][1]
+    to_config, arch, qk_norm = _FAMILIES[family]
+    model_config = to_config(config, where, tokenizer)
+    check_tensors(directory, files, decoder_tensors(model_config, qk_norm=qk_norm),
+                  tied=bool(config.get("tie_word_embeddings", False)))
     top = max(tokenizer.tokenizer.get_vocab().values())
     if top >= model_config["vocab_info"]["size"]:
         raise HfImportError(f"{directory / 'tokenizer.json'}: token id {top} does not fit the embedding of "
