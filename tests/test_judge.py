@@ -31,10 +31,13 @@ class ScriptedServer:
     """A chat-completions server on 127.0.0.1. It prefers the answer with more "yes" words; when both have as many
     it says A (a position-biased judge). Questions script faults: ``q-429`` (first request: 429 with Retry-After),
     ``q-500`` (first request: 500), ``q-bad`` (always a reply without a verdict), ``q-slow`` (first request answered
-    after 12 s, far past the client's 4 s timeout, so that a busy machine cannot blur the two). Every request's body
-    and Authorization header are recorded."""
+    after 12 s, far past the client's 4 s timeout, so that a busy machine cannot blur the two), ``q-html`` (first
+    request: 200 with an HTML page), ``q-notjson`` (always 200 with a body that is not JSON), ``q-echo`` (always a 400
+    whose body echoes the request's Authorization header), ``q-neither`` (always "neither is preferred" prose);
+    ``down=True``: every request is a 503. Every request's body and Authorization header are recorded."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, down: bool = False) -> None:
+        self.down = down
         self.requests: list[dict] = []
         self.auth: list[str] = []
         self.delay = delay
@@ -50,7 +53,7 @@ class ScriptedServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 status, headers, payload, wait = server.respond(body, self.headers.get("Authorization", ""))
                 time.sleep(wait)
-                data = json.dumps(payload).encode()
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
                     for k, v in {"Content-Type": "application/json", **headers}.items():
@@ -79,6 +82,20 @@ class ScriptedServer:
             self.requests.append(body)
             self.auth.append(auth)
             n = self._seen[prompt] = self._seen.get(prompt, 0) + 1
+        if self.down:
+            return 503, {}, {"error": {"message": "down for maintenance", "type": "server_error"}}, 0.0
+        if "q-html" in prompt and n == 1:
+            return 200, {"Content-Type": "text/html"}, b"<html><body>Gateway says hello</body></html>", 0.0
+        if "q-notjson" in prompt:
+            return 200, {}, b"this is not json", 0.0
+        if "q-echo" in prompt:
+            return 400, {}, {"error": {"message": f"bad request; headers were Authorization: {auth}",
+                                       "type": "invalid_request_error"}}, 0.0
+        if "q-neither" in prompt:
+            return 200, {}, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                             "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                 "role": "assistant",
+                                 "content": "Neither answer is preferred. A and B are equally poor."}}]}, 0.0
         if "q-429" in prompt and n == 1:
             return 429, {"Retry-After": "1"}, {"error": {"message": "slow down", "type": "rate_limit"}}, 0.0
         if "q-500" in prompt and n == 1:
@@ -152,7 +169,7 @@ def test_chat_judge_orders_ties_retries_failures_and_win_rates(generations, tmp_
     judgments = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
     assert {j["id"]: j["score"] for j in judgments} == {i: c[4] for i, c in CASES.items()}
     bad = next(j for j in judgments if j["id"] == "7")
-    assert bad["outcome"] == "failure" and "no verdict in 2 replies" in bad["errors"][0]
+    assert bad["outcome"] == "failure" and "no clear verdict in 2 replies" in bad["errors"][0]
 
     rates = json.loads((out / "win_rates.json").read_text())["systems"]["fspo"]
     # Hand-computed: judged scores 1, 0, 0.5, 1 (u1) and 0, 1 (u2); 7 is a failure.
@@ -175,10 +192,11 @@ def test_chat_judge_orders_ties_retries_failures_and_win_rates(generations, tmp_
         assert KEY not in path.read_bytes().decode("utf-8", "replace"), path
     assert KEY not in printed.out + printed.err
 
-    # A second run sends nothing: every answer (the unparseable one too) is in the cache.
+    # A second run sends nothing answered: only the failed pair's two orders are asked again (and say so).
     with ScriptedServer() as again:
         assert judge_main(judge_args(out, again.url, *generations)) == 0
-    assert again.requests == []
+    assert again.requests and all("q-bad" in r["messages"][0]["content"] for r in again.requests)
+    assert "asking again 2 request(s) whose cached answer is a failure" in capsys.readouterr().err
     assert json.loads((out / "win_rates.json").read_text())["systems"] == json.loads(
         json.dumps({"fspo": rates}))
 
@@ -235,6 +253,43 @@ def test_errors_name_the_file_and_line_and_the_key_is_never_an_argument(generati
     assert "--baseline 'gpt' is not one of the systems: fspo, sft." in capsys.readouterr().err
 
 
+FAULTS = {  # id: (user, question, fspo answer, sft answer, expected score)
+    "1": ("u1", "q-html", "yes", "no", 1.0),       # an HTML page once (a proxy), then judged
+    "2": ("u1", "q-notjson", "yes", "no", None),   # never JSON: retried, then a failure, never a crash
+    "3": ("u2", "q-echo", "yes", "no", None),      # a 400 echoing the key: a failure, with the key redacted
+    "4": ("u2", "q-neither", "yes", "no", None),   # "neither is preferred": no clear verdict, a failure
+    "5": ("u2", "q5", "yes", "no", 1.0),
+}
+
+
+def test_answers_that_are_not_completions_or_verdicts_are_failures_and_no_key_is_written(tmp_path, monkeypatch,
+                                                                                         capsys) -> None:
+    monkeypatch.setenv("FSPO_TEST_JUDGE_KEY", KEY)
+    fspo, sft, out = tmp_path / "fspo.jsonl", tmp_path / "sft.jsonl", tmp_path / "out"
+    write_generations(fspo, "fspo", {i: (c[0], c[1], c[2]) for i, c in FAULTS.items()})
+    write_generations(sft, "sft", {i: (c[0], c[1], c[3]) for i, c in FAULTS.items()})
+    with ScriptedServer() as server:
+        assert judge_main(judge_args(out, server.url, fspo, sft, "--max-retries", "2")) == 0
+    judgments = {j["id"]: j for j in map(json.loads, (out / "judgments.jsonl").read_text().splitlines())}
+    assert {i: j["score"] for i, j in judgments.items()} == {i: c[4] for i, c in FAULTS.items()}
+    assert "not JSON" in judgments["2"]["errors"][0] and "gave up after 3 attempt(s)" in judgments["2"]["errors"][0]
+    assert "[REDACTED]" in judgments["3"]["errors"][0]
+    assert "no clear verdict" in judgments["4"]["errors"][0]
+    for path in out.iterdir():  # the key, echoed by the server, is in no file
+        assert KEY not in path.read_bytes().decode("utf-8", "replace"), path
+    assert KEY not in "".join(capsys.readouterr())
+
+    # Against a server that is down, the cached failures are asked again and fail again; nothing else is sent.
+    # (2's failures were server errors, never cached: asked again as well.)
+    with ScriptedServer(down=True) as down:
+        assert judge_main(judge_args(out, down.url, fspo, sft, "--max-retries", "0")) == 0
+    asked = {r["messages"][0]["content"].split("The person asked:\n\n")[1].split("\n")[0] for r in down.requests}
+    assert asked == {"q-notjson", "q-echo", "q-neither"}
+    assert "asking again 4 request(s) whose cached answer is a failure" in capsys.readouterr().err
+    rates = json.loads((out / "win_rates.json").read_text())["systems"]["fspo"]["overall"]
+    assert (rates["judged"], rates["failures"]) == (2, 3)
+
+
 def test_parse_choice_and_the_two_orders() -> None:
     assert parse_choice("Because...\nPreferred: B") == "B"
     assert parse_choice("**Preferred:** A") == "A"
@@ -242,6 +297,10 @@ def test_parse_choice_and_the_two_orders() -> None:
     assert parse_choice(" (A). ") == "A"
     assert parse_choice("I preferred a lot of things") is None
     assert parse_choice("Both are fine.") is None
+    assert parse_choice("Neither answer is preferred. A and B are equally poor.") is None
+    assert parse_choice('End with "Preferred: A" or "Preferred: B".') is None
+    assert parse_choice("Preferred: A\nNo wait.\nPreferred: B\nThanks.") is None  # two verdicts
+    assert parse_choice("Preferred answer: [B]\nThanks.") == "B"
     v = lambda c: Verdict(c)  # noqa: E731
     assert system_score(v("A"), v("B")) == 1.0       # the system's answer won as A and as B
     assert system_score(v("B"), v("A")) == 0.0

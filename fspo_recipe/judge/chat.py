@@ -2,10 +2,12 @@
 
 Requests go through the ``openai`` client library (``pip install 'fspo-fairseq2[judge]'``), at most
 ``concurrency`` at a time, each with a timeout. Rate limits (429, honouring Retry-After) and server errors (5xx,
-timeouts, dropped connections) are retried with exponential backoff; a reply without a verdict is asked again,
-then recorded as a failure. Every answered request is appended to a JSONL cache keyed by the exact request body,
-so that a second run, or a run after a crash, sends nothing already answered. The API key is read from an
-environment variable by the caller and handed to the client only; it is written nowhere.
+timeouts, dropped connections, and answers that are not a chat completion, such as an HTML page or text that is
+not JSON) are retried with exponential backoff; a reply without one clear verdict is asked again, then recorded as
+a failure. Every answered request is appended to a JSONL cache keyed by the exact request body, so that a second
+run, or a run after a crash, sends nothing already answered; failures in the cache are sent again by the next run
+(which says how many). The API key is read from an environment variable by the caller and handed to the client
+only; it is written nowhere: every text this module records or returns has credentials redacted.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import os
 import random
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +61,21 @@ def render(template: str, query: JudgeQuery) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(0)], template)
 
 
+_CREDENTIALS = re.compile(r"(?i)(bearer\s+|authorization[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?|api[-_]?key[\"']?\s*[:=]\s*"
+                          r"[\"']?)[^\s\"',}]+|\bsk-[A-Za-z0-9_\-]{8,}")
+
+
+def redact(text: str | None, secrets: Sequence[str] = ()) -> str | None:
+    """``text`` without credentials: the given ``secrets`` (the API key), ``Bearer ...`` and ``Authorization: ...``
+    values, ``api_key=...`` and ``sk-...`` keys (a server's error page may echo the request's headers)."""
+    if text is None:
+        return None
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[REDACTED]")
+    return _CREDENTIALS.sub(lambda m: (m.group(1) or "") + "[REDACTED]", text)
+
+
 def request_key(body: Mapping[str, Any]) -> str:
     """The cache key of a request: SHA-256 of its body (model, messages, sampling settings) as canonical JSON."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
@@ -93,7 +111,14 @@ class JudgeCache:
                                       "move the file away to start a new cache.") from None
 
     def get(self, key: str) -> dict[str, Any] | None:
-        return self.entries.get(key)
+        """The cached verdict of request ``key``; None when it was never answered or its answer was a failure (a
+        failure is asked again: the server may have been down, or the judge may answer this time)."""
+        entry = self.entries.get(key)
+        return entry if entry is not None and entry.get("choice") is not None else None
+
+    def failures(self) -> int:
+        """Requests whose cached answer is a failure."""
+        return sum(entry.get("choice") is None for entry in self.entries.values())
 
     def put(self, entry: dict[str, Any]) -> None:
         self.entries[entry["key"]] = entry
@@ -199,6 +224,9 @@ class ChatJudge:
             else:
                 todo.setdefault(key, body)  # identical requests are sent once
         self.usage.cached = len(verdicts)
+        retried = sum(1 for key in todo if key in self.cache.entries)
+        if retried:
+            print(f"fspo-judge: asking again {retried} request(s) whose cached answer is a failure", file=sys.stderr)
         for key in keys:
             if key in verdicts:
                 tick(verdicts[key])
@@ -234,6 +262,7 @@ class ChatJudge:
         while True:
             self.usage.requests += 1
             wait: float | None = None
+            error: str | None = None
             try:
                 response = await client.chat.completions.create(**body)
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as ex:
@@ -251,34 +280,54 @@ class ChatJudge:
                 error = f"no answer within {s.timeout:g} s"
             except openai.APIConnectionError as ex:
                 error = f"connection failed ({_short(ex)})"
+            except (ValueError, openai.APIResponseValidationError) as ex:  # a body that is not JSON, or not readable
+                error = f"the server's answer is not JSON ({_short(ex)})"
             else:
-                if response.usage is not None:
-                    self.usage.prompt_tokens += response.usage.prompt_tokens or 0
-                    self.usage.completion_tokens += response.usage.completion_tokens or 0
-                reply = (response.choices[0].message.content or "") if response.choices else ""
+                reply = _reply_text(response)
+                if reply is None:
+                    error = f"the server's answer is not a chat completion ({_short(response)})"
+            if error is None:
+                usage = getattr(response, "usage", None)
+                if usage is not None:
+                    self.usage.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
+                    self.usage.completion_tokens += getattr(usage, "completion_tokens", 0) or 0
                 choice = parse_choice(reply)
                 if choice is not None:
                     return self._record(key, choice, reply, None)
                 unparsed += 1
                 if unparsed > s.parse_retries:
-                    return self._record(key, None, reply, f"no verdict in {unparsed} replies")
+                    return self._record(key, None, reply, f"no clear verdict in {unparsed} replies")
                 self.usage.retries += 1
                 continue
             failures += 1
             if failures > s.max_retries:
                 # Not cached: a later run tries again.
-                return Verdict(None, None, f"{error}; gave up after {failures} attempt(s)")
+                return Verdict(None, None, redact(f"{error}; gave up after {failures} attempt(s)", [self._api_key]))
             self.usage.retries += 1
             if wait is None:
                 wait = min(60.0, s.backoff * 2 ** (failures - 1)) * random.uniform(0.75, 1.25)
             await asyncio.sleep(min(wait, 300.0))
 
     def _record(self, key: str, choice: str | None, reply: str | None, error: str | None) -> Verdict:
+        reply, error = redact(reply, [self._api_key]), redact(error, [self._api_key])
         self.cache.put({"key": key, "model": self.settings.model, "choice": choice, "reply": reply, "error": error})
         return Verdict(choice, reply, error)  # type: ignore[arg-type]
 
 
-def _short(ex: BaseException) -> str:
+def _reply_text(response: Any) -> str | None:
+    """The assistant's text of a chat completion; None when ``response`` is not one (a server answering 200 with an
+    HTML page gives a str, one with another JSON object gives no ``choices``)."""
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list):
+        return None
+    if not choices:
+        return ""
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None)
+    return content if isinstance(content, str) else ""
+
+
+def _short(ex: object) -> str:
     text = " ".join(str(getattr(ex, "message", None) or ex).split())
     return text[:200]
 

@@ -12,17 +12,25 @@ WIN: Final = 1.0
 TIE: Final = 0.5
 LOSS: Final = 0.0
 
-# "Preferred: A", "preferred - (B)", "**Preferred:** A"; the last such line counts (a judge may quote the format).
-_PREFERRED = re.compile(r"(?i:preferred)\W{0,6}\b([AB])\b")
+# "Preferred: A", "preferred - (B)", "**Preferred:** A", "Preferred answer: [B]": the word, a separator, one letter,
+# and not "A or B" (a judge quoting the format). "Neither answer is preferred. A and B are ..." has no separator.
+_VERDICT = re.compile(r"(?i:\bpreferred\b)[\s*_]*(?i:answer|response)?[\s*_]*[:=\-\u2013\u2014][\s*_]*[(\[]?([AB])[)\]]?"
+                      r"(?![\w])(?!\s*(?:or|/|and)\s*[(\[]?[AB]\b)")
 _BARE = re.compile(r"^\W*\(?([AB])\)?\W*$")
 
 
 def parse_choice(reply: str) -> Choice | None:
-    """The answer a judge's reply prefers: its last ``Preferred: A``/``Preferred: B``, or a reply that is only ``A``
-    or ``B``; ``None`` when the reply says neither (the caller retries, then records a failure, never guesses)."""
-    found = _PREFERRED.findall(reply)
-    if found:
-        return found[-1]  # type: ignore[return-value]
+    """The answer a judge's reply prefers, when it gives one clear verdict: the verdict (``Preferred: A`` or
+    ``Preferred: B``) on its last non-blank line, as the judge is asked to end; else the verdicts elsewhere in the
+    reply when they all agree; else a reply that is only ``A`` or ``B``. ``None`` when there is no verdict, or
+    verdicts that disagree: the caller asks again, then records a failure; it never guesses."""
+    lines = [line for line in reply.splitlines() if line.strip()]
+    if not lines:
+        return None
+    for text in (lines[-1], reply):
+        found = set(_VERDICT.findall(text))
+        if found:
+            return found.pop() if len(found) == 1 else None  # type: ignore[return-value]
     bare = _BARE.match(reply.strip())
     return bare.group(1) if bare else None  # type: ignore[return-value]
 
