@@ -97,17 +97,26 @@ class FspoRecipeCommandHandler(RecipeCommandHandler):
 
 
 def unknown_key_message(context: RuntimeContext, config_kls: type, preset: str, error: BaseException) -> str | None:
-    """For a merge error of fairseq2's configuration reader: "'dataset.batch_sise' is not a configuration key;
-    did you mean 'dataset.batch_size'?" (the keys beside it that are closest); None for other merge errors."""
+    """One line for a merge error of fairseq2's configuration reader: "'dataset.batch_sise' is not a key of the
+    fspo_ipo configuration; did you mean 'dataset.batch_size'?" (the keys beside it that are closest), or a key set
+    below a value that is not a mapping; the merge error's own message otherwise (None without one)."""
     import difflib
     import re
 
     from fairseq2.utils.structured import unstructure
 
     cause = error.__cause__
-    found = re.search(r"does not have an item at path '([^']+)'", str(cause)) if cause is not None else None
-    if found is None:
+    if cause is None:
         return None
+    not_mapping = re.search(r"The '([^']+)' path at `target` must be of type .*Mapping.*but is of type `<class "
+                            r"'(\w+)'>`", str(cause))
+    if not_mapping is not None:
+        path, kind = not_mapping.group(1), not_mapping.group(2)
+        return (f"'{path}' is {'null' if kind == 'NoneType' else 'a ' + kind} in the {preset} configuration, so no key "
+                f"below it can be set; set '{path}' itself as a whole.")
+    found = re.search(r"does not have an item at path '([^']+)'", str(cause))
+    if found is None:
+        return " ".join(str(cause).split())
     path = found.group(1)
     *parents, leaf = path.split(".")
     try:

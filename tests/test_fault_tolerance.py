@@ -173,3 +173,25 @@ def test_a_resume_from_a_hostile_or_damaged_checkpoint_is_refused_naming_the_fil
     assert ("loading it could run code" if damage == "hostile pickle" else "is damaged") in message
     assert not marker.exists()
     assert [r["Step"] for r in metrics(out)] == list(range(1, 9))  # nothing was trained or written
+
+
+def test_a_hostile_model_checkpoint_is_refused_by_the_next_stage_and_by_evaluation(tiny_assets, tmp_path) -> None:
+    sft = tmp_path / "sft"
+    run(sft, "fspo_sft", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama", *SHORT_RUN[3:8],
+        "regime.num_steps=2", "regime.checkpoint_every_n_steps=2")
+    model = sft / "checkpoints" / "step_2" / "model.pt"
+    marker = tmp_path / "code_ran"
+    torch.save({**torch.load(model, weights_only=True), "extra": _Hostile(marker)}, model)
+    stage2 = subprocess.run(
+        command(tmp_path / "ipo", f"common.assets.extra_path={tiny_assets}", *SHORT_RUN[3:8],
+                f"common.assets.checkpoint_dir={sft / 'checkpoints'}"),
+        capture_output=True, text=True, cwd=REPO, timeout=300, env=env(COLUMNS="400"))
+    evaluation = subprocess.run(
+        [FAIRSEQ2, "lm", "preference_eval", str(tmp_path / "eval"), "--no-sweep-dir", "--config",
+         f"common.assets.extra_path={tiny_assets}", f"model.run_dir={sft}", "dataset=fspo_sample", "criterion.loss=sft"],
+        capture_output=True, text=True, cwd=REPO, timeout=300, env=env(COLUMNS="400"))
+    for proc in (stage2, evaluation):
+        message = " ".join(proc.stderr.split())
+        assert proc.returncode == 1 and "Traceback" not in message, message[-2000:]
+        assert f"{model} holds Python objects besides tensors and plain data (a reference to" in message
+    assert not marker.exists()

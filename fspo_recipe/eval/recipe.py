@@ -39,6 +39,7 @@ from fspo_recipe.data.jsonl import default_id, read_preference_jsonl
 from fspo_recipe.data.writers import atomic_file
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
 from fspo_recipe.scoring.pairs import EncodedPair, PairEncoder, PairScores, default_device, encode_pairs, score_pairs
+from fspo_recipe.train.checkpoints import check_model_file
 from fspo_recipe.train.unit import check_same_vocabulary
 
 PREFERENCE_EVAL: Final = "preference_eval"
@@ -228,7 +229,9 @@ def register_run_cards(context: RuntimeContext, run_dir: Path, alias: str, card_
     cards = []
     for step in steps:
         names[step] = f"{alias}_step_{step}"
-        cards.append({"name": names[step], **base, "checkpoint": str((run_dir / "checkpoints" / f"step_{step}" / "model.pt").resolve())})
+        model = (run_dir / "checkpoints" / f"step_{step}" / "model.pt").resolve()
+        check_model_file(model)  # one line for a damaged or unsafe file, before fairseq2's traceback
+        cards.append({"name": names[step], **base, "checkpoint": str(model)})
     (card_dir / f"{alias}.yaml").write_text(yaml.safe_dump_all(cards, sort_keys=False), encoding="utf-8")
     add_card_directory(context, card_dir)
     return names

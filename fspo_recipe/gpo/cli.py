@@ -34,6 +34,7 @@ from fspo_recipe.gpo.tasks import (GpoDataError, TaskSet, groups_of, opinion_tas
                                    split_groups, write_json)
 from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.progress import ProgressBar
+from fspo_recipe.train.checkpoints import CheckpointCheckError
 
 
 def is_opinions(path: Path) -> bool:
@@ -288,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with OutputLock(args.out, f"fspo-gpo {args.command}"):
             return int(args.func(args))
-    except (GpoDataError, EmbeddingError, OSError, OutputInUseError) as ex:
+    except (GpoDataError, EmbeddingError, OSError, OutputInUseError, CheckpointCheckError) as ex:
         print(f"fspo-gpo {args.command}: {ex}", file=sys.stderr)
         return 2
 

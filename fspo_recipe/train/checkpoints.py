@@ -12,6 +12,7 @@ allows, so fairseq2's own load of it runs no other code.
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -38,6 +39,23 @@ def _load(path: Path) -> None:
         torch.load(path, map_location="cpu", weights_only=True)  # a file in torch's old (not zip) format
 
 
+def check_file(path: Path, consequence: str, instead: str) -> None:
+    """Load ``path`` as :func:`check_resume_checkpoint` does; raise :class:`CheckpointCheckError` saying
+    ``consequence`` ("the run cannot resume from step 8") and what to do ``instead``."""
+    try:
+        _load(path)
+    except pickle.UnpicklingError as ex:
+        if "weights only" not in str(ex).lower():
+            raise CheckpointCheckError(f"{path} is damaged ({_first_line(ex)}); {consequence}: {instead}.") from None
+        raise CheckpointCheckError(
+            f"{path} holds Python objects besides tensors and plain data ({_unsafe_name(ex)}); loading it could run "
+            f"code, so it is not loaded. If you did not write it yourself, {instead}."
+        ) from None
+    except Exception as ex:  # noqa: BLE001 (torch raises RuntimeError, EOFError, ValueError, OSError... here)
+        raise CheckpointCheckError(f"{path} is damaged ({type(ex).__name__}: {_first_line(ex)}); {consequence}: "
+                                   f"{instead}.") from None
+
+
 def check_resume_checkpoint(output_dir: Path) -> int | None:
     """Check every ``*.pt`` file of the last checkpoint of the run in ``output_dir`` (see the module docstring);
     return its step, or None when there is none. Raises :class:`CheckpointCheckError`."""
@@ -50,20 +68,14 @@ def check_resume_checkpoint(output_dir: Path) -> int | None:
     else:
         instead = f"move {directory} away to start the run from the beginning"
     for path in sorted(directory.glob("*.pt")):
-        try:
-            _load(path)
-        except pickle.UnpicklingError as ex:
-            if "weights only" not in str(ex).lower():
-                raise CheckpointCheckError(f"{path} is damaged ({_first_line(ex)}); the run cannot resume from step "
-                                           f"{step}: {instead}.") from None
-            raise CheckpointCheckError(
-                f"{path} holds Python objects besides tensors and plain data ({_unsafe_name(ex)}); loading it could run "
-                f"code, so the run does not resume from it. If you did not write it yourself, {instead}."
-            ) from None
-        except Exception as ex:  # noqa: BLE001 (torch raises RuntimeError, EOFError, ValueError, OSError... here)
-            raise CheckpointCheckError(f"{path} is damaged ({type(ex).__name__}: {_first_line(ex)}); the run cannot "
-                                       f"resume from step {step}: {instead}.") from None
+        check_file(path, f"the run cannot resume from step {step}", instead)
     return step
+
+
+def check_model_file(path: Path) -> None:
+    """Check the ``model.pt`` of a checkpoint a command loads a model from (a training run's step, a base model's
+    last step): fairseq2 loads it with ``weights_only``, but a refusal or a damaged file is a traceback there."""
+    check_file(path, "its model cannot be loaded", "choose another step or run (or train it again)")
 
 
 def _first_line(ex: BaseException) -> str:
@@ -73,7 +85,5 @@ def _first_line(ex: BaseException) -> str:
 
 def _unsafe_name(ex: BaseException) -> str:
     """What the restricted unpickler refused, from torch's message ("... unsupported GLOBAL posix.system ...")."""
-    for line in str(ex).splitlines():
-        if "global" in line.lower() or "unsupported" in line.lower():
-            return line.strip().removeprefix("WeightsUnpickler error: ").rstrip(".")[:200]
-    return _first_line(ex)
+    found = re.search(r"GLOBAL ([\w.]+)", str(ex))
+    return f"a reference to {found.group(1)}" if found else _first_line(ex)

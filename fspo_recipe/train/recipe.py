@@ -32,12 +32,17 @@ def load_preference_finetuner(context: RuntimeContext, config: object, output_di
     from fspo_recipe.assets import describe_load_error, load_error_types
     from fspo_recipe.fairseq2_compat import activate_fspo_workarounds
     from fspo_recipe.models.llama import packed_model_families
-    from fspo_recipe.train.checkpoints import check_resume_checkpoint
+    from fspo_recipe.train.checkpoints import check_model_file, check_resume_checkpoint, step_dirs
     from fspo_recipe.train.unit import FSPO_UNIT
 
     if criterion_name(config) != FSPO_UNIT:
         return load_po_finetuner(context, config, output_dir)
     check_resume_checkpoint(output_dir)
+    base = _flat(config).get("common.assets.checkpoint_dir")
+    if base:  # the run starts from another run's last step (`last_checkpoint@`)
+        steps = step_dirs(Path(str(base)))
+        if steps and (steps[-1][1] / "model.pt").is_file():
+            check_model_file(steps[-1][1] / "model.pt")
     activate_fspo_workarounds()
     try:
         with packed_model_families(context):
