@@ -15,11 +15,20 @@ from fairseq2.optim import OptimizerHandler
 from fairseq2.recipes.lm import POFinetuneUnitHandler
 
 from fspo_recipe.assets import add_card_directory
+from fspo_recipe.criteria import CriterionError
+from fspo_recipe.data.jsonl import PreferenceDataError
+from fspo_recipe.eval.recipe import (PREFERENCE_EVAL, EvalError, PreferenceEvalConfig, load_preference_evaluator,
+                                     register_eval_presets)
+from fspo_recipe.fairseq2_compat import FspoRecipeCommandHandler, has_command, replace_recipe_command
+from fspo_recipe.models.hf import HF_TOKENIZER_FAMILY, HfTokenizerHandler
+from fspo_recipe.models.qwen3 import register_qwen3
+from fspo_recipe.train.checkpoints import CheckpointCheckError
 from fspo_recipe.train.metrics import UNIT_METRICS
 from fspo_recipe.train.optim import RMSPROP_OPTIMIZER, RMSpropHandler
 from fspo_recipe.train.presets import register_fspo_presets
-from fspo_recipe.train.reader import FSPO_PREFERENCE_FAMILY, FspoPreferenceDataset
-from fspo_recipe.train.unit import FSPO_UNIT, FspoFinetuneUnitHandler
+from fspo_recipe.train.reader import FSPO_PREFERENCE_FAMILY, EmptyPassError, FspoPreferenceDataset
+from fspo_recipe.train.recipe import FspoLoadError, check_training_config, is_fspo_config, load_preference_finetuner
+from fspo_recipe.train.unit import FSPO_UNIT, FspoFinetuneUnitHandler, TrainingDivergedError
 
 
 def setup_fspo(context: RuntimeContext) -> None:
@@ -56,16 +65,11 @@ def setup_fspo(context: RuntimeContext) -> None:
 
     from fairseq2.data.text.tokenizers import TextTokenizerHandler
 
-    from fspo_recipe.models.hf import HF_TOKENIZER_FAMILY, HfTokenizerHandler
-    from fspo_recipe.models.qwen3 import register_qwen3
-
     register_qwen3(context)  # a new model family (qwen3); fairseq2's families are left as they are
     register_package_cards(context)  # qwen3_0.6b ... qwen3_8b (+ _base): Hugging Face hub models by name
     tokenizers = context.get_registry(TextTokenizerHandler)
     if not tokenizers.has(HF_TOKENIZER_FAMILY):
         tokenizers.register(HF_TOKENIZER_FAMILY, HfTokenizerHandler(context.asset_download_manager))
-
-    from fspo_recipe.eval.recipe import register_eval_presets
 
     register_eval_presets(context)
 
@@ -75,15 +79,6 @@ def setup_fspo(context: RuntimeContext) -> None:
 def setup_fspo_cli(context: RuntimeContext, cli: object) -> None:
     """The ``fairseq2.cli`` entry point: ``fairseq2 lm preference_eval``, and our loader behind
     ``fairseq2 lm preference_finetune`` (fairseq2's own for other criteria; see :mod:`fspo_recipe.recipe`)."""
-    from fspo_recipe.criteria import CriterionError
-    from fspo_recipe.data.jsonl import PreferenceDataError
-    from fspo_recipe.eval.recipe import PREFERENCE_EVAL, EvalError, PreferenceEvalConfig, load_preference_evaluator
-    from fspo_recipe.fairseq2_compat import FspoRecipeCommandHandler, has_command, replace_recipe_command
-    from fspo_recipe.train.checkpoints import CheckpointCheckError
-    from fspo_recipe.train.reader import EmptyPassError
-    from fspo_recipe.train.recipe import FspoLoadError, check_training_config, is_fspo_config, load_preference_finetuner
-    from fspo_recipe.train.unit import TrainingDivergedError
-
     # Print these as one-line errors (no traceback): they say what to change. fairseq2 matches the exact type.
     for kls in (EvalError, CriterionError, PreferenceDataError, EmptyPassError, TrainingDivergedError, FspoLoadError,
                 CheckpointCheckError):

@@ -23,6 +23,9 @@ from fairseq2.cli import CliArgumentError
 from fairseq2.cli.commands.recipe import RecipeCommandHandler
 from fairseq2.context import RuntimeContext
 
+from fspo_recipe.data.writers import atomic_file
+from fspo_recipe.lock import OutputInUseError, OutputLock
+
 
 class FspoRecipeCommandHandler(RecipeCommandHandler):
     """fairseq2's recipe command with our additions, for the runs ``lock_when`` accepts (FSPO's):
@@ -84,8 +87,6 @@ class FspoRecipeCommandHandler(RecipeCommandHandler):
 
         from fairseq2.logging import log
         from fairseq2.utils.env import get_rank
-
-        from fspo_recipe.lock import OutputInUseError, OutputLock
 
         output_dir = super()._create_output_directory(context, output_dir, sweep_tag)
         if self._wants_lock and get_rank(os.environ) == 0:
@@ -278,8 +279,6 @@ def _resumable_metrics_fix() -> list[tuple[object, str, object]]:
 
 def truncate_metrics_file(path: Path, step_nr: int) -> int:
     """Keep the complete lines of ``path`` whose ``Step`` is before ``step_nr`` (or absent); return lines dropped."""
-    from fspo_recipe.data.writers import atomic_file
-
     if not path.is_file():
         return 0
     kept: list[str] = []

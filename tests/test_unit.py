@@ -286,7 +286,7 @@ def test_compiled_layer_blocks_give_the_eager_logps_and_gradients(tiny_model, ba
 def test_chunked_token_logps_equal_the_full_log_softmax(tiny_model, dtype, monkeypatch) -> None:
     """Response log-probs projected a few rows at a time (never the [N, vocab] float32 tensor) equal the full
     log-softmax, with the gradients of the hidden states and of the (untied llama, tied qwen3) output weight."""
-    from fspo_recipe.scoring import logps as logprobs
+    from fspo_recipe.scoring import logps as logprobs, tokens
 
     model = tiny_model(seed=10).to(dtype)
     torch.manual_seed(0)
@@ -297,7 +297,7 @@ def test_chunked_token_logps_equal_the_full_log_softmax(tiny_model, dtype, monke
     for chunk in (None, 5 * model.vocab_info.size):  # default: one [37, V] projection; else 5 rows at a time
         h = hidden.clone().requires_grad_()
         model.zero_grad(set_to_none=True)
-        out = logprobs.token_logps(model, h, targets, chunk_elements=chunk)
+        out = tokens.token_logps(model, h, targets, chunk_elements=chunk)
         assert out.dtype == torch.float32
         (out * weights).sum().backward()
         results.append((out.detach(), h.grad, model.final_proj.weight.grad))
@@ -311,6 +311,6 @@ def test_chunked_token_logps_equal_the_full_log_softmax(tiny_model, dtype, monke
     batch = make_batch(sample_examples(2))
     model = tiny_model(seed=10)
     expected, _ = logprobs.pair_logps(model, batch.chosen, batch.rejected, shared_prefix=True)
-    monkeypatch.setattr(logprobs, "LOGITS_CHUNK_ELEMENTS", 3 * model.vocab_info.size)
+    monkeypatch.setattr(tokens, "LOGITS_CHUNK_ELEMENTS", 3 * model.vocab_info.size)
     torch.testing.assert_close(logprobs.pair_logps(model, batch.chosen, batch.rejected, shared_prefix=True)[0],
                                expected, rtol=1e-5, atol=1e-4)

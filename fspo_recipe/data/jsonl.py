@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fspo_recipe.data.episodes import prompt_parts
+
 
 class PreferenceDataError(ValueError):
     """A line of a preference JSONL is malformed; the message names the file and line."""
@@ -45,8 +47,6 @@ def check_example(example: dict[str, Any], path: Path, lineno: int) -> dict[str,
     if not example["tgt_chosen"] or not example["tgt_rejected"]:
         raise PreferenceDataError(f"{path}, line {lineno}: empty response.")
     if "episode" in example:
-        from fspo_recipe.data.episodes import prompt_parts
-
         try:
             prompt_parts(example)
         except ValueError as ex:

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from fspo_recipe.data.episodes import split_completion
+from fspo_recipe.data.writers import atomic_file, jsonl_line
+
 PROPERTIES: Final = ("case", "length", "mood", "ending")
 POLES: Final[dict[str, tuple[str, str]]] = {
     "case": ("upper", "lower"),
@@ -196,8 +199,6 @@ def reading_ceiling(episodes: Iterable[dict[str, object]]) -> float:
     per pair and says nothing. One-property users show their property in every shot (ceiling 1.0); a user of two
     properties leaves one unshown when no shot's rejected response flips it, so its ceiling is lower.
     """
-    from fspo_recipe.data.episodes import split_completion
-
     right = total = 0.0
     for row in episodes:
         shown: dict[str, str] = {}
@@ -263,7 +264,6 @@ def write_study_sources(out_dir: Path, *, users_per_pole: int = 6, test_users_pe
     unknown = sorted(set(properties) - set(PROPERTIES))
     if unknown or not properties:
         raise ValueError(f"properties must be some of {', '.join(PROPERTIES)}; got {', '.join(properties) or 'none'}.")
-    from fspo_recipe.data.writers import atomic_file, jsonl_line
 
     train, test = heldout_users(users_per_pole, test_users_per_pole, properties)
     _, combos = interpolated_users(properties)

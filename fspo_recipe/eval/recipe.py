@@ -34,12 +34,15 @@ from fairseq2.utils.validation import ValidationError, ValidationResult, validat
 
 from fspo_recipe.assets import add_card_directory
 from fspo_recipe.criteria import CriterionChoice, PreferenceCriterion
-from fspo_recipe.data.episodes import prompt_parts
+from fspo_recipe.data.episodes import prompt_parts, split_completion
 from fspo_recipe.data.jsonl import default_id, read_preference_jsonl
 from fspo_recipe.data.writers import atomic_file
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
+from fspo_recipe.fairseq2_compat import eos_allowed_when_it_is_pad
+from fspo_recipe.models.llama import packed_model_families
 from fspo_recipe.scoring.pairs import EncodedPair, PairEncoder, PairScores, default_device, encode_pairs, score_pairs
 from fspo_recipe.train.checkpoints import check_model_file
+from fspo_recipe.train.presets import PAPER_LOSS_PARAMS
 from fspo_recipe.train.unit import check_same_vocabulary
 
 PREFERENCE_EVAL: Final = "preference_eval"
@@ -182,8 +185,6 @@ class PreferenceEvalConfig:
 
 def register_eval_presets(context: RuntimeContext) -> None:
     """``fspo_eval``: the paper's IPO criterion (beta 0.01) and every built-in's hyper-parameters."""
-    from fspo_recipe.train.presets import PAPER_LOSS_PARAMS
-
     registry = context.get_config_registry(PreferenceEvalConfig)
     if not registry.has("fspo_eval"):
 
@@ -454,8 +455,6 @@ class PreferenceEvaluator:
 
     def _load(self, name: str) -> DecoderModel:
         """The model ``name`` for scoring (the packed-pairs classes of llama and mistral; fairseq2's otherwise)."""
-        from fspo_recipe.models.llama import packed_model_families
-
         with packed_model_families(self._context):
             model = load_reference_model(DecoderModel, self._context, name, self._gangs, self._config.dtype, mp=False)
         return model.eval()
@@ -494,9 +493,6 @@ class PreferenceEvaluator:
         is the user turn and generation stops at the template's end-of-turn token."""
         from fairseq2.generation import SamplingSequenceGenerator, TopKSampler, TopPSampler
         from fairseq2.nn.padding import pad_seqs
-
-        from fspo_recipe.data.episodes import split_completion
-        from fspo_recipe.fairseq2_compat import eos_allowed_when_it_is_pad
 
         gen = self._config.generation
         baseline = read_baseline(gen.baseline_file) if gen.baseline_file is not None else {}

@@ -28,12 +28,18 @@ from typing import Any
 
 import torch
 
+from fspo_recipe.assets import add_card_directory
+from fspo_recipe.data.writers import atomic_file
+from fspo_recipe.eval.recipe import register_run_cards
 from fspo_recipe.gpo.embed import POOLINGS, EmbeddingCache, EmbeddingError, embed_all, embed_batch, point_text
+from fspo_recipe.gpo.meta import Embeddings, TrainSettings, evaluate_opinions, evaluate_pairs, load_trained, train
 from fspo_recipe.gpo.module import GpoConfig
 from fspo_recipe.gpo.tasks import (GpoDataError, TaskSet, groups_of, opinion_tasks, read_opinions, read_pairs,
                                    split_groups, write_json)
 from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.progress import ProgressBar
+from fspo_recipe.scoring.pairs import default_device, encode_pairs, score_pairs
+from fspo_recipe.scoring.reference import run_asset_path
 from fspo_recipe.train.checkpoints import CheckpointCheckError
 
 
@@ -57,8 +63,6 @@ def read_tasks(path: Path, groups: Sequence[str] | None = None) -> TaskSet:
 
 
 def _device(name: str | None) -> torch.device:
-    from fspo_recipe.scoring.pairs import default_device
-
     device = default_device(name)
     if device.type == "cpu":
         # The module is small: one thread is as fast, and two processes sharing the cores (a study training FSPO
@@ -78,9 +82,6 @@ def _load_frozen(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from fairseq2.models.decoder import DecoderModel
     from fairseq2.recipes.common import load_reference_model
 
-    from fspo_recipe.assets import add_card_directory
-    from fspo_recipe.eval.recipe import register_run_cards
-
     setup_fairseq2()
     context = get_runtime_context()
     if args.assets_dir is not None:
@@ -88,8 +89,6 @@ def _load_frozen(args: argparse.Namespace) -> tuple[Any, Any, str]:
     name = args.model
     identity = args.model
     if args.run_dir is not None:
-        from fspo_recipe.scoring.reference import run_asset_path
-
         run_assets = run_asset_path(args.run_dir)
         if run_assets is not None and run_assets.is_dir():
             add_card_directory(context, run_assets)
@@ -107,8 +106,6 @@ def option_probabilities(model: Any, tokenizer: Any, question: str, options: Seq
                          device: torch.device) -> list[float]:
     """The frozen model's own distribution over a question's options: the softmax of each option's summed log-prob
     after the question (the "base model" baseline of the opinion alignment)."""
-    from fspo_recipe.scoring.pairs import encode_pairs, score_pairs
-
     prompt = point_text(question, "")[:-1]  # "## Question \n<question>\n## Response \n"
     pairs = encode_pairs(tokenizer, [prompt] * len(options), list(options), list(options))
     scores = score_pairs(model, pairs, batch_size=len(options), device=device)
@@ -142,8 +139,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _embeddings(directory: Path, tasks: TaskSet) -> Any:
-    from fspo_recipe.gpo.meta import Embeddings
-
     texts = tasks.texts()
     return Embeddings(texts, EmbeddingCache.open_existing(directory).lookup(texts))
 
@@ -157,8 +152,6 @@ def _groups(args: argparse.Namespace, path: Path) -> tuple[list[str], list[str]]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fspo_recipe.gpo.meta import TrainSettings, train
-
     groups = _groups(args, args.data)
     tasks = read_tasks(args.data, groups[0] if groups else None)
     emb = _embeddings(args.embeddings, tasks)
@@ -176,9 +169,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import csv
-
-    from fspo_recipe.data.writers import atomic_file
-    from fspo_recipe.gpo.meta import evaluate_opinions, evaluate_pairs, load_trained
 
     device = _device(args.device)
     model = load_trained(args.run, device)

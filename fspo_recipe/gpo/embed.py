@@ -23,6 +23,7 @@ from typing import Any, Final
 import torch
 
 from fspo_recipe.data.episodes import QUESTION_HEADER, RESPONSE_HEADER
+from fspo_recipe.data.writers import atomic_file
 
 POOLINGS: Final = ("mean", "last")
 
@@ -96,8 +97,6 @@ class EmbeddingCache:
 
     def add_chunk(self, texts: Sequence[str], embeddings: torch.Tensor) -> None:
         from safetensors.torch import save_file
-
-        from fspo_recipe.data.writers import atomic_file
 
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.dim is None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from fspo_recipe.data.episodes import prompt_parts, split_completion
 from fspo_recipe.data.jsonl import object_lines, read_preference_jsonl
+from fspo_recipe.data.writers import atomic_file
 from fspo_recipe.gpo.embed import point_text
 
 
@@ -157,7 +158,5 @@ def split_groups(groups: list[str], test_groups: list[str]) -> tuple[list[str], 
 
 
 def write_json(path: Path, value: object) -> None:
-    from fspo_recipe.data.writers import atomic_file
-
     with atomic_file(path) as fp:
         json.dump(value, fp, indent=1)

@@ -32,6 +32,8 @@ from fairseq2.gang import Gangs
 from fairseq2.models import ModelHandler
 from fairseq2.typing import DataType, Device
 
+from fspo_recipe.data.writers import atomic_file
+
 HF_TOKENIZER_FAMILY: Final = "hf_tokenizer"
 HUB_SCHEME: Final = "hf://"
 SUPPORTED_FAMILIES: Final = ("llama", "qwen3")
@@ -584,8 +586,6 @@ def hf_card(directory: Path, name: str) -> dict[str, Any]:
 def write_hf_card(directory: Path, name: str, out: Path) -> Path:
     """Write ``out/NAME.yaml`` for the Hugging Face directory ``directory``; return its path."""
     import yaml
-
-    from fspo_recipe.data.writers import atomic_file
 
     card = hf_card(directory, name)
     if out.exists() and not out.is_dir():

@@ -30,6 +30,7 @@ from fairseq2.nn.transformer import (
 )
 from fairseq2.utils.file import StandardTensorLoader
 
+from fspo_recipe.fairseq2_compat import replaced_model_handlers
 from fspo_recipe.models.hf import HubModelHandler, tie_llama_checkpoint
 from fspo_recipe.models.transformer import FspoDecoderModel, FspoTransformerDecoder, PackedMultiheadAttention
 
@@ -122,7 +123,5 @@ def fspo_handlers(context: RuntimeContext) -> dict[str, object]:
 def packed_model_families(context: RuntimeContext) -> Iterator[None]:
     """Within the block, models of the llama and mistral families that fairseq2 loads or creates in ``context`` are
     built by our factories; fairseq2's handlers are back afterwards."""
-    from fspo_recipe.fairseq2_compat import replaced_model_handlers
-
     with replaced_model_handlers(context, fspo_handlers(context)):
         yield

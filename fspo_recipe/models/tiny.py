@@ -18,6 +18,8 @@ import torch
 
 from fspo_recipe.data.writers import atomic_file
 from fspo_recipe.models.bpe import corpus_texts, learn_bpe, tiktoken_text
+from fspo_recipe.models.llama import FspoLLaMAFactory
+from fspo_recipe.models.qwen3 import Qwen3Config, Qwen3Factory
 
 TOKENIZER_FILE = "tokenizer.model"
 CHECKPOINT_FILE = "model.pt"
@@ -95,12 +97,8 @@ class TinyModelSpec:
         from fairseq2.utils.structured import structure
 
         if self.family == "qwen3":
-            from fspo_recipe.models.qwen3 import Qwen3Config, Qwen3Factory
-
             return Qwen3Factory(structure(self.model_config(), Qwen3Config)).create_model()
         from fairseq2.models.llama import LLaMAConfig
-
-        from fspo_recipe.models.llama import FspoLLaMAFactory
 
         return FspoLLaMAFactory(structure(self.model_config(), LLaMAConfig)).create_model()
 

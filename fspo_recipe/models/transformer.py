@@ -23,7 +23,7 @@ from fairseq2.models.transformer_decoder import TransformerDecoderModel
 from fairseq2.nn import RotaryEncoder
 from fairseq2.nn.transformer import StandardMultiheadAttention, StandardTransformerDecoder
 
-from fspo_recipe.models.packing import PackedDecoder, PackedSpans, PairLogpsRequest
+from fspo_recipe.models.packing import PackedDecoder, PackedSpans, PairLogpsRequest, packed_pair_logps, rotary_tables
 
 
 class FspoDecoderModel(TransformerDecoderModel, PackedDecoder):
@@ -32,8 +32,6 @@ class FspoDecoderModel(TransformerDecoderModel, PackedDecoder):
 
     def forward(self, batch: Any) -> Any:  # type: ignore[override]
         if isinstance(batch, PairLogpsRequest):
-            from fspo_recipe.scoring.logps import packed_pair_logps
-
             return packed_pair_logps(self, batch)
         return super().forward(batch)
 
@@ -120,14 +118,6 @@ class PackedMultiheadAttention(StandardMultiheadAttention):
     def prepare_qk(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """Per-head steps between the projections and the rotary encoding; q [B, L, H, E], k [B, L, H_kv, E]."""
         return q, k
-
-
-def rotary_tables(freqs: Tensor, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(cos, sin) [B, L, 1, E/2] in ``dtype`` at ``positions`` [B, L], from a :class:`RotaryEncoder`'s table
-    ``freqs`` [max_seq_len, E/2, 2] of (cos, sin) per position and frequency (computed there in float32)."""
-    table = freqs[positions].unsqueeze(2)  # [B, L, 1, E/2, 2]
-    # Contiguous: the per-layer products read them faster than strided views (measured: 20% of the rotary's time).
-    return table[..., 0].to(dtype).contiguous(), table[..., 1].to(dtype).contiguous()
 
 
 def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -30,9 +30,14 @@ from pathlib import Path
 
 import torch
 
-from fspo_recipe.assets import add_card_directory
+from fspo_recipe.assets import add_card_directory, describe_load_error, load_error_types
+from fspo_recipe.data.jsonl import read_preference_jsonl
+from fspo_recipe.data.writers import atomic_file
+from fspo_recipe.eval.recipe import register_run_cards
 from fspo_recipe.lock import OutputInUseError, OutputLock
+from fspo_recipe.models.llama import packed_model_families
 from fspo_recipe.progress import ProgressBar
+from fspo_recipe.scoring.pairs import PairEncoder, default_device, encode_pairs, score_pairs
 
 IDENTITY_LINES = 64  # input lines hashed into the partial file's identity
 CHUNK_SIZE = 256  # lines scored between two writes (and fsyncs) of the partial output
@@ -179,11 +184,6 @@ def score_reference(
     from fairseq2.models.decoder import DecoderModel
     from fairseq2.recipes.common import load_reference_model
 
-    from fspo_recipe.data.jsonl import read_preference_jsonl
-    from fspo_recipe.data.writers import atomic_file
-    from fspo_recipe.models.llama import packed_model_families
-    from fspo_recipe.scoring.pairs import PairEncoder, default_device, encode_pairs, score_pairs
-
     setup_fairseq2()
     context = get_runtime_context()
     check_output_path(output_path, input_path, overwrite=overwrite)
@@ -235,8 +235,6 @@ def score_reference(
 def _register_run(context: object, run_dir: Path, assets_dir: Path | None) -> tuple[str, str]:
     """Register the cards of training run ``run_dir``; return (the card name of its last step, that step's path)."""
     import tempfile
-
-    from fspo_recipe.eval.recipe import register_run_cards
 
     # The run's own card directory (its tokenizer's card often lives there, beside the base model's).
     run_assets = run_asset_path(run_dir)
@@ -297,7 +295,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chat-template-kwargs", type=json.loads, default={}, metavar="JSON",
                         help='variables of the chat template, e.g. \'{"enable_thinking": false}\'')
     args = parser.parse_args(argv)
-    from fspo_recipe.assets import describe_load_error, load_error_types
 
     try:
         n = score_reference(args.model or "", args.input, args.output, batch_size=args.batch_size,

@@ -20,6 +20,12 @@ from typing import Any
 
 from fairseq2.context import RuntimeContext
 
+from fspo_recipe.assets import describe_load_error, load_error_types
+from fspo_recipe.fairseq2_compat import activate_fspo_workarounds
+from fspo_recipe.models.llama import packed_model_families
+from fspo_recipe.train.checkpoints import check_model_file, check_resume_checkpoint, step_dirs
+from fspo_recipe.train.unit import FSPO_UNIT
+
 
 class FspoLoadError(ValueError):
     """A model, tokenizer or data set of an FSPO run cannot be found or loaded; printed as one line."""
@@ -28,12 +34,6 @@ class FspoLoadError(ValueError):
 def load_preference_finetuner(context: RuntimeContext, config: object, output_dir: Path) -> Any:
     """The recipe loader of ``fairseq2 lm preference_finetune`` (see the module docstring)."""
     from fairseq2.recipes.lm import load_po_finetuner
-
-    from fspo_recipe.assets import describe_load_error, load_error_types
-    from fspo_recipe.fairseq2_compat import activate_fspo_workarounds
-    from fspo_recipe.models.llama import packed_model_families
-    from fspo_recipe.train.checkpoints import check_model_file, check_resume_checkpoint, step_dirs
-    from fspo_recipe.train.unit import FSPO_UNIT
 
     if criterion_name(config) != FSPO_UNIT:
         return load_po_finetuner(context, config, output_dir)
@@ -53,8 +53,6 @@ def load_preference_finetuner(context: RuntimeContext, config: object, output_di
 
 def is_fspo_config(config: object) -> bool:
     """Whether a preference-finetuning configuration trains with the FSPO unit (``criterion.name=fspo``)."""
-    from fspo_recipe.train.unit import FSPO_UNIT
-
     return criterion_name(config) == FSPO_UNIT
 
 
