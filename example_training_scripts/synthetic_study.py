@@ -118,7 +118,7 @@ DEMO = Plan(users_per_pole=6, rows_per_user=60, test_rows_per_user=20, shots=1, 
             sft_lr=3e-3, ipo_steps=250, ipo_lr=1e-3, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=False,
             full_ablation=False, curve_every=250, properties=("case", "length"), test_users_per_pole=2)
 """The quick start's plan (example_training_scripts/quickstart.py): properties a 2-layer byte-level model reads from
-one shot within minutes (not mood: which of 12 words is used), one shot per episode; see the README."""
+one shot within minutes (not mood: which of 12 words is used), one shot per episode; see docs/studies.md."""
 
 MODEL = "syn_tiny"
 POLE_NAMES = [pole for prop in PROPERTIES for pole in POLES[prop]]

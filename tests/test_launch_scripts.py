@@ -107,7 +107,7 @@ def test_the_elix_sample_walk_through_runs(tmp_path) -> None:
 
 
 def test_the_quick_start_script_runs_end_to_end(tmp_path) -> None:
-    """--check: the quick start's pipeline and table with a few steps (the learning is the README's, measured)."""
+    """--check: the quick start's pipeline and table with a few steps (the learning is docs/studies.md's, measured)."""
     out = tmp_path / "qs"
     proc = subprocess.run([sys.executable, str(SCRIPTS / "quickstart.py"), "--out", str(out), "--check"],
                           capture_output=True, text=True, cwd=REPO, env=env(), timeout=600)
