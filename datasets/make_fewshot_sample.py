@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fspo_recipe.data.episodes import Shot, render_episode  # noqa: E402
-from fspo_recipe.data.writers import atomic_file  # noqa: E402
+from fspo_recipe.files import atomic_file  # noqa: E402
 
 TOPICS = [
     ("rain", "water falling from clouds", "drops of water that condense in clouds and fall once they grow heavy"),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fspo_recipe.data.writers import atomic_file  # noqa: E402
+from fspo_recipe.files import atomic_file  # noqa: E402
 
 SUBJECTS = [
     "rain", "wind", "a seed", "the moon", "a river", "bread", "a magnet", "snow", "a volcano", "an echo",

@@ -8,7 +8,6 @@ it. Nothing here changes fairseq2's behaviour at import or when the extension is
 from __future__ import annotations
 
 import functools
-import json
 from argparse import ArgumentParser, Namespace
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -23,12 +22,13 @@ from fairseq2.cli import CliArgumentError
 from fairseq2.cli.commands.recipe import RecipeCommandHandler
 from fairseq2.context import RuntimeContext
 
-from fspo_recipe.data.writers import atomic_file
+from fspo_recipe.files import keep_lines
 from fspo_recipe.lock import OutputInUseError, OutputLock
 
 
 class FspoRecipeCommandHandler(RecipeCommandHandler):
-    """fairseq2's recipe command with our additions, for the runs ``lock_when`` accepts (FSPO's):
+    """fairseq2's recipe command with our additions, for the runs ``lock_when`` accepts (FSPO's; other runs get
+    fairseq2's command unchanged):
 
     - an OUTPUT_DIR that is a file is a one-line argument error (fairseq2 0.4.6 prints a traceback);
     - a ``--config`` / ``--config-file`` key that the configuration does not have is named, with the closest keys
@@ -50,11 +50,6 @@ class FspoRecipeCommandHandler(RecipeCommandHandler):
         self._wants_lock = False
 
     def run(self, context: RuntimeContext, parser: ArgumentParser, args: Namespace) -> int:
-        output_dir: Path | None = getattr(args, "output_dir", None)
-        if output_dir is not None and not args.list_preset_configs and not args.dump_config:
-            blocking = next((p for p in [output_dir, *output_dir.parents] if p.exists() and not p.is_dir()), None)
-            if blocking is not None:
-                raise CliArgumentError("output_dir", f"{blocking} is a file, not a directory: choose another OUTPUT_DIR.")
         try:
             return super().run(context, parser, args)
         finally:
@@ -88,6 +83,10 @@ class FspoRecipeCommandHandler(RecipeCommandHandler):
         from fairseq2.logging import log
         from fairseq2.utils.env import get_rank
 
+        if self._wants_lock:
+            blocking = next((p for p in [output_dir, *output_dir.parents] if p.exists() and not p.is_dir()), None)
+            if blocking is not None:
+                raise CliArgumentError("output_dir", f"{blocking} is a file, not a directory: choose another OUTPUT_DIR.")
         output_dir = super()._create_output_directory(context, output_dir, sweep_tag)
         if self._wants_lock and get_rank(os.environ) == 0:
             try:
@@ -279,24 +278,8 @@ def _resumable_metrics_fix() -> list[tuple[object, str, object]]:
 
 def truncate_metrics_file(path: Path, step_nr: int) -> int:
     """Keep the complete lines of ``path`` whose ``Step`` is before ``step_nr`` (or absent); return lines dropped."""
-    if not path.is_file():
-        return 0
-    kept: list[str] = []
-    dropped = 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            dropped += 1  # cut by a kill mid-write
-            continue
-        if isinstance(record, dict) and isinstance(record.get("Step"), int) and record["Step"] >= step_nr:
-            dropped += 1  # written after the checkpoint the run resumes from; it is about to be redone
-            continue
-        kept.append(line)
-    if dropped:
-        with atomic_file(path, "w") as fp:
-            fp.writelines(f"{line}\n" for line in kept)
-    return dropped
+    # Lines of step_nr and later were written after the checkpoint the run resumes from: they are about to be redone.
+    return keep_lines(path, lambda record: not (isinstance(record.get("Step"), int) and record["Step"] >= step_nr))
 
 
 _ACTIVE: list[tuple[object, str, object]] = []

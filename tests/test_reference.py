@@ -39,9 +39,9 @@ def test_scores_are_added_to_every_line(scored) -> None:
 
 def interrupted_run(monkeypatch, args: list[str], after_chunks: int) -> None:
     """Run fspo-score-reference and stop it (Ctrl-C) when ``after_chunks`` chunks are written."""
-    import fspo_recipe.scoring.pairs as pairs
+    import fspo_recipe.scoring.reference as reference
 
-    real, calls = pairs.score_pairs, []
+    real, calls = reference.score_pairs, []
 
     def score_pairs(*a, **k):
         calls.append(1)
@@ -49,10 +49,10 @@ def interrupted_run(monkeypatch, args: list[str], after_chunks: int) -> None:
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(pairs, "score_pairs", score_pairs)
+    monkeypatch.setattr(reference, "score_pairs", score_pairs)
     with pytest.raises(KeyboardInterrupt):
         score_main(args)
-    monkeypatch.setattr(pairs, "score_pairs", real)
+    monkeypatch.setattr(reference, "score_pairs", real)
 
 
 def test_resume_after_interruption(scored, tmp_path, monkeypatch, capsys) -> None:

@@ -27,12 +27,22 @@ from typing import Any
 from fspo_recipe.data.build import (SPLITS, EpisodeOptions, SplitStats, assign_splits, build_split_episodes,
                                    drop_duplicate_rows, hold_out_prompts, limit_pairs_per_prompt, plain_examples)
 from fspo_recipe.data.sources import SOURCES, ReadReport, SourceSchemaError, get_source, read_source
-from fspo_recipe.data.writers import Commit, atomic_directory, dataset_card, jsonl_line, recover_stale
+from fspo_recipe.files import Commit, atomic_directory, jsonl_line, recover_stale
 from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.progress import ProgressBar
 
 MARKER = "fspo-prepare"
 """``summary.json``'s ``written_by``: the mark of a directory this command wrote (and may replace)."""
+
+
+def dataset_card(name: str, jsonl_name: str, description: str) -> str:
+    """A fairseq2 asset card for the plugin's ``fspo_preference`` reader; ``data`` is relative to the card file."""
+    return (
+        f"# {description}\n"
+        f"name: {name}\n"
+        "dataset_family: fspo_preference\n"
+        f"data: {jsonl_name}\n"
+    )
 
 
 class OutputRefusedError(ValueError):

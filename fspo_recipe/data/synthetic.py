@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Final
 
 from fspo_recipe.data.episodes import split_completion
-from fspo_recipe.data.writers import atomic_file, jsonl_line
+from fspo_recipe.files import atomic_file, jsonl_line
 
 PROPERTIES: Final = ("case", "length", "mood", "ending")
 POLES: Final[dict[str, tuple[str, str]]] = {

@@ -36,7 +36,7 @@ from fspo_recipe.assets import add_card_directory
 from fspo_recipe.criteria import CriterionChoice, PreferenceCriterion
 from fspo_recipe.data.episodes import prompt_parts, split_completion
 from fspo_recipe.data.jsonl import default_id, read_preference_jsonl
-from fspo_recipe.data.writers import atomic_file
+from fspo_recipe.files import atomic_file, numbered
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
 from fspo_recipe.fairseq2_compat import eos_allowed_when_it_is_pad
 from fspo_recipe.models.llama import packed_model_families
@@ -204,7 +204,7 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     base = run_dir / "checkpoints"
     if not base.is_dir():
         raise EvalError(f"{base} does not exist: is {run_dir} the OUTPUT_DIR of a training run (with --no-sweep-dir)?")
-    steps = sorted(int(p.name[5:]) for p in base.glob("step_*") if p.name[5:].isdigit() and (p / "model.pt").is_file())
+    steps = [step for step, path in numbered(base) if (path / "model.pt").is_file()]
     if not steps:
         raise EvalError(f"No checkpoint with a model.pt under {base} (sharded checkpoints are not supported).")
     return steps

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from fspo_recipe.assets import add_card_directory
-from fspo_recipe.data.writers import atomic_file
+from fspo_recipe.files import atomic_file
 from fspo_recipe.eval.recipe import register_run_cards
 from fspo_recipe.gpo.embed import POOLINGS, EmbeddingCache, EmbeddingError, embed_all, embed_batch, point_text
 from fspo_recipe.gpo.meta import Embeddings, TrainSettings, evaluate_opinions, evaluate_pairs, load_trained, train

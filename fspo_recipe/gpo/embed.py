@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -23,7 +22,7 @@ from typing import Any, Final
 import torch
 
 from fspo_recipe.data.episodes import QUESTION_HEADER, RESPONSE_HEADER
-from fspo_recipe.data.writers import atomic_file
+from fspo_recipe.files import atomic_file, atomic_path, complete_lines
 
 POOLINGS: Final = ("mean", "last")
 
@@ -67,19 +66,13 @@ class EmbeddingCache:
 
     def _read_index(self) -> None:
         path = self.dir / "index.jsonl"
-        if not path.is_file():
-            return
-        data = path.read_bytes()
-        keep = data.rfind(b"\n") + 1  # a line cut short by a crash is dropped (its chunk is complete)
-        for lineno, line in enumerate(data[:keep].decode("utf-8").splitlines(), 1):
+        # A line cut short by a crash is dropped (its chunk is complete).
+        for lineno, line in enumerate(complete_lines(path), 1):
             try:
                 rec = json.loads(line)
                 self.index[rec["key"]] = (int(rec["chunk"]), int(rec["row"]))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 raise EmbeddingError(f"{path}, line {lineno}: not an index entry.") from None
-        if keep < len(data):
-            with path.open("r+b") as fp:
-                fp.truncate(keep)
 
     @property
     def dim(self) -> int | None:
@@ -105,9 +98,8 @@ class EmbeddingCache:
                 json.dump(self.meta, fp)
         chunk = 1 + max((c for c, _ in self.index.values()), default=-1)
         path = self.dir / f"chunk_{chunk:05d}.safetensors"
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"embeddings": embeddings.detach().float().cpu().contiguous()}, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"embeddings": embeddings.detach().float().cpu().contiguous()}, str(tmp))
         with (self.dir / "index.jsonl").open("a", encoding="utf-8") as fp:
             for row, text in enumerate(texts):
                 key = text_key(text)

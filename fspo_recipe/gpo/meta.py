@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fspo_recipe.files import atomic_path, keep_lines, numbered
 from fspo_recipe.gpo.module import GpoConfig, GpoModule
 from fspo_recipe.gpo.tasks import GpoDataError, Item, OpinionQuestion, TaskSet, write_json
 from fspo_recipe.stats import bootstrap_interval
@@ -178,26 +179,21 @@ def train(out: Path, tasks: TaskSet, emb: Embeddings, config: GpoConfig, setting
         if step % settings.checkpoint_every == 0 or step == settings.steps:
             path = out / "checkpoints" / f"step_{step}.pt"
             path.parent.mkdir(exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "step": step}, tmp)
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "step": step}, tmp)
     return model
 
 
 def checkpoints(out: Path) -> list[Path]:
-    found = [p for p in (out / "checkpoints").glob("step_*.pt") if p.stem[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.stem[5:]))
+    """``out/checkpoints/step_N.pt`` by step."""
+    return [path for _, path in numbered(out / "checkpoints", "step_", ".pt")]
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines after the resumed step (written after the last checkpoint by an interrupted run)."""
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [line for line in lines if json.loads(line)["step"] <= step]
-    if len(keep) != len(lines):
-        path.write_text("".join(line + "\n" for line in keep))
+    """Drop metric lines after the resumed step (written after the last checkpoint by an interrupted run), and a
+    line torn by the kill."""
+    keep_lines(path, lambda record: isinstance(record.get("step"), int) and record["step"] <= step)
 
 
 def load_trained(run: Path, device: torch.device) -> GpoModule:

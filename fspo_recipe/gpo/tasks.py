@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fspo_recipe.data.episodes import prompt_parts, split_completion
 from fspo_recipe.data.jsonl import object_lines, read_preference_jsonl
-from fspo_recipe.data.writers import atomic_file
+from fspo_recipe.files import atomic_file
 from fspo_recipe.gpo.embed import point_text
 
 

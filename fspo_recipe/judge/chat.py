@@ -27,6 +27,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Final, final
 
+from fspo_recipe.files import complete_lines
 from fspo_recipe.judge.matchups import JudgeInputError
 from fspo_recipe.judge.verdicts import JudgeQuery, Verdict, parse_choice
 
@@ -95,12 +96,7 @@ class JudgeCache:
         self._fp = path.open("a", encoding="utf-8")
 
     def _load(self) -> None:
-        data = self.path.read_bytes()
-        keep = data.rfind(b"\n") + 1  # a last line without its newline was being written when the run stopped
-        if keep < len(data):
-            with self.path.open("r+b") as fp:
-                fp.truncate(keep)
-        for lineno, line in enumerate(data[:keep].decode("utf-8").splitlines(), 1):
+        for lineno, line in enumerate(complete_lines(self.path), 1):
             if not line.strip():
                 continue
             try:

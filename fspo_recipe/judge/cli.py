@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fspo_recipe.data.writers import atomic_file
+from fspo_recipe.files import atomic_file
 from fspo_recipe.judge.chat import (DEFAULT_TEMPLATE, ChatJudge, ChatSettings, JudgeCache, JudgeServerError,
                                     api_key_from_env, read_template)
 from fspo_recipe.judge.exact import ExactJudge

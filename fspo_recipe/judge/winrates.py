@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fspo_recipe.data.writers import atomic_file
+from fspo_recipe.files import atomic_file
 from fspo_recipe.stats import bootstrap_interval
 from fspo_recipe.judge.matchups import Matchup
 from fspo_recipe.judge.verdicts import LOSS, TIE, WIN

@@ -32,7 +32,7 @@ from fairseq2.gang import Gangs
 from fairseq2.models import ModelHandler
 from fairseq2.typing import DataType, Device
 
-from fspo_recipe.data.writers import atomic_file
+from fspo_recipe.files import atomic_file
 
 HF_TOKENIZER_FAMILY: Final = "hf_tokenizer"
 HUB_SCHEME: Final = "hf://"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import cast
+from typing import Any, cast
 
 from torch.nn import Module
 
@@ -39,55 +39,52 @@ LLAMA_DEFAULT_ARCH = "llama3_1_8b"
 MISTRAL_DEFAULT_ARCH = "7b"
 
 
-class FspoLLaMAFactory(LLaMAFactory):
-    """fairseq2's llama factory building :class:`FspoDecoderModel` with packed-aware attention."""
+class _PackedFactory:
+    """What FSPO's llama and mistral factories build differently from fairseq2's: :class:`FspoDecoderModel`, its
+    :class:`FspoTransformerDecoder` and :class:`PackedMultiheadAttention`; every module, parameter and argument else
+    as fairseq2's factory of the family makes it. A family with a sliding attention window (mistral's
+    ``attn_window_len``) keeps its window mask and attention state, and rows longer than the window are not packed
+    (``packed_max_len``): the packed attention is full causal attention."""
+
+    _config: Any
+
+    def _window(self) -> int | None:
+        return getattr(self._config, "attn_window_len", None)
 
     def create_model(self) -> TransformerDecoderModel:
         config = self._config
-        return FspoDecoderModel(self.create_decoder_frontend(), self.create_decoder(), self.create_final_proj(),
-                                max_seq_len=config.max_seq_len, vocab_info=config.vocab_info)
-
-    def create_decoder(self) -> TransformerDecoder:
-        pos_encoder = self.create_position_encoder()
-        layers = [self.create_decoder_layer(pos_encoder) for _ in range(self._config.num_layers)]
-        return FspoTransformerDecoder(layers, dropout_p=self._config.dropout_p, norm_order=TransformerNormOrder.PRE,
-                                      layer_norm_factory=self.create_layer_norm)
-
-    def create_attention(self, pos_encoder: PositionEncoder) -> MultiheadAttention:
-        config = self._config
-        return PackedMultiheadAttention(config.model_dim, config.num_attn_heads,
-                                        num_key_value_heads=config.num_key_value_heads,
-                                        sdpa=create_default_sdpa(attn_dropout_p=config.dropout_p),
-                                        pos_encoder=pos_encoder, bias=False)
-
-
-class FspoMistralFactory(MistralFactory):
-    """fairseq2's mistral factory building :class:`FspoDecoderModel`; rows longer than the sliding attention window
-    are not packed (``packed_max_len``), since the packed attention is full causal attention."""
-
-    def create_model(self) -> TransformerDecoderModel:
-        config = self._config
-        model = FspoDecoderModel(self.create_decoder_frontend(), self.create_decoder(), self.create_final_proj(),
+        factory: Any = self  # the family's factory, which this class is mixed into
+        model = FspoDecoderModel(factory.create_decoder_frontend(), self.create_decoder(), factory.create_final_proj(),
                                  max_seq_len=config.max_seq_len, vocab_info=config.vocab_info)
-        model.packed_max_len = config.attn_window_len
+        model.packed_max_len = self._window()
         return model
 
     def create_decoder(self) -> TransformerDecoder:
-        config = self._config
-        pos_encoder = self.create_position_encoder()
-        layers = [self.create_decoder_layer(pos_encoder) for _ in range(config.num_layers)]
-        return FspoTransformerDecoder(
-            layers, self_attn_mask_factory=CausalAttentionMaskFactory(attn_window_len=config.attn_window_len),
-            norm_order=TransformerNormOrder.PRE, layer_norm_factory=self.create_layer_norm,
-        )
+        config, window = self._config, self._window()
+        factory: Any = self  # the family's factory, which this class is mixed into
+        pos_encoder = factory.create_position_encoder()
+        layers = [factory.create_decoder_layer(pos_encoder) for _ in range(config.num_layers)]
+        # As fairseq2 0.4.6's factories: llama's decoder gets the configured dropout, mistral's its window mask.
+        options: dict[str, Any] = ({"dropout_p": config.dropout_p} if window is None else
+                                   {"self_attn_mask_factory": CausalAttentionMaskFactory(attn_window_len=window)})
+        return FspoTransformerDecoder(layers, norm_order=TransformerNormOrder.PRE,
+                                      layer_norm_factory=factory.create_layer_norm, **options)
 
     def create_attention(self, pos_encoder: PositionEncoder) -> MultiheadAttention:
-        config = self._config
+        config, window = self._config, self._window()
+        state = {} if window is None else {"state_factory": LocalAttentionStateFactory(window)}
         return PackedMultiheadAttention(config.model_dim, config.num_attn_heads,
                                         num_key_value_heads=config.num_key_value_heads,
                                         sdpa=create_default_sdpa(attn_dropout_p=config.dropout_p),
-                                        pos_encoder=pos_encoder, bias=False,
-                                        state_factory=LocalAttentionStateFactory(config.attn_window_len))
+                                        pos_encoder=pos_encoder, bias=False, **state)
+
+
+class FspoLLaMAFactory(_PackedFactory, LLaMAFactory):
+    """fairseq2's llama factory building :class:`FspoDecoderModel` with packed-aware attention."""
+
+
+class FspoMistralFactory(_PackedFactory, MistralFactory):
+    """fairseq2's mistral factory building :class:`FspoDecoderModel` (rows beyond the window are not packed)."""
 
 
 class FspoLLaMAModelHandler(LLaMAModelHandler):

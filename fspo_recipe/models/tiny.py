@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fspo_recipe.data.writers import atomic_file
+from fspo_recipe.files import atomic_file
 from fspo_recipe.models.bpe import corpus_texts, learn_bpe, tiktoken_text
 from fspo_recipe.models.llama import FspoLLaMAFactory
 from fspo_recipe.models.qwen3 import Qwen3Config, Qwen3Factory

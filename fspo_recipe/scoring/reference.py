@@ -32,7 +32,7 @@ import torch
 
 from fspo_recipe.assets import add_card_directory, describe_load_error, load_error_types
 from fspo_recipe.data.jsonl import read_preference_jsonl
-from fspo_recipe.data.writers import atomic_file
+from fspo_recipe.files import atomic_file, complete_lines
 from fspo_recipe.eval.recipe import register_run_cards
 from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.models.llama import packed_model_families
@@ -97,7 +97,7 @@ def resume_point(partial: Path, meta_path: Path, expected: dict[str, object], ex
     except (ValueError, AttributeError) as ex:
         why = f"its record {meta_path} is not a JSON object ({ex})"
     if why is None:
-        done = _complete_lines(partial)
+        done = len(complete_lines(partial))  # a line torn by a kill is cut off
         try:
             if done > len(examples):
                 raise ResumeMismatchError(f"it has {done} lines, the input only {len(examples)}")
@@ -142,18 +142,6 @@ def run_asset_path(run_dir: Path) -> Path | None:
     assets = (config or {}).get("common", {}).get("assets", {}) if isinstance(config, dict) else {}
     value = (assets.get("_set_") or assets).get("extra_path") if isinstance(assets, dict) else None
     return Path(value) if value else None
-
-
-def _complete_lines(partial: Path) -> int:
-    """Number of complete JSON lines of ``partial``; a torn last line (from a kill) is cut off."""
-    if not partial.exists():
-        return 0
-    data = partial.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with partial.open("r+b") as fp:
-            fp.truncate(end)
-    return data[:end].count(b"\n")
 
 
 def score_reference(

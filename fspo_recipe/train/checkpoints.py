@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from fspo_recipe.files import numbered
+
 
 class CheckpointCheckError(ValueError):
     """A checkpoint file of the step a run would resume from is unsafe or damaged; printed as one line."""
@@ -24,10 +26,7 @@ class CheckpointCheckError(ValueError):
 
 def step_dirs(checkpoint_dir: Path) -> list[tuple[int, Path]]:
     """(step, directory) of every ``step_N`` directory, by step (what fairseq2's checkpoint manager lists)."""
-    if not checkpoint_dir.is_dir():
-        return []
-    found = [(int(p.name[5:]), p) for p in checkpoint_dir.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
-    return sorted(found)
+    return [(step, path) for step, path in numbered(checkpoint_dir) if path.is_dir()]
 
 
 def _load(path: Path) -> None:

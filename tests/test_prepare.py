@@ -1,4 +1,5 @@
-"""Bad and unusual input, as a new user gives it: nothing is lost, nothing succeeds silently, errors say where."""
+"""fspo-prepare as a new user meets it: bad input and options, outputs it must not touch, signals, messages that say
+where."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-# ---- 1. data loss ------------------------------------------------------------------------------------------
+# ---- outputs it must not touch ------------------------------------------------------------------------------------------
 
 
 def test_the_input_is_never_the_output(tmp_path, capsys) -> None:
@@ -75,7 +76,7 @@ def test_an_existing_directory_is_replaced_only_with_overwrite_and_only_if_prepa
     assert (mine / "notes.txt").read_text() == "my only copy"
 
 
-# ---- 2, 3, 4. splits and numeric options ---------------------------------------------------------------------
+# ---- splits and numeric options ---------------------------------------------------------------------
 
 
 def test_a_test_fraction_holds_out_at_least_one_user(tmp_path, capsys) -> None:
@@ -145,132 +146,7 @@ def test_the_pipeline_checks_its_splits_before_training(tmp_path) -> None:
     assert not (tmp_path / "run" / "sft").exists()
 
 
-# ---- 5. resuming reference scores ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_cards(tmp_path_factory) -> Path:
-    from fspo_recipe.models.tiny import write_tiny_assets
-
-    out = tmp_path_factory.mktemp("tiny13")
-    write_tiny_assets(out, seed=0)
-    return out
-
-
-def test_score_reference_checks_its_output_first_and_finds_a_runs_cards(tiny_cards, tmp_path, capsys) -> None:
-    from fspo_recipe.scoring.reference import main as score_main
-
-    sample = SAMPLES / "fspo_sample" / "train.jsonl"
-    assert score_main(["--model", "fspo_tiny_llama", "--assets-dir", str(tiny_cards), "--input", str(sample),
-                       "--output", str(tmp_path), "--no-progress"]) == 1
-    assert "is a directory" in capsys.readouterr().err
-
-    # A run trained with its cards in common.assets.extra_path: --run-dir alone finds the tokenizer's card.
-    from test_cli import CPU_TINY, run
-
-    sft = tmp_path / "sft"
-    run(sft, "fspo_sft", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama", *CPU_TINY,
-        "regime.num_steps=1", "regime.checkpoint_every_n_steps=1")
-    out = tmp_path / "scored.jsonl"
-
-    def score(output: Path) -> subprocess.CompletedProcess:  # a fresh process: no card directory known before
-        return subprocess.run([sys.executable, "-m", "fspo_recipe.scoring.reference", "--run-dir", str(sft), "--input",
-                               str(sample), "--output", str(output), "--no-progress"], capture_output=True, text=True,
-                              env=cli_env(), cwd=REPO, timeout=300)
-
-    assert score(out).returncode == 0
-    assert len(out.read_text().splitlines()) == len(sample.read_text().splitlines())
-
-    # Without a way to find the card, one line that says what to pass.
-    (sft / "config.yaml").unlink()
-    proc = score(tmp_path / "x.jsonl")
-    assert proc.returncode == 1
-    assert "--assets-dir" in proc.stderr and "Traceback" not in proc.stderr
-
-
-# ---- 6, 8, 10. training: no silent success, no tracebacks -------------------------------------------------
-
-
-def train(out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    from test_cli import FAIRSEQ2
-
-    cmd = [FAIRSEQ2, "lm", "preference_finetune", str(out), "--preset", "fspo_sft", "--no-sweep-dir", "--config",
-           "trainer.dtype=float32", "dataset.batch_size=2", "regime.num_steps=2", *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(COLUMNS="400"), cwd=REPO, timeout=300)
-
-
-def test_an_empty_data_set_and_a_max_len_that_drops_all_fail(tiny_cards, tmp_path) -> None:
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    (empty / "train.jsonl").write_text("")
-    proc = train(tmp_path / "a", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
-                 f"dataset.path={empty}")
-    assert proc.returncode == 1
-    assert "gave no batch: 0 example(s) read" in proc.stderr and "Training complete" not in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-    proc = train(tmp_path / "b", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
-                 "dataset.max_seq_len=10")
-    assert proc.returncode == 1
-    assert "48 too long for dataset.max_seq_len=10" in proc.stderr
-    log = (tmp_path / "b" / "logs" / "rank_0.log").read_text()
-    assert "end of a pass over" in log and "48 dropped as too long for max_seq_len 10" in log
-
-
-def test_the_end_of_every_pass_logs_its_counts(tiny_cards, tmp_path) -> None:
-    proc = train(tmp_path / "run", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
-                 "dataset.max_seq_len=700", "dataset.batch_size=16", "regime.num_steps=8", "regime.num_data_epochs=null")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    passes = [line for line in (tmp_path / "run" / "logs" / "rank_0.log").read_text().splitlines()
-              if "end of a pass over" in line]
-    assert len(passes) >= 2  # 48 examples in batches of 16, 8 steps: two passes end
-    assert all("shortened" in line and "dropped as too long for max_seq_len 700" in line for line in passes)
-
-
-@pytest.mark.parametrize("override,message", [
-    ("dataset.batch_size=0", "dataset.batch_size is 0; expected a whole number >= 1"),
-    ("optimizer.config.lr=nan", "optimizer.config.lr is 'nan'; expected a finite number >= 0"),
-    ("dataset.batch_sise=2", "--config: 'dataset.batch_sise' is not a key of the fspo_sft configuration; did you mean "
-                             "'dataset.batch_size'?"),
-])
-def test_configuration_errors_are_one_line_before_any_work(tiny_cards, tmp_path, override, message) -> None:
-    proc = train(tmp_path / "run", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama", override)
-    assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr and "--config-file" not in proc.stderr
-    assert not (tmp_path / "run").exists()
-
-
-def test_missing_data_file_and_file_as_output_dir_are_one_line(tiny_cards, tmp_path) -> None:
-    import shutil
-
-    cards = tmp_path / "cards"
-    shutil.copytree(tiny_cards, cards)
-    (cards / "ghost.yaml").write_text("name: ghost\ndataset_family: fspo_preference\ndata: missing.jsonl\n")
-    proc = train(tmp_path / "a", f"common.assets.extra_path={cards}", "model.name=fspo_tiny_llama", "dataset.name=ghost")
-    assert proc.returncode == 1
-    assert "missing.jsonl" in proc.stderr and "Traceback" not in proc.stderr
-
-    a_file = tmp_path / "a_file"
-    a_file.write_text("x")
-    proc = train(a_file / "run", "model.name=fspo_tiny_llama")
-    assert proc.returncode == 2
-    assert f"{a_file} is a file, not a directory" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_the_reference_hint_works_as_printed(tiny_cards, tmp_path) -> None:
-    from fspo_recipe.train.unit import REFERENCE_OVERRIDE
-
-    proc = train(tmp_path / "a", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
-                 "criterion.config.loss=ipo", "criterion.config.reference_model=null")
-    assert proc.returncode == 1
-    assert REFERENCE_OVERRIDE in proc.stderr.replace("\n", " ") or "reference_model={name: MODEL}" in proc.stderr
-    hint = REFERENCE_OVERRIDE.split(" ", 1)[1].strip("'").replace("MODEL", "fspo_tiny_llama")
-    proc = train(tmp_path / "b", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
-                 "criterion.config.loss=ipo", hint)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-# ---- 7. SIGTERM and Ctrl-C -------------------------------------------------------------------------------
+# ---- signals -------------------------------------------------------------------------------
 
 
 def big_elix(path: Path, rows: int = 30000) -> Path:
@@ -381,14 +257,7 @@ def test_the_output_is_never_inside_the_input(tmp_path, capsys) -> None:
     assert sorted(p.name for p in (raw / "elix").iterdir()) == ["test.jsonl", "train.jsonl"]
 
 
-# ---- 8, 9. messages that say where ------------------------------------------------------------------------
-
-
-def test_tiny_assets_given_a_file(tmp_path) -> None:
-    from fspo_recipe.models.tiny import main as tiny_main
-
-    (tmp_path / "f").write_text("x")
-    assert tiny_main([str(tmp_path / "f")]) == 2
+# ---- messages that say where ------------------------------------------------------------------------
 
 
 def test_prepare_given_a_file_as_output(tmp_path, capsys) -> None:
@@ -412,16 +281,7 @@ def test_input_errors_name_file_line_and_column(tmp_path, capsys, content, expec
     assert f"{path}" in err and expected in err, err
 
 
-def test_training_data_errors_give_the_column(tmp_path) -> None:
-    from fspo_recipe.data.jsonl import PreferenceDataError, read_preference_jsonl
-
-    path = tmp_path / "train.jsonl"
-    path.write_text('{"src": "a", "tgt_chosen": "b", "tgt_rejected": "c"}\n{"src": "unterminated\n')
-    with pytest.raises(PreferenceDataError, match=r"train.jsonl, line 2, column 9: not valid JSON \(Unterminated"):
-        list(read_preference_jsonl(path))
-
-
-# ---- 11. permissions -----------------------------------------------------------------------------------------
+# ---- permissions -----------------------------------------------------------------------------------------
 
 
 def test_outputs_honour_the_umask(tmp_path) -> None:
@@ -433,7 +293,7 @@ def test_outputs_honour_the_umask(tmp_path) -> None:
     assert stat.S_IMODE((tmp_path / "elix").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "elix" / "train.jsonl").stat().st_mode) == 0o644
 
-    from fspo_recipe.data.writers import atomic_file
+    from fspo_recipe.files import atomic_file
 
     old = os.umask(0o002)
     try:
@@ -444,7 +304,7 @@ def test_outputs_honour_the_umask(tmp_path) -> None:
     assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o664
 
 
-# ---- 12. silent oddities ---------------------------------------------------------------------------------------
+# ---- silent oddities ---------------------------------------------------------------------------------------
 
 
 def test_identical_pairs_are_skipped_and_echoes_flagged(tmp_path) -> None:
@@ -469,26 +329,27 @@ def test_stages_are_logged_when_not_on_a_terminal(tmp_path) -> None:
     assert any("train:" in line and "episodes of 5 users" in line for line in lines)
 
 
-def test_episode_building_is_linear_in_users(tmp_path) -> None:
-    """Every user's rationale draws from all other users' descriptions; that list is no longer copied per user."""
+def test_episode_building_is_linear_in_users(tmp_path, monkeypatch) -> None:
+    """Every user's rationale draws from all other users' descriptions; that list is not copied per user (a copy per
+    user made building quadratic in users): each user gets a view of the one shared list."""
     from fspo_recipe.data import build
     from fspo_recipe.data.build import SplitStats, build_split_episodes
     from fspo_recipe.data.sources import PreferenceRow
 
-    def rows(users: int) -> list[PreferenceRow]:
-        return [PreferenceRow(f"t/{u}/{i}", f"u{u:06d}", "q", "p", "d", f"desc {u % 1000}", "")
-                for u in range(users) for i in range(2)]
+    rows = [PreferenceRow(f"t/{u}/{i}", f"u{u:06d}", f"q{i}", "p", "d", f"desc {u % 1000}", "")
+            for u in range(300) for i in range(2)]
+    seen: list[object] = []
+    real = build.build_user_episodes
 
-    def seconds(users: int) -> float:
-        data = rows(users)
-        start = time.perf_counter()
-        for _ in build_split_episodes(data, EpisodeOptions(num_shots=1, num_passes=1, rationale="generated"),
-                                      SplitStats()):
-            pass
-        return time.perf_counter() - start
+    def spy(user, user_rows, options, others=(), stats=None):
+        seen.append(others)
+        return real(user, user_rows, options, others, stats)
 
-    small, large = seconds(2000), seconds(20000)
-    assert large < 25 * small  # quadratic would be 100x
+    monkeypatch.setattr(build, "build_user_episodes", spy)
+    episodes = list(build_split_episodes(rows, EpisodeOptions(num_shots=1, num_passes=1, rationale="generated"),
+                                         SplitStats()))
+    assert len(episodes) == 300 and len(seen) == 300
+    assert all(isinstance(o, build._Excluding) and o._items is seen[0]._items for o in seen)  # one list, no copy
 
     # The draws are those of the full list: the same rationale as a plain list gives.
     descriptions = [f"d{i % 7}" for i in range(50)]

@@ -1,14 +1,19 @@
-"""Atomic outputs: a prepared data set appears whole under its final name, or not at all."""
+"""The plugin's file handling, one place for every stage: atomic files and directories, resumable JSON Lines
+(appended as work is done; a line torn by a kill is cut off when the file is opened again), numbered checkpoints.
+
+Pure Python (no torch, no fairseq2), so that ``data/`` can use it.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,18 +36,26 @@ def honour_umask(path: Path, *, directory: bool) -> None:
 
 
 @contextmanager
-def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Yield a temporary file beside ``path`` (``mode`` "w" for UTF-8 text, "wb" for bytes); on success it
-    replaces ``path``, on error it is removed, so ``path`` is never half-written."""
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer that wants a file name (``torch.save``, safetensors); on
+    success it replaces ``path``, on error it is removed, so ``path`` is never half-written."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fp:
-            yield fp
+        yield Path(tmp)
         honour_umask(Path(tmp), directory=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Yield a temporary file beside ``path`` (``mode`` "w" for UTF-8 text, "wb" for bytes); on success it
+    replaces ``path``, on error it is removed, so ``path`` is never half-written."""
+    with atomic_path(path) as tmp, tmp.open(mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fp:
+        yield fp
 
 
 def _partial_prefix(name: str) -> str:
@@ -156,11 +169,45 @@ except ImportError:  # pragma: no cover - same bytes, slower
         return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
-def dataset_card(name: str, jsonl_name: str, description: str) -> str:
-    """A fairseq2 asset card for the plugin's ``fspo_preference`` reader; ``data`` is relative to the card file."""
-    return (
-        f"# {description}\n"
-        f"name: {name}\n"
-        "dataset_family: fspo_preference\n"
-        f"data: {jsonl_name}\n"
-    )
+def complete_lines(path: Path) -> list[str]:
+    """The complete lines of a JSON Lines file that a killed process may have been appending to: a last line
+    without its newline (torn by the kill) is cut off the file, so that appending goes on after the last complete
+    line. A missing file has none."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+        with path.open("r+b") as fp:
+            fp.truncate(keep)
+    return data[:keep].decode("utf-8").splitlines()
+
+
+def keep_lines(path: Path, keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrite ``path`` (atomically, only when something goes) with the complete JSON-object lines for which
+    ``keep`` is true; a torn or unreadable line goes too. Returns the number of lines dropped."""
+    if not path.is_file():
+        return 0
+    kept: list[str] = []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # cut by a kill mid-write
+        if isinstance(record, dict) and keep(record):
+            kept.append(line)
+    dropped = len(lines) - len(kept)
+    if dropped:
+        with atomic_file(path, "w") as fp:
+            fp.writelines(f"{line}\n" for line in kept)
+    return dropped
+
+
+def numbered(directory: Path, prefix: str = "step_", suffix: str = "") -> list[tuple[int, Path]]:
+    """(N, path) of every ``PREFIX<N>SUFFIX`` entry of ``directory``, by N: the steps of a run's checkpoints."""
+    if not directory.is_dir():
+        return []
+    pattern = re.compile(rf"{re.escape(prefix)}(\d+){re.escape(suffix)}")
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := pattern.fullmatch(p.name))]
+    return sorted(found)
