@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "HEAD"  # --against works with any revision; the checkout's own exists in every clone
 
@@ -27,6 +29,7 @@ def cuda_version(): return None
 '''
 
 
+@pytest.mark.slow
 def test_the_benchmark_runs_with_the_gpu_harness_stand_in_and_against_a_revision(tmp_path) -> None:
     (tmp_path / "site" / "fairseq2n").mkdir(parents=True)
     (tmp_path / "site" / "fairseq2n" / "__init__.py").write_text(STAND_IN)

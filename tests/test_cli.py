@@ -38,6 +38,7 @@ def tiny_assets(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_prepared_cards_load_by_name(tiny_assets, tmp_path) -> None:
     """`fspo-prepare` output is found by `dataset.name=<card>` (here beside the tiny model, one extra_path)."""
     from fspo_recipe.data.build import EpisodeOptions
@@ -66,6 +67,7 @@ def metrics(out: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in (out / "metrics" / "train.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_presets_are_listed() -> None:
     proc = subprocess.run(
         [FAIRSEQ2, "lm", "preference_finetune", "--list-preset-configs"],
@@ -93,6 +95,7 @@ def test_fspo_ipo_trains_on_cpu(tiny_assets, tmp_path) -> None:
     assert (out / "checkpoints" / "step_3" / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_compiled_layer_blocks_train_as_the_eager_model(tiny_assets, tmp_path) -> None:
     """criterion.config.compile_layers through the CLI, under activation checkpointing (dynamo's aot_eager backend:
     the graphs without C++ code generation; tests/test_unit.py checks inductor): the eager run's losses."""
@@ -108,6 +111,7 @@ def test_compiled_layer_blocks_train_as_the_eager_model(tiny_assets, tmp_path) -
         assert compiled["FSPO Loss"] == pytest.approx(eager["FSPO Loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_sft_then_ipo_from_the_sft_checkpoint(tiny_assets, tmp_path) -> None:
     sft, ipo = tmp_path / "sft", tmp_path / "ipo"
     run(sft, "fspo_sft", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama",
@@ -123,6 +127,7 @@ def test_sft_then_ipo_from_the_sft_checkpoint(tiny_assets, tmp_path) -> None:
     assert rows[0]["FSPO Loss"] == pytest.approx(2500.0, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_one_override_switches_the_loss(tiny_assets, tmp_path) -> None:
     out = tmp_path / "simpo"
     run(out, "fspo_ipo", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama",
@@ -136,6 +141,7 @@ def test_one_override_switches_the_loss(tiny_assets, tmp_path) -> None:
     assert first["FSPO Loss"] > 0.0 and first["FSPO Loss"] != pytest.approx(2500.0)
 
 
+@pytest.mark.slow
 def test_custom_criterion_from_users_module(tiny_assets, tmp_path) -> None:
     out = tmp_path / "hinge"
     run(
@@ -150,6 +156,7 @@ def test_custom_criterion_from_users_module(tiny_assets, tmp_path) -> None:
     assert metrics(out)[0]["Criterion Loss"] == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_hyper_parameters_of_a_new_criterion_are_added_with_add(tmp_path) -> None:
     proc = subprocess.run(
         [FAIRSEQ2, "lm", "preference_finetune", str(tmp_path), "--preset", "fspo_ipo", "--dump-config", "--config",

@@ -51,6 +51,7 @@ def test_there_is_one_per_stage() -> None:
     assert {"sft", "ipo_from_sft", "dpo", "rationale_sft", "precomputed_reference", "fsdp_3b", "fsdp_8b"} <= names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_configuration_loads_through_dump_config(path: Path, tmp_path) -> None:
     text = path.read_text()

@@ -42,6 +42,7 @@ def one_process_run(tiny_assets, tmp_path_factory) -> Path:
     return one
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("torchrun")  # torchrun --standalone listens on one fixed port
 @pytest.mark.parametrize("two_process_options", [[], COMPILED], ids=["eager", "compiled"])
 def test_two_processes_give_the_loss_trajectory_of_one(tiny_assets, one_process_run, tmp_path,

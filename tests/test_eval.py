@@ -83,6 +83,7 @@ def test_shots_ablation_is_the_episode_renderer(tmp_path) -> None:
     assert render_with_shots(parsed, 4) == ep["src"]
 
 
+@pytest.mark.slow
 def test_trained_model_scores_above_chance_on_its_training_users(tiny_model, gangs, tmp_path) -> None:
     from fairseq2.data.text.tokenizers.llama import LLaMA3Tokenizer
     from fspo_recipe.models.tiny import write_tiny_assets
@@ -129,6 +130,7 @@ def evaluate(out: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
 
 
+@pytest.mark.slow
 def test_evaluate_every_checkpoint_of_a_run(eval_assets, tmp_path) -> None:
     sft = tmp_path / "sft"
     run(sft, "fspo_sft", f"common.assets.extra_path={eval_assets}", "model.name=fspo_tiny_llama",
@@ -164,6 +166,7 @@ def test_evaluate_every_checkpoint_of_a_run(eval_assets, tmp_path) -> None:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_generation_for_judging(eval_assets, tmp_path) -> None:
     baseline = tmp_path / "baseline.jsonl"
     test_ids = [json.loads(line)["id"] for line in (eval_assets / "elix" / "test.jsonl").read_text().splitlines()[:2]]
@@ -180,6 +183,7 @@ def test_generation_for_judging(eval_assets, tmp_path) -> None:
     assert all(isinstance(g["response"], str) and g["prompt"].startswith("# Example 1\n") for g in gens)
 
 
+@pytest.mark.slow
 def test_a_baseline_is_generated_by_the_same_command(eval_assets, tmp_path) -> None:
     """The reference model answers the queries re-rendered without shots: the no-shots baseline of a win rate."""
     out = tmp_path / "gen0"
@@ -206,6 +210,7 @@ def test_a_baseline_is_generated_by_the_same_command(eval_assets, tmp_path) -> N
     assert proc.returncode != 0 and "`generation.model=reference` needs `reference.name`" in proc.stderr
 
 
+@pytest.mark.slow
 def test_clear_errors(eval_assets, tmp_path) -> None:
     proc = evaluate(tmp_path / "e1", f"common.assets.extra_path={eval_assets}", f"model.run_dir={tmp_path / 'nope'}",
                     "reference.name=fspo_tiny_llama", "dataset=elix_test")

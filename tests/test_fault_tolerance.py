@@ -37,6 +37,7 @@ def command(out: Path, *overrides: str) -> list[str]:
             *overrides]
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_and_ends_as_an_uninterrupted_one(tiny_assets, tmp_path) -> None:
     overrides = [f"common.assets.extra_path={tiny_assets}", *SHORT_RUN]
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -79,6 +80,7 @@ def test_truncate_metrics_file_drops_redone_steps_and_a_cut_line(tmp_path) -> No
     assert not list(tmp_path.glob(".*tmp"))
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(tiny_assets, tmp_path) -> None:
     out = tmp_path / "nan"
     overrides = [f"common.assets.extra_path={tiny_assets}", *SHORT_RUN, "criterion.config.loss=my_criteria:diverge_after",
@@ -95,6 +97,7 @@ def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint
     assert [r["Step"] for r in metrics(out)] == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow
 def test_a_reference_with_another_vocabulary_is_refused(tiny_assets, tmp_path) -> None:
     from fairseq2.models.llama import LLaMAConfig, LLaMAFactory
     from fairseq2.utils.structured import structure
@@ -124,6 +127,7 @@ def test_a_reference_with_another_vocabulary_is_refused(tiny_assets, tmp_path) -
     assert "Traceback" not in message
 
 
+@pytest.mark.slow
 def test_a_checkpoint_directory_that_does_not_exist_is_named(tmp_path) -> None:
     missing = tmp_path / "no_such_run" / "checkpoints"
     proc = subprocess.run(command(tmp_path / "run", f"common.assets.checkpoint_dir={missing}"), capture_output=True,
@@ -145,6 +149,7 @@ class _Hostile:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["hostile pickle", "empty model.pt", "truncated rank_0.pt"])
 def test_a_resume_from_a_hostile_or_damaged_checkpoint_is_refused_naming_the_file(tiny_assets, tmp_path, damage
                                                                                   ) -> None:
@@ -175,6 +180,7 @@ def test_a_resume_from_a_hostile_or_damaged_checkpoint_is_refused_naming_the_fil
     assert [r["Step"] for r in metrics(out)] == list(range(1, 9))  # nothing was trained or written
 
 
+@pytest.mark.slow
 def test_a_hostile_model_checkpoint_is_refused_by_the_next_stage_and_by_evaluation(tiny_assets, tmp_path) -> None:
     sft = tmp_path / "sft"
     run(sft, "fspo_sft", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama", *SHORT_RUN[3:8],

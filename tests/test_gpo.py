@@ -116,6 +116,7 @@ def embedded(synthetic) -> Path:
     return emb
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("gpo")  # one worker builds the module fixtures
 def test_embeddings_resume_and_refuse_another_model(synthetic, embedded) -> None:
     assets = synthetic / "assets"
@@ -129,6 +130,7 @@ def test_embeddings_resume_and_refuse_another_model(synthetic, embedded) -> None
     assert proc.returncode == 2 and "holds embeddings of 'fspo_tiny_llama' (mean pooling)" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("gpo")  # one worker builds the module fixtures
 def test_embed_train_eval_beats_chance_on_held_out_users(synthetic, embedded, tmp_path) -> None:
     assets = synthetic / "assets"
@@ -153,6 +155,7 @@ def test_embed_train_eval_beats_chance_on_held_out_users(synthetic, embedded, tm
     assert (out / "shots.csv").read_text().startswith("shots,pairs,accuracy,ci95_low,ci95_high\n0,")
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("gpo")  # one worker builds the module fixtures
 def test_training_resumes_as_the_uninterrupted_run(synthetic, embedded, tmp_path) -> None:
     train = synthetic / "assets" / "syn" / "train.jsonl"
@@ -175,6 +178,7 @@ def test_training_resumes_as_the_uninterrupted_run(synthetic, embedded, tmp_path
     assert proc.returncode == 2 and "holds a GPO run with another configuration" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("gpo")  # one worker builds the module fixtures
 def test_opinions_sample_embeds_trains_and_reports_alignment(synthetic, tmp_path) -> None:
     sample = REPO / "datasets" / "samples" / "opinionqa" / "opinions.jsonl"

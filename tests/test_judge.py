@@ -143,6 +143,7 @@ def judge_args(out: Path, url: str, fspo: Path, sft: Path, *extra: str) -> list[
             "--parse-retries", "1", "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_chat_judge_orders_ties_retries_failures_and_win_rates(generations, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("FSPO_TEST_JUDGE_KEY", KEY)
     out = tmp_path / "out"
@@ -201,6 +202,7 @@ def test_chat_judge_orders_ties_retries_failures_and_win_rates(generations, tmp_
         json.dumps({"fspo": rates}))
 
 
+@pytest.mark.slow
 def test_a_run_killed_midway_resumes_without_sending_answered_requests_again(generations, tmp_path) -> None:
     fspo, sft = tmp_path / "fspo_many.jsonl", tmp_path / "sft_many.jsonl"
     write_generations(fspo, "fspo", {str(i): (f"u{i % 3}", f"question {i}", "yes" if i % 2 else "no maybe") for i in range(15)})

@@ -71,6 +71,7 @@ def test_dry_runs_print_the_commands_and_run_nothing(tmp_path) -> None:
     assert not root.exists() and not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("torchrun")  # torchrun --standalone listens on one fixed port
 def test_pipeline_runs_sft_then_ipo_with_two_processes_then_evaluates(tmp_path) -> None:
     from fspo_recipe.models.tiny import write_tiny_assets
@@ -94,6 +95,7 @@ def test_pipeline_runs_sft_then_ipo_with_two_processes_then_evaluates(tmp_path) 
     assert result["overall"]["pairs"] > 0 and 0.0 <= result["overall"]["reward_accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_the_elix_sample_walk_through_runs(tmp_path) -> None:
     out = tmp_path / "elix"
     proc = subprocess.run(["bash", str(SCRIPTS / "elix_sample.sh"), str(out)], capture_output=True, text=True,
@@ -106,6 +108,7 @@ def test_the_elix_sample_walk_through_runs(tmp_path) -> None:
     assert json.loads((out / "eval" / "metrics.json").read_text())["overall"]["pairs"] > 0
 
 
+@pytest.mark.slow
 def test_the_quick_start_script_runs_end_to_end(tmp_path) -> None:
     """--check: the quick start's pipeline and table with a few steps (the learning is docs/studies.md's, measured)."""
     out = tmp_path / "qs"

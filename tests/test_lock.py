@@ -59,6 +59,7 @@ def test_a_directory_the_lock_made_is_removed_when_nothing_was_written(tmp_path)
     assert (tmp_path / "kept" / "result.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_second_training_run_into_the_same_directory_is_refused(tiny_assets, tmp_path) -> None:
     out = tmp_path / "run"
     cmd = [FAIRSEQ2, "lm", "preference_finetune", str(out), "--preset", "fspo_sft", "--no-sweep-dir", "--config",

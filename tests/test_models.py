@@ -271,6 +271,7 @@ CPU = ["trainer.dtype=float32", "criterion.config.reference_dtype=float32", "dat
        "regime.publish_metrics_every_n_steps=1", "dataset.extras={chat_template: true}"]
 
 
+@pytest.mark.slow
 def test_a_hugging_face_qwen3_trains_with_its_chat_template_and_evaluates_as_transformers_scores(
         hf_dirs, cards, tmp_path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -309,6 +310,7 @@ def test_a_hugging_face_qwen3_trains_with_its_chat_template_and_evaluates_as_tra
             assert float(row[column]) == pytest.approx(want, abs=1e-3), (row["id"], key)
 
 
+@pytest.mark.slow
 def test_a_card_that_points_at_a_missing_directory_is_one_line(cards, tmp_path) -> None:
     broken = tmp_path / "cards"
     broken.mkdir()
@@ -321,6 +323,7 @@ def test_a_card_that_points_at_a_missing_directory_is_one_line(cards, tmp_path) 
     assert "deleted_model" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_chat_template_option_needs_a_tokenizer_with_one(tmp_path) -> None:
     """The option is read by the reader: the byte-level tiny tokenizer has no template, so training refuses."""
     from fspo_recipe.models.tiny import write_tiny_assets
@@ -332,6 +335,7 @@ def test_the_chat_template_option_needs_a_tokenizer_with_one(tmp_path) -> None:
     assert "the model's tokenizer has no chat template" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_tiny_assets_of_the_qwen3_family_train(tmp_path) -> None:
     from fspo_recipe.models.tiny import main as tiny_main
 
@@ -343,6 +347,7 @@ def test_tiny_assets_of_the_qwen3_family_train(tmp_path) -> None:
     assert "FspoDecoderModel" in (tmp_path / "run" / "logs" / "rank_0.log").read_text()
 
 
+@pytest.mark.slow
 def test_generation_speaks_the_chat_template_and_stops_at_its_end_of_turn(hf_dirs, tmp_path) -> None:
     """A Qwen3-Base-like model (end of sequence <|endoftext|>, end of turn <|im_end|>) whose head is edited so that
     greedy decoding writes <|im_end|> at step k: preference_eval's answer is the k-1 tokens before it, exactly as

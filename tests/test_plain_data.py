@@ -244,6 +244,7 @@ def test_empty_texts_are_counted(tmp_path) -> None:
     assert summary["splits"]["train"]["episodes"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("card", ["ultrafeedback_train", "shp_train", "stackexchange_train", "oasst2_train"])
 def test_plain_cards_train_with_fspo_dpo(prepared, tmp_path, card) -> None:
     run = tmp_path / "dpo"
@@ -257,6 +258,7 @@ def test_plain_cards_train_with_fspo_dpo(prepared, tmp_path, card) -> None:
     assert [m["Step"] for m in metrics] == [1] and metrics[0]["Criterion Loss"] > 0
 
 
+@pytest.mark.slow
 def test_hh_trains_with_dpo_and_evaluates_without_users(prepared, tmp_path) -> None:
     run = tmp_path / "dpo"
     proc = fairseq2("lm", "preference_finetune", str(run), "--preset", "fspo_dpo", "--no-sweep-dir", "--config",

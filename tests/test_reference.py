@@ -169,6 +169,7 @@ def test_one_run_per_output_and_never_the_input_or_a_foreign_file(scored, tmp_pa
     assert score_main([*common, "--input", str(data), "--output", str(out), "--overwrite"]) == 0
 
 
+@pytest.mark.slow
 def test_precomputed_reference_trains_like_the_live_reference(scored, tmp_path) -> None:
     root, out = scored
     common = [f"common.assets.extra_path={root / 'assets'}", "model.name=fspo_tiny_llama", *CPU_TINY,
@@ -190,6 +191,7 @@ def test_precomputed_reference_trains_like_the_live_reference(scored, tmp_path) 
     assert (tmp_path / "stored" / "logs" / "rank_0.log").read_text().count("Loading 'fspo_tiny_llama' model") == 1
 
 
+@pytest.mark.slow
 def test_run_dir_scores_with_the_runs_last_checkpoint(scored, tmp_path) -> None:
     root, full = scored
     # A run whose checkpoints keep the tiny model's weights (learning rate 0), so its scores must be the tiny model's.

@@ -37,6 +37,7 @@ def train(out, *overrides) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
 
 
+@pytest.mark.slow
 def test_crafted_pickle_checkpoint_is_refused(assets, tmp_path) -> None:
     marker = tmp_path / "pwned"
     state = torch.load(assets / "model.pt", weights_only=True)
@@ -51,6 +52,7 @@ def test_crafted_pickle_checkpoint_is_refused(assets, tmp_path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_yaml_with_a_python_tag_is_refused(assets, tmp_path) -> None:
     marker = tmp_path / "pwned"
     (assets / "evil.yaml").write_text(f'name: evil\nx: !!python/object/apply:os.system ["touch {marker}"]\n')
@@ -68,6 +70,7 @@ def test_yaml_with_a_python_tag_is_refused(assets, tmp_path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(assets, tmp_path) -> None:
     rows = []
     for name in ("a", "b"):

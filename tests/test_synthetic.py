@@ -93,6 +93,7 @@ def test_study_sources_keep_test_users_out_of_training(tmp_path) -> None:
     assert (again / "heldout" / "test.jsonl").read_bytes() == (tmp_path / "heldout" / "test.jsonl").read_bytes()
 
 
+@pytest.mark.slow
 def test_quick_study_runs_the_whole_pipeline(tmp_path) -> None:
     """generation, prep, SFT, IPO and evaluation through the project's commands; invariants, not learning."""
     out = tmp_path / "study"

@@ -26,6 +26,7 @@ def tiny_cards(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_score_reference_checks_its_output_first_and_finds_a_runs_cards(tiny_cards, tmp_path, capsys) -> None:
     from fspo_recipe.scoring.reference import main as score_main
 
@@ -68,6 +69,7 @@ def train(out: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(COLUMNS="400"), cwd=REPO, timeout=300)
 
 
+@pytest.mark.slow
 def test_an_empty_data_set_and_a_max_len_that_drops_all_fail(tiny_cards, tmp_path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -86,6 +88,7 @@ def test_an_empty_data_set_and_a_max_len_that_drops_all_fail(tiny_cards, tmp_pat
     assert "end of a pass over" in log and "48 dropped as too long for max_seq_len 10" in log
 
 
+@pytest.mark.slow
 def test_the_end_of_every_pass_logs_its_counts(tiny_cards, tmp_path) -> None:
     proc = train(tmp_path / "run", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
                  "dataset.max_seq_len=700", "dataset.batch_size=16", "regime.num_steps=8", "regime.num_data_epochs=null")
@@ -96,6 +99,7 @@ def test_the_end_of_every_pass_logs_its_counts(tiny_cards, tmp_path) -> None:
     assert all("shortened" in line and "dropped as too long for max_seq_len 700" in line for line in passes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,message", [
     ("dataset.batch_size=0", "dataset.batch_size is 0; expected a whole number >= 1"),
     ("optimizer.config.lr=nan", "optimizer.config.lr is 'nan'; expected a finite number >= 0"),
@@ -109,6 +113,7 @@ def test_configuration_errors_are_one_line_before_any_work(tiny_cards, tmp_path,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_missing_data_file_and_file_as_output_dir_are_one_line(tiny_cards, tmp_path) -> None:
     import shutil
 
@@ -126,6 +131,7 @@ def test_missing_data_file_and_file_as_output_dir_are_one_line(tiny_cards, tmp_p
     assert f"{a_file} is a file, not a directory" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_reference_hint_works_as_printed(tiny_cards, tmp_path) -> None:
     from fspo_recipe.train.unit import REFERENCE_OVERRIDE
 

@@ -60,6 +60,7 @@ def train(unit, model, batch, steps: int, lr: float):
 
 
 # IPO's squared loss on summed log-probs overshoots with DPO's learning rate: it gets a smaller one.
+@pytest.mark.slow
 @pytest.mark.parametrize("loss,params,lr", [("dpo", {"beta": 0.1}, 3e-3), ("ipo", {"beta": 0.1}, 3e-4)])
 def test_loss_falls_and_reward_accuracy_rises(tiny_model, gangs, loss, params, lr) -> None:
     torch.manual_seed(0)
@@ -173,6 +174,7 @@ def test_shared_prefix_equals_paired_logps_loss_and_gradients(tiny_model, gangs)
     assert float((flat(shared_grads) - flat(paired_grads)).norm() / flat(paired_grads).norm()) < 2e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tiny_model", ["llama", "qwen3"], indirect=True)
 def test_shared_prefix_is_exact_in_float64(tiny_model) -> None:
     """In float64 the two layouts agree to rounding: the float32 differences above are summation order only."""
@@ -240,6 +242,7 @@ def test_split_attention_equals_the_dense_shared_prefix_mask(tiny_model, monkeyp
     torch.testing.assert_close(paired, split, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tiny_model, backend", [("qwen3", "inductor"), ("llama", "aot_eager")],
                          indirect=["tiny_model"])
 def test_compiled_layer_blocks_give_the_eager_logps_and_gradients(tiny_model, backend) -> None:
