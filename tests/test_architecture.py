@@ -210,18 +210,23 @@ def test_the_reader_shortens_from_the_parts_even_when_src_would_not_parse(tmp_pa
 # ---- data sources -------------------------------------------------------------------------------------------------
 
 
-def test_a_new_source_is_one_registered_spec(tmp_path) -> None:
-    from fspo_recipe.data.sources import SOURCES, PreferenceRow, SourceSpec, accept_pair, register_source
+def test_a_new_source_is_one_registered_spec_with_its_own_option(tmp_path) -> None:
+    from fspo_recipe.data.prepare import main as prepare_main
+    from fspo_recipe.data.sources import SOURCES, PreferenceRow, SourceOption, SourceSpec, accept_pair, register_source
+    from fspo_recipe.data.sources.base import at_least
 
     def qa_rows(spec, data, ctx):
         out = []
         for i, (user, q, good, bad) in enumerate(zip(data["who"], data["q"], data["good"], data["bad"])):
-            if accept_pair(ctx, f"{ctx.split}/{i}", q, good, bad):
+            if len(good) < ctx.options["min_good_chars"]:
+                ctx.report.skip("preferred answer too short (--min-good-chars)", f"{ctx.split}/{i}")
+            elif accept_pair(ctx, f"{ctx.split}/{i}", q, good, bad):
                 out.append(PreferenceRow(f"{ctx.split}/{i}", user, q, good, bad, f"I am {user}.", ""))
         return out
 
+    option = SourceOption("--min-good-chars", at_least(0), 0, "skip pairs whose preferred answer is shorter")
     spec = SourceSpec("toy_qa", "nobody/toy-qa", {"who": "user", "q": "question", "good": "better", "bad": "worse"},
-                      2, qa_rows)
+                      2, qa_rows, options=(option,))
     register_source(spec)
     try:
         rows = [{"who": f"u{i % 3}", "q": f"q{i}", "good": f"g{i}", "bad": f"b{i}"} for i in range(30)]
@@ -230,6 +235,16 @@ def test_a_new_source_is_one_registered_spec(tmp_path) -> None:
         summary = prepare("toy_qa", [str(tmp_path / "in")], tmp_path / "out", options=EpisodeOptions(num_shots=2),
                           log=False)
         assert summary["splits"]["train"]["users"] == 3 and summary["splits"]["train"]["episodes"] > 0
+        assert summary["min_good_chars"] == 0 and not summary["rows_skipped"]
+        # The option on the command line: nothing generic names it, the source declared it.
+        assert prepare_main(["toy_qa", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out2"),
+                             "--min-good-chars", "3", "--no-progress", "--quiet"]) == 0
+        summary = json.loads((tmp_path / "out2" / "toy_qa" / "summary.json").read_text())
+        assert summary["min_good_chars"] == 3
+        assert summary["rows_skipped"] == {"preferred answer too short (--min-good-chars)": 10}  # g0 ... g9
+        with pytest.raises(ValueError, match="toy_qa has no option min_score_ratio"):
+            prepare("toy_qa", [str(tmp_path / "in")], tmp_path / "out3", options=EpisodeOptions(num_shots=2),
+                    source_options={"min_score_ratio": 1.0})
         with pytest.raises(ValueError, match="already registered"):
             register_source(SourceSpec("toy_qa", "other/name", {}, 1, qa_rows))
     finally:

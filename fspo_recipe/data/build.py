@@ -5,7 +5,6 @@ Pure Python, deterministic: the same rows, options and seed give the same episod
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from bisect import bisect_right
@@ -14,13 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fspo_recipe.data.episodes import PromptParts, Shot, render_from_bodies, shot_body
-from fspo_recipe.data.sources import PreferenceRow, ReadReport
+from fspo_recipe.data.sources.base import SOURCE_SPLITS, PreferenceRow, ReadReport
 
 Rationale = Literal["none", "generated", "teacher_forced"]
 SplitMode = Literal["source", "heldout_users", "interpolated"]
 
 SPLITS = ("train", "valid", "test")
-_SOURCE_SPLITS = {"train": "train", "validation": "valid", "valid": "valid", "test": "test"}
 
 
 @dataclass(frozen=True)
@@ -91,7 +89,7 @@ def assign_splits(
 
     if mode == "source":
         for name, rows in by_source_split.items():
-            out[_SOURCE_SPLITS.get(name.lower(), "train")].extend(rows)
+            out[SOURCE_SPLITS.get(name.lower(), "train")].extend(rows)
     else:
         pooled = [row for rows in by_source_split.values() for row in rows]
         users = sorted({row.user for row in pooled})
@@ -143,30 +141,6 @@ def assign_splits(
     return out
 
 
-def hold_out_prompts(by_source_split: Mapping[str, Sequence[PreferenceRow]], fraction: float, seed: int
-                     ) -> dict[str, list[PreferenceRow]]:
-    """For a source published without a test split: move ``fraction`` of the prompts (chosen by a seeded hash of the
-    prompt, so every pair of a prompt goes to the same side and the choice does not depend on row order) from the
-    train split to ``test``. A source that has a test split, or ``fraction`` 0, is returned as it is."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"--test-fraction must be in [0, 1), got {fraction:g}.")
-    splits = {name: list(rows) for name, rows in by_source_split.items()}
-    if fraction == 0.0 or any(_SOURCE_SPLITS.get(n.lower()) == "test" for n in splits):
-        return splits
-    side: dict[str, bool] = {}
-    threshold = int(fraction * 2**64)
-    for name in [n for n in splits if _SOURCE_SPLITS.get(n.lower(), "train") == "train"]:
-        kept = []
-        for row in splits[name]:
-            held = side.get(row.question)
-            if held is None:
-                digest = hashlib.blake2b(f"{seed}:{row.question}".encode(), digest_size=8).digest()
-                held = side[row.question] = int.from_bytes(digest, "big") < threshold
-            (splits.setdefault("test", []) if held else kept).append(row)
-        splits[name] = kept
-    return splits
-
-
 DUPLICATE_ROW = "duplicate of an earlier row (same user, question and both responses)"
 
 
@@ -187,22 +161,6 @@ def drop_duplicate_rows(by_source_split: Mapping[str, Sequence[PreferenceRow]], 
                 seen.add(key)
                 kept.append(row)
     return out
-
-
-def limit_pairs_per_prompt(rows: Sequence[PreferenceRow], limit: int | None, report: ReadReport) -> list[PreferenceRow]:
-    """At most ``limit`` pairs of one prompt, the first ones in source order (SHP's authors advise at most 5 per
-    post so that posts with many comments do not dominate); the rest are skipped and counted."""
-    if limit is None:
-        return list(rows)
-    seen: dict[str, int] = {}
-    kept = []
-    for row in rows:
-        n = seen[row.question] = seen.get(row.question, 0) + 1
-        if n <= limit:
-            kept.append(row)
-        else:
-            report.skip(f"more than {limit} pairs of one prompt (--max-pairs-per-prompt)", row.row_id)
-    return kept
 
 
 def query_last(window: Sequence[int], rows: Sequence[PreferenceRow]) -> tuple[int, ...] | None:

@@ -20,13 +20,14 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fspo_recipe.data.build import (SPLITS, EpisodeOptions, SplitStats, assign_splits, build_split_episodes,
-                                   drop_duplicate_rows, hold_out_prompts, limit_pairs_per_prompt, plain_examples)
-from fspo_recipe.data.sources import SOURCES, ReadReport, SourceSchemaError, get_source, read_source
+                                   drop_duplicate_rows, plain_examples)
+from fspo_recipe.data.sources import SOURCES, ReadReport, SourceSchemaError, get_source, option_values, read_source
+from fspo_recipe.data.sources.base import at_least, fraction
 from fspo_recipe.files import Commit, atomic_directory, jsonl_line, recover_stale
 from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.progress import ProgressBar
@@ -122,15 +123,14 @@ def prepare(
     commit: Commit | None = None,
     keep_identical: bool = False,
     log: bool = True,
-    min_score_ratio: float = 2.0,
-    max_pairs_per_prompt: int | None = None,
-    test_fraction: float | None = None,
+    source_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Prepare one source; return the summary that is also written as ``summary.json``.
 
     ``progress`` shows a progress bar on a terminal, ``log`` one line per stage on stderr. An existing output is
     replaced only with ``overwrite`` and only if fspo-prepare wrote it (:func:`check_output`); ``commit`` says
-    whether the new data set is in place (for a caller interrupted by a signal).
+    whether the new data set is in place (for a caller interrupted by a signal). ``source_options``: values of the
+    source's own options (``spec.options``, by key; defaults for the others).
     """
     spec = get_source(source)
     name = name or source
@@ -141,6 +141,7 @@ def prepare(
     if spec.plain and (options.num_shots or options.rationale != "none" or split_mode != "source"):
         raise ValueError(f"{source} holds plain preference pairs without users: use --shots 0, no --rationale and "
                          "--split-mode source (its own train/test splits).")
+    values = option_values(spec, source_options)
     final = out_dir / name
     check_output(final, inputs, overwrite=overwrite)  # before anything is touched, the input included
     with OutputLock(final, "fspo-prepare", directory=False):
@@ -152,12 +153,9 @@ def prepare(
 
         _say(log, f"reading {source} from {', '.join(inputs)}")
         by_source_split = drop_duplicate_rows(read_source(spec, inputs, report, keep_identical=keep_identical,
-                                                          min_score_ratio=min_score_ratio), report)
-        if spec.plain:
-            by_source_split = hold_out_prompts(
-                {split: limit_pairs_per_prompt(rows, max_pairs_per_prompt, report)
-                 for split, rows in by_source_split.items()},
-                spec.test_fraction if test_fraction is None else test_fraction, options.seed)
+                                                          options=values), report)
+        if spec.after_reading is not None:
+            by_source_split = spec.after_reading(by_source_split, values, report, options.seed)
         _say(log, f"read {report.rows_read} rows in {time.perf_counter() - started:.1f} s"
              + "".join(f"; {line}" for line in report.lines()))
         splits = assign_splits(
@@ -187,9 +185,7 @@ def prepare(
             "rows_skipped": dict(report.skipped),
             "rows_flagged": dict(report.flagged),
             "keep_identical_pairs": keep_identical,
-            **({"min_score_ratio": min_score_ratio} if source == "shp" else {}),
-            **({"max_pairs_per_prompt": max_pairs_per_prompt,
-                "test_fraction": spec.test_fraction if test_fraction is None else test_fraction} if spec.plain else {}),
+            **values,
             "splits": {},
             "written_by": MARKER,
         }
@@ -309,39 +305,6 @@ def _count_or_fraction(text: str) -> float:
     return value
 
 
-def _at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got '{text}'") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fspo-prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -364,16 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
         def per_user(*names: str, help: str, **kwargs: Any) -> None:
             p.add_argument(*names, help=argparse.SUPPRESS if spec.plain else help, **kwargs)
 
-        per_user("--shots", type=_at_least(0), default=spec.default_shots,
+        per_user("--shots", type=at_least(0), default=spec.default_shots,
                  help=f"shots per episode (default: {spec.default_shots}, as in the paper)")
-        per_user("--passes", type=_at_least(1), default=None,
+        per_user("--passes", type=at_least(1), default=None,
                  help="reshuffling passes per user (default: 2*(shots+1))")
         p.add_argument("--seed", type=int, default=0, help="seed of shuffles and user splits (default: 0)")
         per_user("--split-mode", choices=["source", "heldout_users", "interpolated"], default="source",
                  help="source: the data set's own splits; heldout_users: whole users for valid/test; "
                  "interpolated (sources with attribute users, i.e. review): single-attribute users train, "
                  "combinations test")
-        p.add_argument("--valid-fraction", type=_fraction, default=0.0,
+        p.add_argument("--valid-fraction", type=fraction, default=0.0,
                        help="source/interpolated: fraction of each user's train rows for valid, in [0, 1) "
                        "(default: 0)")
         per_user("--test-users", type=_count_or_fraction, default=0.1,
@@ -391,17 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tokenizer", default=None,
                        help="fairseq2 tokenizer card for token percentiles in the summary (e.g. llama3_2_3b_instruct)")
         p.add_argument("--assets-dir", type=Path, default=None, help="extra fairseq2 card directory for --tokenizer")
-        if spec.plain:
-            p.add_argument("--max-pairs-per-prompt", type=_at_least(1), default=None,
-                           help="keep at most this many pairs of one prompt, the first in source order (default: all; "
-                           "SHP's authors advise 5)")
-            p.add_argument("--test-fraction", type=_fraction, default=spec.test_fraction,
-                           help="fraction of the prompts held out as the test split when the input has no test split "
-                           f"(default: {spec.test_fraction:g}{', as the DPO code' if spec.test_fraction else ''})")
-        if key == "shp":
-            p.add_argument("--min-score-ratio", type=_positive, default=2.0,
-                           help="skip pairs whose higher comment score is below this many times the lower (default: "
-                           "2, the DPO code's filter; 1 keeps every pair)")
+        for option in spec.options:  # the source's own options
+            p.add_argument(option.flag, type=option.parse, default=option.default, help=option.help, dest=option.key)
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.add_argument("--quiet", action="store_true", help="no per-stage lines on stderr (errors still print)")
     return parser
@@ -450,9 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             commit=commit,
             keep_identical=args.keep_identical_pairs,
             log=not args.quiet,
-            min_score_ratio=getattr(args, "min_score_ratio", 2.0),
-            max_pairs_per_prompt=getattr(args, "max_pairs_per_prompt", None),
-            test_fraction=getattr(args, "test_fraction", None),
+            source_options={o.key: getattr(args, o.key) for o in get_source(args.source).options},
         )
     except Interrupted as ex:
         if commit.done:
