@@ -17,11 +17,12 @@ from fairseq2.recipes.lm import POFinetuneUnitHandler
 from fspo_recipe.assets import add_card_directory
 from fspo_recipe.criteria import CriterionError
 from fspo_recipe.data.jsonl import PreferenceDataError
-from fspo_recipe.eval.recipe import (PREFERENCE_EVAL, EvalError, PreferenceEvalConfig, load_preference_evaluator,
-                                     register_eval_presets)
+from fspo_recipe.eval.config import PREFERENCE_EVAL, EvalError, PreferenceEvalConfig, register_eval_presets
+from fspo_recipe.eval.recipe import load_preference_evaluator
 from fspo_recipe.fairseq2_compat import FspoRecipeCommandHandler, has_command, replace_recipe_command
 from fspo_recipe.models.hf import HF_TOKENIZER_FAMILY, HfTokenizerHandler
 from fspo_recipe.models.qwen3 import register_qwen3
+from fspo_recipe.runs import RunDirError
 from fspo_recipe.train.checkpoints import CheckpointCheckError
 from fspo_recipe.train.metrics import UNIT_METRICS
 from fspo_recipe.train.optim import RMSPROP_OPTIMIZER, RMSpropHandler
@@ -81,7 +82,7 @@ def setup_fspo_cli(context: RuntimeContext, cli: object) -> None:
     ``fairseq2 lm preference_finetune`` (fairseq2's own for other criteria; see :mod:`fspo_recipe.recipe`)."""
     # Print these as one-line errors (no traceback): they say what to change. fairseq2 matches the exact type.
     for kls in (EvalError, CriterionError, PreferenceDataError, EmptyPassError, TrainingDivergedError, FspoLoadError,
-                CheckpointCheckError):
+                CheckpointCheckError, RunDirError):
         cli.register_user_error_type(kls)  # type: ignore[attr-defined]
 
     # FSPO runs only: other criteria keep fairseq2's behaviour (no lock, no checks of ours).

@@ -225,7 +225,7 @@ def test_clear_errors(eval_assets, tmp_path) -> None:
 
 
 def test_end_of_turn_stops_as_end_of_sequence() -> None:
-    from fspo_recipe.eval.recipe import EndOfTurnAsEos
+    from fspo_recipe.eval.generation import EndOfTurnAsEos
 
     probs = torch.tensor([[0.2, 0.3, 0.25, 0.25]])  # eos 0, end of turn 2
     sampled = probs.clone()

@@ -12,13 +12,12 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, final
 
 import numpy as np
 import torch
-import yaml
 
 from fairseq2.context import RuntimeContext
 from fairseq2.data.text.tokenizers import get_text_tokenizer_hub
@@ -26,283 +25,22 @@ from fairseq2.gang import fake_gangs
 from fairseq2.logging import log
 from fairseq2.models.decoder import DecoderModel
 from fairseq2.recipes.common import load_reference_model, register_extra_asset_paths
-from fairseq2.recipes.config import CommonSection
 from fairseq2.recipes.utils.progress import ProgressReporter
-from fairseq2.typing import DataType
 from fairseq2.utils.structured import structure
-from fairseq2.utils.validation import ValidationError, ValidationResult, validate
+from fairseq2.utils.validation import validate
 
-from fspo_recipe.assets import add_card_directory
-from fspo_recipe.criteria import CriterionChoice, PreferenceCriterion
+from fspo_recipe.criteria import CriterionConfig, PreferenceCriterion
 from fspo_recipe.data.episodes import prompt_parts, split_completion
-from fspo_recipe.data.jsonl import default_id, read_preference_jsonl
-from fspo_recipe.files import atomic_file, numbered
+from fspo_recipe.eval.config import EvalError, PreferenceEvalConfig
+from fspo_recipe.eval.data import EvalData, dataset_file, read_examples, stored_reference
+from fspo_recipe.eval.generation import EndOfTurnAsEos, generation_prompts, read_baseline, spread_over_users
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
 from fspo_recipe.fairseq2_compat import eos_allowed_when_it_is_pad
+from fspo_recipe.files import atomic_file
 from fspo_recipe.models.llama import packed_model_families
-from fspo_recipe.scoring.pairs import EncodedPair, PairEncoder, PairScores, default_device, encode_pairs, score_pairs
-from fspo_recipe.train.checkpoints import check_model_file
-from fspo_recipe.train.presets import PAPER_LOSS_PARAMS
+from fspo_recipe.runs import register_run_cards
+from fspo_recipe.scoring.pairs import PairEncoder, PairScores, default_device, encode_pairs, score_pairs
 from fspo_recipe.train.unit import check_same_vocabulary
-
-PREFERENCE_EVAL: Final = "preference_eval"
-
-
-class EvalError(ValueError):
-    """The evaluation cannot run as configured; the message says what to change."""
-
-
-@dataclass(kw_only=True)
-class EvalModelSection:
-    name: str | None = None
-    """Asset card name of the model (e.g. ``llama3_2_3b_instruct``, ``checkpoint_step_200@``)."""
-
-    run_dir: Path | None = None
-    """Or: the OUTPUT_DIR of a ``fairseq2 lm preference_finetune`` run; its last ``step_N`` checkpoint is used."""
-
-    def is_set(self) -> bool:
-        return self.name is not None or self.run_dir is not None
-
-
-@dataclass(kw_only=True)
-class GenerationSection:
-    enabled: bool = False
-    """Generate responses for the held-out queries into ``generations.jsonl`` (for a pairwise judge)."""
-
-    max_examples: int | None = 100
-    """Queries to generate for, taken in turn from each user (every user is judged); ``None`` for all."""
-
-    max_new_tokens: int = 256
-    """Longest response, in tokens."""
-
-    temperature: float = 0.7
-    """Sampling temperature."""
-
-    top_p: float = 0.9
-    """Nucleus sampling mass."""
-
-    greedy: bool = False
-    """The most likely token at every step instead of sampling (deterministic)."""
-
-    baseline_file: Path | None = None
-    """JSONL with ``id`` and ``response`` of a baseline model; its response is written beside ours."""
-
-    seed: int = 0
-    """Seed of the sampler."""
-
-    model: str = "policy"
-    """Which model answers: ``policy``, or ``reference`` (e.g. the SFT model, as the baseline of a win rate)."""
-
-    shots: int | None = None
-    """Render the prompts with their first k shots (0: the no-shots baseline); ``None``: the data's prompts."""
-
-    system: str | None = None
-    """The name in each record's ``system`` field (``fspo-judge`` names systems by it); default e.g. ``policy``,
-    ``reference_0shots``."""
-
-    def system_name(self) -> str:
-        return self.system or (self.model + ("" if self.shots is None else f"_{self.shots}shots"))
-
-
-@dataclass(kw_only=True)
-class PreferenceEvalConfig:
-    model: EvalModelSection = field(default_factory=EvalModelSection)
-    """The policy to evaluate."""
-
-    reference: EvalModelSection = field(default_factory=EvalModelSection)
-    """The reference model; unset: ``reference_score_*`` of the data (required when the criterion needs one)."""
-
-    all_checkpoints: bool = False
-    """With ``model.run_dir``: evaluate every ``step_N`` checkpoint (accuracy versus step); the last gets the rest."""
-
-    dataset: str = "fspo_sample"
-    """A prepared split: an asset card name (``elix_test``) or a JSONL file."""
-
-    max_examples: int | None = None
-    """Evaluate only the first examples of the split."""
-
-    criterion: CriterionChoice = field(default_factory=CriterionChoice)
-    """The criterion whose loss and implicit rewards are reported (``loss``, ``loss_params``), as in training."""
-
-    batch_size: int = 8
-    """Pairs per forward pass."""
-
-    shared_prefix: bool = True
-    """Score each pair as one sequence [prompt, chosen, rejected] (the prompt once; the same log-probs)."""
-
-    chat_template: bool = False
-    """Wrap the prompt as the user turn and each response as the assistant turn of the model's chat template (as
-    training's ``dataset.extras.chat_template``); the model's tokenizer must be a Hugging Face one."""
-
-    chat_template_kwargs: dict[str, object] = field(default_factory=dict)
-    """Variables for the chat template (e.g. ``enable_thinking: false`` for Qwen3)."""
-
-    dtype: DataType = torch.float32
-    """Data type of the models."""
-
-    device: str | None = None
-    """``cpu``, ``cuda``, ...; default: ``FAIRSEQ2_DEVICE``, else CUDA when present, else CPU."""
-
-    shots: list[int] | None = None
-    """Shot counts of the ablation (prompts re-rendered with the first k shots); ``None``: 0..N; ``[]``: none."""
-
-    bootstrap_samples: int = 1000
-    """Resamples for the 95% intervals."""
-
-    seed: int = 0
-    """Seed of the bootstrap."""
-
-    generation: GenerationSection = field(default_factory=GenerationSection)
-    """Personalized generation for judging."""
-
-    common: CommonSection = field(default_factory=CommonSection)
-    """fairseq2's common section (``common.assets.extra_path`` adds cards, e.g. of tiny models or prepared data)."""
-
-    def validate(self) -> None:
-        result = ValidationResult()
-        if self.model.name is not None and self.model.run_dir is not None:
-            result.add_error("Set one of `model.name` and `model.run_dir`, not both.")
-        if not self.model.is_set():
-            result.add_error("Set `model.name` (an asset card) or `model.run_dir` (a training output directory).")
-        if self.reference.name is not None and self.reference.run_dir is not None:
-            result.add_error("Set one of `reference.name` and `reference.run_dir`, not both.")
-        if self.all_checkpoints and self.model.run_dir is None:
-            result.add_error("`all_checkpoints` needs `model.run_dir`.")
-        if self.batch_size < 1:
-            result.add_error(f"`batch_size` must be >= 1, but is {self.batch_size}.")
-        gen = self.generation
-        if gen.model not in ("policy", "reference"):
-            result.add_error(f"`generation.model` must be `policy` or `reference`, but is {gen.model!r}.")
-        if gen.enabled and gen.model == "reference" and not self.reference.is_set():
-            result.add_error("`generation.model=reference` needs `reference.name` or `reference.run_dir`.")
-        if gen.shots is not None and gen.shots < 0:
-            result.add_error(f"`generation.shots` must be >= 0, but is {gen.shots}.")
-        if gen.max_new_tokens < 1:
-            result.add_error(f"`generation.max_new_tokens` must be >= 1, but is {gen.max_new_tokens}.")
-        if result.has_error:
-            raise ValidationError("The preference_eval configuration has one or more errors:", result)
-
-
-def register_eval_presets(context: RuntimeContext) -> None:
-    """``fspo_eval``: the paper's IPO criterion (beta 0.01) and every built-in's hyper-parameters."""
-    registry = context.get_config_registry(PreferenceEvalConfig)
-    if not registry.has("fspo_eval"):
-
-        def fspo_eval() -> PreferenceEvalConfig:
-            config = PreferenceEvalConfig()
-            config.criterion.loss_params = {k: dict(v) for k, v in PAPER_LOSS_PARAMS.items()}
-            return config
-
-        registry.register("fspo_eval", fspo_eval)
-
-
-# ---- models and data --------------------------------------------------------------------------------------
-
-
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    """The ``step_N`` numbers under ``run_dir/checkpoints`` that hold a model, ascending."""
-    base = run_dir / "checkpoints"
-    if not base.is_dir():
-        raise EvalError(f"{base} does not exist: is {run_dir} the OUTPUT_DIR of a training run (with --no-sweep-dir)?")
-    steps = [step for step, path in numbered(base) if (path / "model.pt").is_file()]
-    if not steps:
-        raise EvalError(f"No checkpoint with a model.pt under {base} (sharded checkpoints are not supported).")
-    return steps
-
-
-def register_run_cards(context: RuntimeContext, run_dir: Path, alias: str, card_dir: Path) -> dict[int, str]:
-    """Write a card per checkpoint of ``run_dir`` (named ``<alias>_step_<N>``) and register them; step -> name.
-
-    Cards of two runs live side by side (fairseq2's own ``last_checkpoint@`` names one run only).
-    """
-    steps = checkpoint_steps(run_dir)
-    meta_file = run_dir / "checkpoints" / "model.yaml"
-    try:
-        docs = list(yaml.safe_load_all(meta_file.read_text(encoding="utf-8")))
-    except (OSError, yaml.YAMLError) as ex:
-        raise EvalError(f"{meta_file} cannot be read as the run's model card ({ex}).") from ex
-    base = next((d for d in docs if isinstance(d, dict) and d.get("name") in ("checkpoint", "checkpoint@")), None)
-    if base is None:
-        raise EvalError(f"{meta_file} has no 'checkpoint' card.")
-    base = {k: v for k, v in base.items() if k != "name"}
-    card_dir.mkdir(parents=True, exist_ok=True)
-    names: dict[int, str] = {}
-    cards = []
-    for step in steps:
-        names[step] = f"{alias}_step_{step}"
-        model = (run_dir / "checkpoints" / f"step_{step}" / "model.pt").resolve()
-        check_model_file(model)  # one line for a damaged or unsafe file, before fairseq2's traceback
-        cards.append({"name": names[step], **base, "checkpoint": str(model)})
-    (card_dir / f"{alias}.yaml").write_text(yaml.safe_dump_all(cards, sort_keys=False), encoding="utf-8")
-    add_card_directory(context, card_dir)
-    return names
-
-
-def dataset_file(context: RuntimeContext, dataset: str) -> Path:
-    """The JSONL of ``dataset``: a path, or the ``data`` of an asset card (a file, or a directory with one JSONL)."""
-    path = Path(dataset)
-    if not path.exists():
-        try:
-            card = context.asset_store.retrieve_card(dataset)
-        except Exception as ex:  # noqa: BLE001 (fairseq2's lookup errors vary; the user needs the name)
-            raise EvalError(f"'{dataset}' is neither a file nor a known dataset card ({ex}).") from ex
-        uri = card.field("data").as_uri()
-        path = Path(uri.removeprefix("file://"))
-    if path.is_dir():
-        files = sorted(path.glob("*.jsonl"))
-        if len(files) != 1:
-            raise EvalError(f"{path} holds {len(files)} JSONL files; name one file as `dataset`.")
-        path = files[0]
-    if not path.is_file():
-        raise EvalError(f"Dataset file {path} does not exist.")
-    return path
-
-
-def read_examples(path: Path, limit: int | None) -> list[dict[str, Any]]:
-    """The examples of a prepared split, with ``id`` and ``user`` defaults; a malformed line is named by file and
-    line (:class:`PreferenceDataError`)."""
-    examples = []
-    for lineno, ex in read_preference_jsonl(path):
-        if limit is not None and len(examples) >= limit:
-            break
-        examples.append({"id": default_id(path, lineno), "user": "(no user)", **ex})
-    if not examples:
-        raise EvalError(f"{path} has no examples.")
-    return examples
-
-
-def stored_reference(examples: Sequence[Mapping[str, Any]]) -> PairScores | None:
-    """Reference log-probs stored in the examples, or ``None`` when no example has them (all or none)."""
-    have = [e.get("reference_score_chosen") is not None and e.get("reference_score_rejected") is not None for e in examples]
-    if not any(have):
-        return None
-    if not all(have):
-        missing = [e["id"] for e, h in zip(examples, have) if not h][:5]
-        raise EvalError(f"Some examples lack reference scores (e.g. ids {missing}); score the whole split.")
-    c = np.array([float(e["reference_score_chosen"]) for e in examples])
-    r = np.array([float(e["reference_score_rejected"]) for e in examples])
-    return PairScores(c, r, np.zeros_like(c), np.zeros_like(r))
-
-
-# ---- the recipe -------------------------------------------------------------------------------------------
-
-
-@final
-@dataclass
-class EvalData:
-    """The examples of the evaluated split, encoded once for every model."""
-
-    path: Path
-    examples: list[dict[str, Any]]
-    users: list[str]
-    stored_reference: PairScores | None
-    """Reference log-probs stored in the data (``reference_score_*``), if any."""
-
-    pairs: list[EncodedPair] = field(default_factory=list)
-    """Every example's prompt and responses as token ids."""
-
-    ablation: dict[int, list[EncodedPair]] = field(default_factory=dict)
-    """The same pairs with their prompts re-rendered with k shots, per k of the shots ablation."""
 
 
 @final
@@ -564,89 +302,11 @@ class PreferenceEvaluator:
         plot_all(result, self._out)
 
 
-class EndOfTurnAsEos:
-    """A generation step processor: the chat template's end-of-turn token ends the answer as end-of-sequence does.
-
-    Sampling: its probability moves to EOS (the probability of stopping is the sum of both). Greedy: EOS takes the
-    larger of the two, so the answer stops exactly when the most likely token is either (as transformers' greedy
-    search with both as ``eos_token_id``).
-    """
-
-    def __init__(self, stop: Sequence[int], eos: int, *, greedy: bool = False) -> None:
-        self._stop = [i for i in stop if i != eos]
-        self._eos = eos
-        self._greedy = greedy
-
-    def __call__(self, seqs: torch.Tensor, probs: torch.Tensor, lprob: bool = False) -> None:
-        if lprob:
-            raise EvalError("EndOfTurnAsEos works on probabilities, not log-probabilities.")
-        for i in self._stop:
-            if self._greedy:
-                probs[:, self._eos] = torch.maximum(probs[:, self._eos], probs[:, i])
-            else:
-                probs[:, self._eos] += probs[:, i]
-            probs[:, i] = 0.0
-
-
-def read_baseline(path: Path) -> dict[str, str]:
-    """``generation.baseline_file``: id -> response."""
-    baseline: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rec = json.loads(line)
-                baseline[str(rec["id"])] = str(rec["response"])
-            except (json.JSONDecodeError, KeyError, TypeError) as ex:
-                raise EvalError(f"{path}, line {lineno}: need JSON with 'id' and 'response' ({ex}).") from ex
-    return baseline
-
-
-def spread_over_users(examples: Sequence[Mapping[str, Any]], limit: int | None) -> list[Mapping[str, Any]]:
-    """At most ``limit`` examples, taken in turn from each user (first user's first, second user's first, ...), in
-    the split's order; all with ``None``."""
-    if limit is None or limit >= len(examples):
-        return list(examples)
-    by_user: dict[str, list[Mapping[str, Any]]] = {}
-    for e in examples:
-        by_user.setdefault(str(e["user"]), []).append(e)
-    picked: list[Mapping[str, Any]] = []
-    for rank in range(max(map(len, by_user.values()))):
-        picked += [rows[rank] for rows in by_user.values() if rank < len(rows)]
-        if len(picked) >= limit:
-            break
-    return picked[:limit]
-
-
-def generation_prompts(examples: Sequence[Mapping[str, Any]], shots: int | None
-                       ) -> tuple[list[str], list[str], list[int | None]]:
-    """The prompts to answer (with their first ``shots`` shots, or as in the data), their questions and shot counts.
-
-    A prompt outside the FSPO template keeps its ``src`` and its ``question`` field (else the prompt) as question;
-    it cannot be re-rendered with fewer shots.
-    """
-    prompts, questions, counts = [], [], []
-    for e in examples:
-        try:
-            parts = prompt_parts(dict(e))
-        except ValueError as ex:
-            if shots is not None:
-                raise EvalError(f"`generation.shots` needs prompts in the FSPO template; example {e['id']!r}: {ex}") from None
-            prompts.append(str(e["src"]))
-            questions.append(str(e.get("question") or e["src"]))
-            counts.append(None)
-            continue
-        k = len(parts.shots) if shots is None else min(shots, len(parts.shots))
-        prompts.append(parts.render(k))
-        questions.append(parts.question)
-        counts.append(k)
-    return prompts, questions, counts
-
-
 class _PolicyOnly(PreferenceCriterion):
     """Stands in for a reference-needing criterion when no reference exists: policy-only rewards, no loss."""
 
     def __init__(self) -> None:
-        pass
+        super().__init__(CriterionConfig())
 
     def loss(self, logps: Any) -> torch.Tensor:
         return torch.full_like(logps.policy_chosen, float("nan"))

@@ -30,7 +30,6 @@ import torch
 
 from fspo_recipe.assets import add_card_directory
 from fspo_recipe.files import atomic_file
-from fspo_recipe.eval.recipe import register_run_cards
 from fspo_recipe.gpo.embed import POOLINGS, EmbeddingCache, EmbeddingError, embed_all, embed_batch, point_text
 from fspo_recipe.gpo.meta import Embeddings, TrainSettings, evaluate_opinions, evaluate_pairs, load_trained, train
 from fspo_recipe.gpo.module import GpoConfig
@@ -38,8 +37,8 @@ from fspo_recipe.gpo.tasks import (GpoDataError, TaskSet, groups_of, opinion_tas
                                    split_groups, write_json)
 from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.progress import ProgressBar
+from fspo_recipe.runs import RunDirError, register_run_cards, run_asset_path
 from fspo_recipe.scoring.pairs import default_device, encode_pairs, score_pairs
-from fspo_recipe.scoring.reference import run_asset_path
 from fspo_recipe.train.checkpoints import CheckpointCheckError
 
 
@@ -279,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with OutputLock(args.out, f"fspo-gpo {args.command}"):
             return int(args.func(args))
-    except (GpoDataError, EmbeddingError, OSError, OutputInUseError, CheckpointCheckError) as ex:
+    except (GpoDataError, EmbeddingError, OSError, OutputInUseError, CheckpointCheckError, RunDirError) as ex:
         print(f"fspo-gpo {args.command}: {ex}", file=sys.stderr)
         return 2
 

@@ -33,7 +33,7 @@ import torch
 from fspo_recipe.assets import add_card_directory, describe_load_error, load_error_types
 from fspo_recipe.data.jsonl import read_preference_jsonl
 from fspo_recipe.files import atomic_file, complete_lines
-from fspo_recipe.eval.recipe import register_run_cards
+from fspo_recipe.runs import register_run_cards, run_asset_path
 from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.models.llama import packed_model_families
 from fspo_recipe.progress import ProgressBar
@@ -129,19 +129,6 @@ def check_resumed_lines(partial: Path, examples: list[dict[str, object]], done: 
 
 
 SCORE_KEYS = ("reference_score_chosen", "reference_score_rejected")
-
-
-def run_asset_path(run_dir: Path) -> Path | None:
-    """The ``common.assets.extra_path`` a training run was started with (from its ``config.yaml``), if any."""
-    import yaml
-
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-    assets = (config or {}).get("common", {}).get("assets", {}) if isinstance(config, dict) else {}
-    value = (assets.get("_set_") or assets).get("extra_path") if isinstance(assets, dict) else None
-    return Path(value) if value else None
 
 
 def score_reference(

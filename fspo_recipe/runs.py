@@ -1,0 +1,68 @@
+"""A training run's output directory as something to load from: its checkpoints as model cards (beside other runs'),
+and the card directory it was trained with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from fairseq2.context import RuntimeContext
+
+from fspo_recipe.assets import add_card_directory
+from fspo_recipe.files import numbered
+from fspo_recipe.train.checkpoints import check_model_file
+
+
+class RunDirError(ValueError):
+    """A directory is not the output of a training run, or its checkpoints cannot be used; the message says why."""
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The ``step_N`` numbers under ``run_dir/checkpoints`` that hold a model, ascending."""
+    base = run_dir / "checkpoints"
+    if not base.is_dir():
+        raise RunDirError(f"{base} does not exist: is {run_dir} the OUTPUT_DIR of a training run (with --no-sweep-dir)?")
+    steps = [step for step, path in numbered(base) if (path / "model.pt").is_file()]
+    if not steps:
+        raise RunDirError(f"No checkpoint with a model.pt under {base} (sharded checkpoints are not supported).")
+    return steps
+
+
+def register_run_cards(context: RuntimeContext, run_dir: Path, alias: str, card_dir: Path) -> dict[int, str]:
+    """Write a card per checkpoint of ``run_dir`` (named ``<alias>_step_<N>``) and register them; step -> name.
+
+    Cards of two runs live side by side (fairseq2's own ``last_checkpoint@`` names one run only).
+    """
+    steps = checkpoint_steps(run_dir)
+    meta_file = run_dir / "checkpoints" / "model.yaml"
+    try:
+        docs = list(yaml.safe_load_all(meta_file.read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError) as ex:
+        raise RunDirError(f"{meta_file} cannot be read as the run's model card ({ex}).") from ex
+    base = next((d for d in docs if isinstance(d, dict) and d.get("name") in ("checkpoint", "checkpoint@")), None)
+    if base is None:
+        raise RunDirError(f"{meta_file} has no 'checkpoint' card.")
+    base = {k: v for k, v in base.items() if k != "name"}
+    card_dir.mkdir(parents=True, exist_ok=True)
+    names: dict[int, str] = {}
+    cards = []
+    for step in steps:
+        names[step] = f"{alias}_step_{step}"
+        model = (run_dir / "checkpoints" / f"step_{step}" / "model.pt").resolve()
+        check_model_file(model)  # one line for a damaged or unsafe file, before fairseq2's traceback
+        cards.append({"name": names[step], **base, "checkpoint": str(model)})
+    (card_dir / f"{alias}.yaml").write_text(yaml.safe_dump_all(cards, sort_keys=False), encoding="utf-8")
+    add_card_directory(context, card_dir)
+    return names
+
+
+def run_asset_path(run_dir: Path) -> Path | None:
+    """The ``common.assets.extra_path`` a training run was started with (from its ``config.yaml``), if any."""
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    assets = (config or {}).get("common", {}).get("assets", {}) if isinstance(config, dict) else {}
+    value = (assets.get("_set_") or assets).get("extra_path") if isinstance(assets, dict) else None
+    return Path(value) if value else None
