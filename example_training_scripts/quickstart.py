@@ -3,7 +3,7 @@
     python example_training_scripts/quickstart.py [--out quickstart_out] [--seed 0]
     bash example_training_scripts/quickstart.sh [OUT_DIR]          (the same, setting up .venv first)
 
-It runs the synthetic-users study's plan DEMO (example_training_scripts/synthetic_study.py):
+It runs the synthetic-users study's plan DEMO (fspo_recipe/study/plan.py):
 
   1. ``fspo-synthetic-users``: 24 training users and 8 held-out users, each preferring one pole of one visible
      property of answers (upper or lower case; one or two sentences); both poles of every property are preferred by
@@ -24,13 +24,13 @@ import argparse
 import dataclasses
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fspo_recipe.study.plan import DEMO, MODEL, START
+from fspo_recipe.study.run import Stages, bin_path, clock, evaluate, make_sources, sh, train
 
-from synthetic_study import DEMO, MODEL, START, ROOT, Stages, bin_path, clock, evaluate, make_sources, sh, train  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,14 +172,12 @@ def test_the_rejected_response_is_written_for_a_user_with_its_poles() -> None:
 
 
 def load_study_script():
-    import importlib.util
+    """The study's parts, as one namespace (plans, runner, report)."""
+    from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("synthetic_study", REPO / "example_training_scripts" /
-                                                  "synthetic_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["synthetic_study"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+    from fspo_recipe.study import plan, report, run
+
+    return SimpleNamespace(**{**vars(plan), **vars(report), **vars(run)})
 
 
 def test_multi_seed_summary_gives_mean_spread_and_an_interval_over_seeds_and_pairs(tmp_path) -> None:
