@@ -333,20 +333,29 @@ def repair_ddp_buffers(model: Module) -> None:
         reset_non_persistent_buffers(model.module)
 
 
-@contextmanager
-def eos_allowed_when_it_is_pad(model: Any) -> Iterator[None]:
+def generation_view(model: Any) -> Any:
     """Defect: fairseq2 0.4.6's sampling generator sets the probability of ``vocab_info.pad_idx`` to zero at every
     step, so a model whose tokenizer pads with its end-of-sequence token (Qwen3 base: both ``<|endoftext|>``) can
-    never end an answer. While ``preference_eval`` generates, the model's ``vocab_info`` has no pad index when it is
-    the EOS index (the generator pads nothing with it: prompts are padded through a padding mask)."""
+    never end an answer. The generator is given this view of ``model``: the same modules, with no pad index when it
+    is the EOS index (the generator pads nothing with it: prompts are padded through a padding mask). Any other
+    model is returned as it is; the model itself is never changed."""
     import dataclasses
+
+    from fairseq2.models.decoder import DecoderModel
 
     info = model.vocab_info
     if info.pad_idx is None or info.pad_idx != info.eos_idx:
-        yield
-        return
-    model.vocab_info = dataclasses.replace(info, pad_idx=None)
-    try:
-        yield
-    finally:
-        model.vocab_info = info
+        return model
+
+    class GenerationView(DecoderModel):
+        def __init__(self) -> None:
+            super().__init__(model.model_dim, model.max_seq_len, dataclasses.replace(info, pad_idx=None))
+            self.inner = model
+
+        def decode(self, seqs: Any, padding_mask: Any, *, state_bag: Any = None) -> Any:
+            return self.inner.decode(seqs, padding_mask, state_bag=state_bag)
+
+        def project(self, decoder_output: Any, decoder_padding_mask: Any) -> Any:
+            return self.inner.project(decoder_output, decoder_padding_mask)
+
+    return GenerationView().train(model.training)

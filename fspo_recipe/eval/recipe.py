@@ -35,7 +35,7 @@ from fspo_recipe.eval.config import EvalError, PreferenceEvalConfig
 from fspo_recipe.eval.data import EvalData, dataset_file, read_examples, stored_reference
 from fspo_recipe.eval.generation import EndOfTurnAsEos, generation_prompts, read_baseline, spread_over_users
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
-from fspo_recipe.fairseq2_compat import eos_allowed_when_it_is_pad
+from fspo_recipe.fairseq2_compat import generation_view
 from fspo_recipe.files import atomic_file
 from fspo_recipe.models.llama import packed_model_families
 from fspo_recipe.runs import register_run_cards
@@ -249,7 +249,7 @@ class PreferenceEvaluator:
             raise EvalError("the model has no end-of-sequence token; it cannot generate.")
         torch.manual_seed(gen.seed)
         sampler = TopKSampler(k=1) if gen.greedy else TopPSampler(p=gen.top_p)
-        generator = SamplingSequenceGenerator(model, sampler, max_gen_len=gen.max_new_tokens,
+        generator = SamplingSequenceGenerator(generation_view(model), sampler, max_gen_len=gen.max_new_tokens,
                                               temperature=1.0 if gen.greedy else gen.temperature,
                                               step_processors=[EndOfTurnAsEos(stop, eos, greedy=gen.greedy)] if stop else None)
         decoder = tokenizer.create_decoder()
@@ -260,8 +260,7 @@ class PreferenceEvaluator:
                 for start in range(0, len(chosen), self._config.batch_size):
                     batch = range(start, min(start + self._config.batch_size, len(chosen)))
                     seqs, padding = pad_seqs([encoder.prompt(prompts[i]).to(self._device) for i in batch])
-                    with eos_allowed_when_it_is_pad(model):
-                        output = generator(seqs, padding)
+                    output = generator(seqs, padding)
                     for i, hypotheses in zip(batch, output.hypotheses):
                         # fairseq2 lets a batch's shorter prompts run to the longest prompt + max_gen_len: cut to
                         # max_new_tokens, the documented limit of every answer.

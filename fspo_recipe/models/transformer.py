@@ -101,7 +101,14 @@ class PackedMultiheadAttention(StandardMultiheadAttention):
         return self.output_proj(attn)  # type: ignore[no-any-return]
 
     _compiled_qkv: Any = None
-    """:meth:`packed_qkv` compiled (:func:`compile_layer_blocks`), or None."""
+    """:meth:`packed_qkv` compiled (:meth:`compile_qkv`), or None."""
+
+    def compile_qkv(self, *, backend: str = "inductor", dynamic: bool | None = None) -> bool:
+        """Compile :meth:`packed_qkv` with ``torch.compile`` (once); return whether it was compiled now."""
+        if self._compiled_qkv is not None:
+            return False
+        self._compiled_qkv = torch.compile(self.packed_qkv, backend=backend, dynamic=dynamic)
+        return True
 
     def packed_qkv(self, seqs: Tensor, rotary: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
         """Projections, per-head steps and rotary encoding of the packed path: q [B, H, L, E], k and v
@@ -153,8 +160,7 @@ def compile_layer_blocks(model: torch.nn.Module, *, backend: str = "inductor", d
         if isinstance(module, (LayerNorm, FeedForwardNetwork)) and id(module) not in inside_qkv:
             module.compile(backend=backend, dynamic=dynamic)
             count += 1
-        elif isinstance(module, PackedMultiheadAttention) and module._compiled_qkv is None:
-            module._compiled_qkv = torch.compile(module.packed_qkv, backend=backend, dynamic=dynamic)
+        elif isinstance(module, PackedMultiheadAttention) and module.compile_qkv(backend=backend, dynamic=dynamic):
             count += 1
     return count
 
