@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fspo_recipe.cli import run_command
 from fspo_recipe.train.metrics import UNIT_METRICS
 
 SHOWN = [m.display_name for m in UNIT_METRICS] + ["Gradient Norm", "Learning Rate", "Total Number of Examples"]
@@ -45,13 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fspo-metrics", description=__doc__)
     parser.add_argument("run_dir", type=Path, help="the OUTPUT_DIR given to `fairseq2 lm preference_finetune`")
     args = parser.parse_args(argv)
-    try:
-        row = last_metrics(args.run_dir)
-    except (OSError, ValueError) as ex:
-        print(f"fspo-metrics: {ex}", file=sys.stderr)
-        return 1
-    print(format_metrics(row))
-    return 0
+    def body() -> int:
+        print(format_metrics(last_metrics(args.run_dir)))
+        return 0
+
+    return run_command("fspo-metrics", body, {(OSError, ValueError): 1})
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from fspo_recipe.assets import add_card_directory
+from fspo_recipe.cli import run_command
 from fspo_recipe.files import atomic_file
 from fspo_recipe.gpo.embed import POOLINGS, EmbeddingCache, EmbeddingError, embed_all, embed_batch, point_text
 from fspo_recipe.gpo.meta import Embeddings, TrainSettings, evaluate_opinions, evaluate_pairs, load_trained, train
@@ -275,12 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("max_context", "context"):
         if getattr(args, name, 0) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
-    try:
+    def body() -> int:
         with OutputLock(args.out, f"fspo-gpo {args.command}"):
             return int(args.func(args))
-    except (GpoDataError, EmbeddingError, OSError, OutputInUseError, CheckpointCheckError, RunDirError) as ex:
-        print(f"fspo-gpo {args.command}: {ex}", file=sys.stderr)
-        return 2
+
+    return run_command(f"fspo-gpo {args.command}", body, {(GpoDataError, EmbeddingError, OSError, OutputInUseError,
+                                                            CheckpointCheckError, RunDirError): 2})
 
 
 if __name__ == "__main__":

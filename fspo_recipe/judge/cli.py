@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fspo_recipe.cli import run_command
 from fspo_recipe.files import atomic_file
 from fspo_recipe.judge.chat import (DEFAULT_TEMPLATE, ChatJudge, ChatSettings, JudgeCache, JudgeServerError,
                                     api_key_from_env, read_template)
@@ -168,19 +169,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     check_args(p, args)
-    try:
+
+    def body() -> int:
         with OutputLock(args.out, "fspo-judge"):
             result = run(args)
-    except (JudgeInputError, JudgeServerError, OutputInUseError) as ex:
-        print(f"fspo-judge: {ex}", file=sys.stderr)
-        return 2 if isinstance(ex, JudgeInputError) else 1
+        if all(r["overall"]["judged"] == 0 for r in result["systems"].values()):
+            print("fspo-judge: every judgment failed (see judgments.jsonl 'errors').", file=sys.stderr)
+            return 1
+        return 0
+
+    try:
+        return run_command("fspo-judge", body, {JudgeInputError: 2, (JudgeServerError, OutputInUseError): 1})
     except KeyboardInterrupt:
         print("fspo-judge: interrupted; answered requests are in the cache, run again to go on.", file=sys.stderr)
         return 130
-    if all(r["overall"]["judged"] == 0 for r in result["systems"].values()):
-        print("fspo-judge: every judgment failed (see judgments.jsonl 'errors').", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -32,6 +31,7 @@ from fairseq2.gang import Gangs
 from fairseq2.models import ModelHandler
 from fairseq2.typing import DataType, Device
 
+from fspo_recipe.cli import run_command
 from fspo_recipe.files import atomic_file
 
 HF_TOKENIZER_FAMILY: Final = "hf_tokenizer"
@@ -606,13 +606,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="the asset name to give the model (model.name=NAME)")
     parser.add_argument("--out", type=Path, required=True, help="the card directory to write NAME.yaml into")
     args = parser.parse_args(argv)
-    try:
+    def body() -> int:
         path = write_hf_card(args.hf_dir, args.name, args.out)
-    except (HfImportError, OSError) as ex:
-        print(f"fspo-hf-card: {ex}", file=sys.stderr)
-        return 1
-    print(f"wrote {path}: use --config common.assets.extra_path={args.out} model.name={args.name}")
-    return 0
+        print(f"wrote {path}: use --config common.assets.extra_path={args.out} model.name={args.name}")
+        return 0
+
+    return run_command("fspo-hf-card", body, {(HfImportError, OSError): 1})
 
 
 if __name__ == "__main__":

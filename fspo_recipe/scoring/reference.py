@@ -31,12 +31,13 @@ from pathlib import Path
 import torch
 
 from fspo_recipe.assets import add_card_directory, describe_load_error, load_error_types
+from fspo_recipe.cli import run_command
 from fspo_recipe.data.jsonl import read_preference_jsonl
 from fspo_recipe.files import atomic_file, complete_lines
-from fspo_recipe.runs import register_run_cards, run_asset_path
 from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.models.llama import packed_model_families
 from fspo_recipe.progress import ProgressBar
+from fspo_recipe.runs import register_run_cards, run_asset_path
 from fspo_recipe.scoring.pairs import PairEncoder, default_device, encode_pairs, score_pairs
 
 IDENTITY_LINES = 64  # input lines hashed into the partial file's identity
@@ -271,21 +272,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help='variables of the chat template, e.g. \'{"enable_thinking": false}\'')
     args = parser.parse_args(argv)
 
-    try:
+    def body() -> int:
         n = score_reference(args.model or "", args.input, args.output, batch_size=args.batch_size,
                             dtype=getattr(torch, args.dtype), device=args.device, assets_dir=args.assets_dir,
                             run_dir=args.run_dir, progress=not args.no_progress, chat_template=args.chat_template,
                             chat_template_kwargs=args.chat_template_kwargs, overwrite=args.overwrite)
-    except (ValueError, OSError, OutputInUseError) as ex:
-        print(f"fspo-score-reference: {ex}", file=sys.stderr)
-        return 1
-    except load_error_types() as ex:
+        print(f"wrote {n} scored examples to {args.output}")
+        return 0
+
+    def describe(ex: BaseException) -> str:
+        if not isinstance(ex, load_error_types()):
+            return str(ex)
+        text = describe_load_error(ex)
         hint = (" The model's or tokenizer's card is not known: pass --assets-dir with the directory of its card."
-                if "not a known" in describe_load_error(ex) or "cannot be found" in describe_load_error(ex) else "")
-        print(f"fspo-score-reference: {describe_load_error(ex)}.{hint}", file=sys.stderr)
-        return 1
-    print(f"wrote {n} scored examples to {args.output}")
-    return 0
+                if "not a known" in text or "cannot be found" in text else "")
+        return f"{text}.{hint}"
+
+    return run_command("fspo-score-reference", body, {(ValueError, OSError, OutputInUseError): 1,
+                                                      load_error_types(): 1}, describe)
 
 
 if __name__ == "__main__":
