@@ -10,6 +10,7 @@ from fspo_recipe.criteria._base import (
     CriterionError as CriterionError,
     PairLogps as PairLogps,
     PreferenceCriterion as PreferenceCriterion,
+    check_same_vocabulary as check_same_vocabulary,
     criterion_names as criterion_names,
     get_criterion as get_criterion,
     get_criterion_entry as get_criterion_entry,

@@ -228,3 +228,18 @@ class CriterionChoice:
         """Build the selected criterion with its entry of ``loss_params``."""
         name = resolve_criterion_name(self.loss)
         return get_criterion(name, **self.loss_params.get(self.loss, self.loss_params.get(name, {})))
+
+
+def check_same_vocabulary(policy_vocab: object, reference_vocab: object, policy_name: str,
+                          reference_name: str) -> None:
+    """Raise :class:`CriterionError` when the policy's and the reference's vocabularies (VocabularyInfo) differ.
+
+    The implicit reward subtracts the two models' log-probs of the same token ids, which only means something
+    when both models use one tokenizer.
+    """
+    if policy_vocab is not None and reference_vocab is not None and policy_vocab != reference_vocab:
+        raise CriterionError(
+            f"The reference model '{reference_name}' has a different vocabulary from the policy '{policy_name}': "
+            f"{reference_vocab} vs {policy_vocab}. The reference must use the policy's tokenizer (normally it is "
+            "the SFT model the policy starts from)."
+        )

@@ -29,7 +29,7 @@ from fairseq2.recipes.utils.progress import ProgressReporter
 from fairseq2.utils.structured import structure
 from fairseq2.utils.validation import validate
 
-from fspo_recipe.criteria import CriterionConfig, PreferenceCriterion
+from fspo_recipe.criteria import CriterionConfig, PreferenceCriterion, check_same_vocabulary
 from fspo_recipe.data.episodes import prompt_parts, split_completion
 from fspo_recipe.eval.config import EvalError, PreferenceEvalConfig
 from fspo_recipe.eval.data import EvalData, dataset_file, read_examples, stored_reference
@@ -40,7 +40,6 @@ from fspo_recipe.files import atomic_file
 from fspo_recipe.models.llama import packed_model_families
 from fspo_recipe.runs import register_run_cards
 from fspo_recipe.scoring.pairs import PairEncoder, PairScores, default_device, encode_pairs, score_pairs
-from fspo_recipe.train.unit import check_same_vocabulary
 
 
 @final

@@ -31,7 +31,8 @@ from fairseq2.typing import DataType
 from fairseq2.utils.structured import structure
 from fairseq2.utils.validation import validate
 
-from fspo_recipe.criteria import CriterionChoice, CriterionError, PairLogps, PreferenceCriterion, chosen_nll
+from fspo_recipe.criteria import (CriterionChoice, CriterionError, PairLogps, PreferenceCriterion, check_same_vocabulary,
+                                  chosen_nll)
 from fspo_recipe.fairseq2_compat import repair_ddp_buffers
 from fspo_recipe.models.packing import PairLogpsRequest
 from fspo_recipe.models.transformer import compile_layer_blocks
@@ -256,21 +257,6 @@ def check_finite_loss(loss: Tensor, step_nr: int, ids: Sequence[object] | None) 
         f"(ids: {which}). Training stopped before this step changed the model; the checkpoints of earlier steps are "
         "intact and the same command resumes from the last one. Lower the learning rate, or check these examples."
     )
-
-
-def check_same_vocabulary(policy_vocab: object, reference_vocab: object, policy_name: str,
-                          reference_name: str) -> None:
-    """Raise :class:`CriterionError` when the policy's and the reference's vocabularies (VocabularyInfo) differ.
-
-    The implicit reward subtracts the two models' log-probs of the same token ids, which only means something
-    when both models use one tokenizer.
-    """
-    if policy_vocab is not None and reference_vocab is not None and policy_vocab != reference_vocab:
-        raise CriterionError(
-            f"The reference model '{reference_name}' has a different vocabulary from the policy '{policy_name}': "
-            f"{reference_vocab} vs {policy_vocab}. The reference must use the policy's tokenizer (normally it is "
-            "the SFT model the policy starts from)."
-        )
 
 
 class FspoFinetuneUnitHandler(POFinetuneUnitHandler):
