@@ -20,7 +20,7 @@ from fspo_recipe.data.jsonl import PreferenceDataError
 from fspo_recipe.eval.config import PREFERENCE_EVAL, EvalError, PreferenceEvalConfig, register_eval_presets
 from fspo_recipe.eval.recipe import load_preference_evaluator
 from fspo_recipe.fairseq2_compat import FspoRecipeCommandHandler, has_command, replace_recipe_command
-from fspo_recipe.models.hf import HF_TOKENIZER_FAMILY, HfTokenizerHandler
+from fspo_recipe.models.hf_tokenizer import HF_TOKENIZER_FAMILY, HfTokenizerHandler
 from fspo_recipe.models.qwen3 import register_qwen3
 from fspo_recipe.runs import RunDirError
 from fspo_recipe.train.checkpoints import CheckpointCheckError

@@ -107,7 +107,7 @@ def test_the_packed_path_equals_transformers_log_probs(hf_dirs, cards) -> None:
 def test_tokens_and_chat_template_equal_transformers(name, hf_dirs) -> None:
     from transformers import AutoTokenizer
 
-    from fspo_recipe.models.hf import HfTokenizer
+    from fspo_recipe.models.hf_tokenizer import HfTokenizer
     from fspo_recipe.scoring.pairs import PairEncoder
 
     ours, theirs = HfTokenizer(hf_dirs[name]), AutoTokenizer.from_pretrained(hf_dirs[name])
@@ -134,7 +134,7 @@ def test_a_plain_dialogue_renders_as_its_turns_with_the_chat_template(name, hf_d
     """A multi-turn HH prompt (plain sources) becomes the conversation's messages, as transformers renders them."""
     from transformers import AutoTokenizer
 
-    from fspo_recipe.models.hf import HfTokenizer
+    from fspo_recipe.models.hf_tokenizer import HfTokenizer
     from fspo_recipe.scoring.pairs import PairEncoder
 
     ours, theirs = HfTokenizer(hf_dirs[name]), AutoTokenizer.from_pretrained(hf_dirs[name])
@@ -168,7 +168,7 @@ def test_qwen3_architectures_have_the_published_sizes() -> None:
 
 def test_hub_names_resolve_through_the_hugging_face_cache(hf_dirs, tmp_path, monkeypatch) -> None:
     """`hf://ORG/NAME` is fetched by huggingface_hub; offline, from a cache laid out as the hub writes it."""
-    from fspo_recipe.models.hf import hub_snapshot
+    from fspo_recipe.models.hub import hub_snapshot
 
     cache = tmp_path / "hub"
     commit = "0" * 40

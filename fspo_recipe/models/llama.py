@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
+from torch import Tensor
 from torch.nn import Module
 
 from fairseq2.context import RuntimeContext
@@ -31,7 +32,7 @@ from fairseq2.nn.transformer import (
 from fairseq2.utils.file import StandardTensorLoader
 
 from fspo_recipe.fairseq2_compat import replaced_model_handlers
-from fspo_recipe.models.hf import HubModelHandler, tie_llama_checkpoint
+from fspo_recipe.models.hub import HubModelHandler
 from fspo_recipe.models.transformer import FspoDecoderModel, FspoTransformerDecoder, PackedMultiheadAttention
 
 # fairseq2 0.4.6's default architectures of the two families (setup/_models.py), for cards without `model_arch`.
@@ -85,6 +86,16 @@ class FspoLLaMAFactory(_PackedFactory, LLaMAFactory):
 
 class FspoMistralFactory(_PackedFactory, MistralFactory):
     """fairseq2's mistral factory building :class:`FspoDecoderModel` (rows beyond the window are not packed)."""
+
+
+def tie_llama_checkpoint(checkpoint: dict[str, object]) -> dict[str, object]:
+    """A Hugging Face llama checkpoint with tied embeddings (Llama 3.2 1B/3B) has no ``lm_head.weight``; fairseq2
+    0.4.6's llama has a separate output projection, which starts as a copy of the embedding (and is trained as its
+    own matrix from then on). Other checkpoints are returned as they are."""
+    if "model.embed_tokens.weight" in checkpoint and "lm_head.weight" not in checkpoint:
+        embed = checkpoint["model.embed_tokens.weight"]
+        checkpoint = {**checkpoint, "lm_head.weight": embed.clone() if isinstance(embed, Tensor) else embed}
+    return checkpoint
 
 
 class FspoLLaMAModelHandler(LLaMAModelHandler):

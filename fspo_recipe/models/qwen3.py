@@ -37,7 +37,7 @@ from fairseq2.nn.transformer import (
 from fairseq2.typing import DataType
 from fairseq2.utils.file import StandardTensorLoader
 
-from fspo_recipe.models.hf import HubModelHandler
+from fspo_recipe.models.hub import HubModelHandler
 from fspo_recipe.models.transformer import FspoDecoderModel, FspoTransformerDecoder, PackedMultiheadAttention
 
 QWEN3_FAMILY: Final = "qwen3"

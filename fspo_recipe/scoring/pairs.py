@@ -51,7 +51,7 @@ class PairEncoder:
     with the tokenizer's beginning-of-sequence token), each response in ``target_mode`` (``prompt_response``: with
     its end-of-sequence token). With ``chat_template`` (instruct models): the FSPO prompt is the user turn (a plain
     source's dialogue in the HH format, its turns: :func:`fspo_recipe.data.sources.dialogue_messages`) and each
-    response the assistant turn of the tokenizer's chat template (:class:`fspo_recipe.models.hf.ChatTemplate`),
+    response the assistant turn of the tokenizer's chat template (:class:`fspo_recipe.models.hf_tokenizer.ChatTemplate`),
     the response ending with the template's end-of-turn token; ``chat_kwargs`` go to the template (e.g.
     ``enable_thinking: false`` for Qwen3).
     """
