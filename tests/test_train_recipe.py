@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, cli_env
+from test_cli import CPU_TINY, FAIRSEQ2, run, tiny_assets  # noqa: F401  (tiny_assets is a fixture)
 
 SAMPLES = REPO / "datasets" / "samples"
 
@@ -17,29 +18,18 @@ SAMPLES = REPO / "datasets" / "samples"
 # ---- fspo-score-reference -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_cards(tmp_path_factory) -> Path:
-    from fspo_recipe.models.tiny import write_tiny_assets
-
-    out = tmp_path_factory.mktemp("tiny13")
-    write_tiny_assets(out, seed=0)
-    return out
-
-
 @pytest.mark.slow
-def test_score_reference_checks_its_output_first_and_finds_a_runs_cards(tiny_cards, tmp_path, capsys) -> None:
+def test_score_reference_checks_its_output_first_and_finds_a_runs_cards(tiny_assets, tmp_path, capsys) -> None:
     from fspo_recipe.scoring.reference import main as score_main
 
     sample = SAMPLES / "fspo_sample" / "train.jsonl"
-    assert score_main(["--model", "fspo_tiny_llama", "--assets-dir", str(tiny_cards), "--input", str(sample),
+    assert score_main(["--model", "fspo_tiny_llama", "--assets-dir", str(tiny_assets), "--input", str(sample),
                        "--output", str(tmp_path), "--no-progress"]) == 1
     assert "is a directory" in capsys.readouterr().err
 
     # A run trained with its cards in common.assets.extra_path: --run-dir alone finds the tokenizer's card.
-    from test_cli import CPU_TINY, run
-
     sft = tmp_path / "sft"
-    run(sft, "fspo_sft", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama", *CPU_TINY,
+    run(sft, "fspo_sft", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama", *CPU_TINY,
         "regime.num_steps=1", "regime.checkpoint_every_n_steps=1")
     out = tmp_path / "scored.jsonl"
 
@@ -62,25 +52,23 @@ def test_score_reference_checks_its_output_first_and_finds_a_runs_cards(tiny_car
 
 
 def train(out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    from test_cli import FAIRSEQ2
-
     cmd = [FAIRSEQ2, "lm", "preference_finetune", str(out), "--preset", "fspo_sft", "--no-sweep-dir", "--config",
            "trainer.dtype=float32", "dataset.batch_size=2", "regime.num_steps=2", *overrides]
     return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(COLUMNS="400"), cwd=REPO, timeout=300)
 
 
 @pytest.mark.slow
-def test_an_empty_data_set_and_a_max_len_that_drops_all_fail(tiny_cards, tmp_path) -> None:
+def test_an_empty_data_set_and_a_max_len_that_drops_all_fail(tiny_assets, tmp_path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "train.jsonl").write_text("")
-    proc = train(tmp_path / "a", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
+    proc = train(tmp_path / "a", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama",
                  f"dataset.path={empty}")
     assert proc.returncode == 1
     assert "gave no batch: 0 example(s) read" in proc.stderr and "Training complete" not in proc.stderr
     assert "Traceback" not in proc.stderr
 
-    proc = train(tmp_path / "b", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
+    proc = train(tmp_path / "b", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama",
                  "dataset.max_seq_len=10")
     assert proc.returncode == 1
     assert "48 too long for dataset.max_seq_len=10" in proc.stderr
@@ -89,8 +77,8 @@ def test_an_empty_data_set_and_a_max_len_that_drops_all_fail(tiny_cards, tmp_pat
 
 
 @pytest.mark.slow
-def test_the_end_of_every_pass_logs_its_counts(tiny_cards, tmp_path) -> None:
-    proc = train(tmp_path / "run", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
+def test_the_end_of_every_pass_logs_its_counts(tiny_assets, tmp_path) -> None:
+    proc = train(tmp_path / "run", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama",
                  "dataset.max_seq_len=700", "dataset.batch_size=16", "regime.num_steps=8", "regime.num_data_epochs=null")
     assert proc.returncode == 0, proc.stderr[-3000:]
     passes = [line for line in (tmp_path / "run" / "logs" / "rank_0.log").read_text().splitlines()
@@ -106,19 +94,19 @@ def test_the_end_of_every_pass_logs_its_counts(tiny_cards, tmp_path) -> None:
     ("dataset.batch_sise=2", "--config: 'dataset.batch_sise' is not a key of the fspo_sft configuration; did you mean "
                              "'dataset.batch_size'?"),
 ])
-def test_configuration_errors_are_one_line_before_any_work(tiny_cards, tmp_path, override, message) -> None:
-    proc = train(tmp_path / "run", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama", override)
+def test_configuration_errors_are_one_line_before_any_work(tiny_assets, tmp_path, override, message) -> None:
+    proc = train(tmp_path / "run", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama", override)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr and "--config-file" not in proc.stderr
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
-def test_missing_data_file_and_file_as_output_dir_are_one_line(tiny_cards, tmp_path) -> None:
+def test_missing_data_file_and_file_as_output_dir_are_one_line(tiny_assets, tmp_path) -> None:
     import shutil
 
     cards = tmp_path / "cards"
-    shutil.copytree(tiny_cards, cards)
+    shutil.copytree(tiny_assets, cards)
     (cards / "ghost.yaml").write_text("name: ghost\ndataset_family: fspo_preference\ndata: missing.jsonl\n")
     proc = train(tmp_path / "a", f"common.assets.extra_path={cards}", "model.name=fspo_tiny_llama", "dataset.name=ghost")
     assert proc.returncode == 1
@@ -132,15 +120,15 @@ def test_missing_data_file_and_file_as_output_dir_are_one_line(tiny_cards, tmp_p
 
 
 @pytest.mark.slow
-def test_the_reference_hint_works_as_printed(tiny_cards, tmp_path) -> None:
+def test_the_reference_hint_works_as_printed(tiny_assets, tmp_path) -> None:
     from fspo_recipe.train.unit import REFERENCE_OVERRIDE
 
-    proc = train(tmp_path / "a", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
+    proc = train(tmp_path / "a", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama",
                  "criterion.config.loss=ipo", "criterion.config.reference_model=null")
     assert proc.returncode == 1
     assert REFERENCE_OVERRIDE in proc.stderr.replace("\n", " ") or "reference_model={name: MODEL}" in proc.stderr
     hint = REFERENCE_OVERRIDE.split(" ", 1)[1].strip("'").replace("MODEL", "fspo_tiny_llama")
-    proc = train(tmp_path / "b", f"common.assets.extra_path={tiny_cards}", "model.name=fspo_tiny_llama",
+    proc = train(tmp_path / "b", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama",
                  "criterion.config.loss=ipo", hint)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
