@@ -7,6 +7,7 @@ it. Nothing here changes fairseq2's behaviour at import or when the extension is
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from argparse import ArgumentParser, Namespace
 from collections.abc import Callable, Iterator, Mapping
@@ -21,6 +22,7 @@ from torch.nn import Module
 from fairseq2.cli import CliArgumentError
 from fairseq2.cli.commands.recipe import RecipeCommandHandler
 from fairseq2.context import RuntimeContext
+from fairseq2.models.decoder import DecoderModel
 
 from fspo_recipe.files import keep_lines
 from fspo_recipe.lock import OutputInUseError, OutputLock
@@ -336,26 +338,24 @@ def repair_ddp_buffers(model: Module) -> None:
 def generation_view(model: Any) -> Any:
     """Defect: fairseq2 0.4.6's sampling generator sets the probability of ``vocab_info.pad_idx`` to zero at every
     step, so a model whose tokenizer pads with its end-of-sequence token (Qwen3 base: both ``<|endoftext|>``) can
-    never end an answer. The generator is given this view of ``model``: the same modules, with no pad index when it
-    is the EOS index (the generator pads nothing with it: prompts are padded through a padding mask). Any other
-    model is returned as it is; the model itself is never changed."""
-    import dataclasses
-
-    from fairseq2.models.decoder import DecoderModel
-
+    never end an answer. The generator is given a :class:`_GenerationView` of ``model``: the same modules, with no
+    pad index when it is the EOS index (the generator pads nothing with it: prompts are padded through a padding
+    mask). Any other model is returned as it is; the model itself is never changed."""
     info = model.vocab_info
     if info.pad_idx is None or info.pad_idx != info.eos_idx:
         return model
+    return _GenerationView(model).train(model.training)
 
-    class GenerationView(DecoderModel):
-        def __init__(self) -> None:
-            super().__init__(model.model_dim, model.max_seq_len, dataclasses.replace(info, pad_idx=None))
-            self.inner = model
 
-        def decode(self, seqs: Any, padding_mask: Any, *, state_bag: Any = None) -> Any:
-            return self.inner.decode(seqs, padding_mask, state_bag=state_bag)
+class _GenerationView(DecoderModel):
+    """``model`` as the sampling generator sees it: its decode and project, without a pad index."""
 
-        def project(self, decoder_output: Any, decoder_padding_mask: Any) -> Any:
-            return self.inner.project(decoder_output, decoder_padding_mask)
+    def __init__(self, model: Any) -> None:
+        super().__init__(model.model_dim, model.max_seq_len, dataclasses.replace(model.vocab_info, pad_idx=None))
+        self.inner = model
 
-    return GenerationView().train(model.training)
+    def decode(self, seqs: Any, padding_mask: Any, *, state_bag: Any = None) -> Any:
+        return self.inner.decode(seqs, padding_mask, state_bag=state_bag)
+
+    def project(self, decoder_output: Any, decoder_padding_mask: Any) -> Any:
+        return self.inner.project(decoder_output, decoder_padding_mask)
