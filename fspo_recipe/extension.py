@@ -21,7 +21,7 @@ from fspo_recipe.eval.config import PREFERENCE_EVAL, EvalError, PreferenceEvalCo
 from fspo_recipe.eval.recipe import load_preference_evaluator
 from fspo_recipe.fairseq2_compat import FspoRecipeCommandHandler, has_command, replace_recipe_command
 from fspo_recipe.models.hf_tokenizer import HF_TOKENIZER_FAMILY, HfTokenizerHandler
-from fspo_recipe.models.qwen3 import register_qwen3
+from fspo_recipe.models.families import register_families
 from fspo_recipe.runs import RunDirError
 from fspo_recipe.train.checkpoints import CheckpointCheckError
 from fspo_recipe.train.metrics import UNIT_METRICS
@@ -66,7 +66,7 @@ def setup_fspo(context: RuntimeContext) -> None:
 
     from fairseq2.data.text.tokenizers import TextTokenizerHandler
 
-    register_qwen3(context)  # a new model family (qwen3); fairseq2's families are left as they are
+    register_families(context)  # the families new to fairseq2 (qwen3); fairseq2's are left as they are
     register_package_cards(context)  # qwen3_0.6b ... qwen3_8b (+ _base): Hugging Face hub models by name
     tokenizers = context.get_registry(TextTokenizerHandler)
     if not tokenizers.has(HF_TOKENIZER_FAMILY):

@@ -91,7 +91,7 @@ def test_fspo_commands_load_packed_models_and_others_fairseqs(tmp_path) -> None:
     from fairseq2.recipes.common import load_reference_model
 
     from fspo_recipe.assets import add_card_directory
-    from fspo_recipe.models.llama import packed_model_families
+    from fspo_recipe.models.families import packed_model_families
     from fspo_recipe.models.tiny import write_tiny_assets
     from fspo_recipe.models.transformer import FspoDecoderModel
 

@@ -46,7 +46,7 @@ def load_fairseq2(name: str, cards: Path):
     from fairseq2.recipes.common import load_reference_model
 
     from fspo_recipe.assets import add_card_directory
-    from fspo_recipe.models.llama import packed_model_families
+    from fspo_recipe.models.families import packed_model_families
 
     setup_fairseq2()
     context = get_runtime_context()
@@ -190,7 +190,7 @@ def test_hub_names_resolve_through_the_hugging_face_cache(hf_dirs, tmp_path, mon
 
 
 @pytest.mark.parametrize("case,expected", [
-    ("unsupported", "model_type 'mistral' is not supported; supported: qwen3, llama"),
+    ("unsupported", "model_type 'mistral' is not supported; supported: llama, qwen3"),
     ("bias", "'attention_bias' is True; this plugin represents only attention_bias = False exactly"),
     ("missing_shard", "names shard(s) that are not in"),
     ("pickle", "has no *.safetensors file (pytorch_model.bin are pickles"),

@@ -37,7 +37,7 @@ from fspo_recipe.eval.generation import EndOfTurnAsEos, generation_prompts, read
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
 from fspo_recipe.fairseq2_compat import generation_view
 from fspo_recipe.files import atomic_file
-from fspo_recipe.models.llama import packed_model_families
+from fspo_recipe.models.families import packed_model_families
 from fspo_recipe.runs import register_run_cards
 from fspo_recipe.scoring.pairs import PairEncoder, PairScores, default_device, encode_pairs, score_pairs
 

@@ -23,147 +23,9 @@ from typing import Any, Final
 
 from fspo_recipe.cli import run_command
 from fspo_recipe.files import atomic_file
+from fspo_recipe.models.families import hf_families
 from fspo_recipe.models.hf_tokenizer import HF_TOKENIZER_FAMILY, HfImportError, HfTokenizer, read_json
 
-SUPPORTED_FAMILIES: Final = ("llama", "qwen3")
-
-
-# ---- model configurations of Hugging Face directories -----------------------------------------------------------
-
-
-def _require(config: Mapping[str, Any], where: Path, key: str, kind: type | tuple[type, ...]) -> Any:
-    value = config.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise HfImportError(f"{where}: field '{key}' is missing or not a {getattr(kind, '__name__', kind)}.")
-    if kind is int and value < 1:
-        raise HfImportError(f"{where}: field '{key}' is {value}; expected a whole number >= 1.")
-    return value
-
-
-def _refuse(where: Path, key: str, value: object, expected: str) -> HfImportError:
-    return HfImportError(f"{where}: '{key}' is {value!r}; this plugin represents only {expected} exactly.")
-
-
-def rope_settings(config: Mapping[str, Any], where: Path, default_theta: float) -> tuple[float, dict[str, Any] | None]:
-    """(rotary base, scaling parameters or None) from either config.json style: ``rope_theta`` and ``rope_scaling``
-    (the published models), or ``rope_parameters`` (written by transformers 5)."""
-    params = config.get("rope_parameters")
-    if isinstance(params, dict):
-        theta = params.get("rope_theta", default_theta)
-        kind = params.get("rope_type", "default")
-        scaling = None if kind == "default" else {**params, "rope_type": kind}
-    else:
-        theta = config.get("rope_theta", default_theta)
-        scaling = config.get("rope_scaling")
-    if not isinstance(theta, (int, float)) or isinstance(theta, bool):
-        raise HfImportError(f"{where}: field 'rope_theta' is not a number.")
-    if scaling is not None and not isinstance(scaling, dict):
-        raise HfImportError(f"{where}: field 'rope_scaling' is not an object.")
-    return float(theta), scaling
-
-
-def _vocab_info(config: Mapping[str, Any], where: Path, tokenizer: HfTokenizer) -> dict[str, Any]:
-    size = _require(config, where, "vocab_size", int)
-    info = tokenizer.vocab_info
-    return {"size": size, "unk_idx": info.unk_idx, "bos_idx": info.bos_idx, "eos_idx": info.eos_idx,
-            "pad_idx": info.pad_idx}
-
-
-def qwen3_model_config(config: Mapping[str, Any], where: Path, tokenizer: HfTokenizer) -> dict[str, Any]:
-    """The ``Qwen3Config`` fields of a Qwen3 config.json; what the family cannot represent is refused."""
-    for key, allowed in (("attention_bias", (False, None)), ("use_sliding_window", (False, None)),
-                         ("hidden_act", ("silu",))):
-        if config.get(key) not in allowed:
-            raise _refuse(where, key, config.get(key), f"{key} = {allowed[0]!r}")
-    theta, scaling = rope_settings(config, where, 1_000_000.0)
-    if scaling is not None:
-        raise _refuse(where, "rope_scaling", scaling, "Qwen3 without rotary scaling")
-    heads, kv = _require(config, where, "num_attention_heads", int), _require(config, where, "num_key_value_heads", int)
-    head_dim = config.get("head_dim") or _require(config, where, "hidden_size", int) // heads
-    if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:
-        raise HfImportError(f"{where}: field 'head_dim' is {head_dim!r}; expected a whole number >= 1.")
-    if heads % kv:
-        raise HfImportError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}.")
-    return {
-        "model_dim": _require(config, where, "hidden_size", int),
-        "max_seq_len": _require(config, where, "max_position_embeddings", int),
-        "vocab_info": _vocab_info(config, where, tokenizer),
-        "num_layers": _require(config, where, "num_hidden_layers", int),
-        "num_attn_heads": heads,
-        "num_key_value_heads": kv,
-        "head_dim": head_dim,
-        "ffn_inner_dim": _require(config, where, "intermediate_size", int),
-        "rope_theta": theta,
-        "layer_norm_eps": float(_require(config, where, "rms_norm_eps", (int, float))),
-        "tied_embeddings": bool(config.get("tie_word_embeddings", False)),
-        "dropout_p": 0.0,
-    }
-
-
-def llama_model_config(config: Mapping[str, Any], where: Path, tokenizer: HfTokenizer) -> dict[str, Any]:
-    """The fairseq2 ``LLaMAConfig`` fields of a Llama config.json; what fairseq2's llama cannot represent is refused."""
-    hidden, heads = _require(config, where, "hidden_size", int), _require(config, where, "num_attention_heads", int)
-    kv = _require(config, where, "num_key_value_heads", int) if "num_key_value_heads" in config else heads
-    if hidden % heads or heads % kv:
-        raise HfImportError(f"{where}: hidden_size {hidden}, num_attention_heads {heads} and num_key_value_heads {kv} "
-                            "do not divide (hidden_size by heads, heads by key/value heads).")
-    for key, allowed in (("attention_bias", (False, None)), ("mlp_bias", (False, None)), ("hidden_act", ("silu",))):
-        if config.get(key) not in allowed:
-            raise _refuse(where, key, config.get(key), f"{key} = {allowed[0]!r}")
-    if config.get("head_dim") not in (None, hidden // heads):
-        raise _refuse(where, "head_dim", config.get("head_dim"), f"head_dim = hidden_size / num_attention_heads "
-                      f"({hidden // heads}) in fairseq2's llama")
-    if float(config.get("rms_norm_eps", 1e-5)) != 1e-5:
-        raise _refuse(where, "rms_norm_eps", config.get("rms_norm_eps"), "1e-05 (fairseq2's llama RMSNorm)")
-    out: dict[str, Any] = {
-        "model_dim": hidden,
-        "max_seq_len": _require(config, where, "max_position_embeddings", int),
-        "vocab_info": _vocab_info(config, where, tokenizer),
-        "num_layers": _require(config, where, "num_hidden_layers", int),
-        "num_attn_heads": heads,
-        "num_key_value_heads": kv,
-        "ffn_inner_dim": _require(config, where, "intermediate_size", int),
-        "ffn_inner_dim_scale": 1.0,
-        "ffn_inner_dim_multiplier": 1.0,
-        "ffn_inner_dim_to_multiple": 1,
-        "dropout_p": 0.0,
-    }
-    out["rope_theta"], scaling = rope_settings(config, where, 10_000.0)
-    if scaling is None:
-        out["use_scaled_rope"] = False
-    elif isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type")) == "llama3":
-        out["use_scaled_rope"] = True
-        out["rope_scaling"] = {"factor": float(scaling["factor"]),
-                               "frequency_factors": [float(scaling["low_freq_factor"]),
-                                                     float(scaling["high_freq_factor"])],
-                               "original_context_length": int(scaling["original_max_position_embeddings"])}
-    else:
-        raise _refuse(where, "rope_scaling", scaling, "no scaling or llama3 scaling")
-    return out
-
-
-def decoder_tensors(model_config: Mapping[str, Any], *, qk_norm: bool) -> dict[str, tuple[int, ...]]:
-    """The name and shape of every tensor of a Hugging Face llama-style decoder with ``model_config`` (fairseq2
-    field names), ``lm_head.weight`` included (tied models may leave it out)."""
-    dim, layers, ffn = model_config["model_dim"], model_config["num_layers"], model_config["ffn_inner_dim"]
-    heads, kv = model_config["num_attn_heads"], model_config["num_key_value_heads"]
-    head_dim = model_config.get("head_dim") or dim // heads
-    vocab = model_config["vocab_info"]["size"]
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, dim), "model.norm.weight": (dim,),
-                                          "lm_head.weight": (vocab, dim)}
-    for i in range(layers):
-        layer = {"self_attn.q_proj.weight": (heads * head_dim, dim), "self_attn.k_proj.weight": (kv * head_dim, dim),
-                 "self_attn.v_proj.weight": (kv * head_dim, dim), "self_attn.o_proj.weight": (dim, heads * head_dim),
-                 "mlp.gate_proj.weight": (ffn, dim), "mlp.up_proj.weight": (ffn, dim),
-                 "mlp.down_proj.weight": (dim, ffn),
-                 "input_layernorm.weight": (dim,), "post_attention_layernorm.weight": (dim,)}
-        if qk_norm:
-            layer.update({"self_attn.q_norm.weight": (head_dim,), "self_attn.k_norm.weight": (head_dim,)})
-        shapes.update({f"model.layers.{i}.{name}": shape for name, shape in layer.items()})
-    return shapes
-
-
-_FAMILIES = {"qwen3": (qwen3_model_config, "qwen3_4b", True), "llama": (llama_model_config, "llama3_2_1b", False)}
 
 _DTYPE_BYTES: Final = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                        "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -254,25 +116,27 @@ def hf_card(directory: Path, name: str) -> dict[str, Any]:
         raise HfImportError(f"{directory} is not a directory (expected a Hugging Face model directory).")
     where = directory / "config.json"
     config = read_json(where)
-    family = config.get("model_type")
-    if family not in _FAMILIES:
-        raise HfImportError(f"{where}: model_type {family!r} is not supported; supported: {', '.join(_FAMILIES)} "
-                            f"(architectures {config.get('architectures')}).")
+    families, model_type = hf_families(), config.get("model_type")
+    family = families.get(model_type) if isinstance(model_type, str) else None
+    if family is None:
+        raise HfImportError(f"{where}: model_type {model_type!r} is not supported; supported: "
+                            f"{', '.join(families)} (architectures {config.get('architectures')}).")
     files = check_weights(directory)
     if not (directory / "tokenizer_config.json").is_file():
         raise HfImportError(f"{directory / 'tokenizer_config.json'} does not exist: the special tokens and the chat "
                             "template of the model are unknown without it.")
     tokenizer = HfTokenizer(directory)
-    to_config, arch, qk_norm = _FAMILIES[family]
-    model_config = to_config(config, where, tokenizer)
-    check_tensors(directory, files, decoder_tensors(model_config, qk_norm=qk_norm),
+    assert family.hf_config is not None and family.hf_tensors is not None  # hf_families() has only such
+    model_config = family.hf_config(config, where, tokenizer)
+    check_tensors(directory, files, family.hf_tensors(model_config),
                   tied=bool(config.get("tie_word_embeddings", False)))
     top = max(tokenizer.tokenizer.get_vocab().values())
     if top >= model_config["vocab_info"]["size"]:
         raise HfImportError(f"{directory / 'tokenizer.json'}: token id {top} does not fit the embedding of "
                             f"{model_config['vocab_info']['size']} rows (config.json vocab_size): another model's "
                             "tokenizer?")
-    return {"name": name, "model_family": family, "model_arch": arch, "model_config": {"_set_": model_config},
+    return {"name": name, "model_family": family.name, "model_arch": family.hf_arch,
+            "model_config": {"_set_": model_config},
             "checkpoint": str(directory), "tokenizer": str(directory), "tokenizer_family": HF_TOKENIZER_FAMILY}
 
 

@@ -1,16 +1,18 @@
-"""fairseq2's llama and mistral families with the packed-pairs interface, for FSPO's commands.
+"""fairseq2's llama and mistral families with the packed-pairs interface, for FSPO's commands: their
+:class:`~fspo_recipe.models.family.ModelFamily` records :data:`LLAMA` and :data:`MISTRAL`.
 
 :class:`FspoLLaMAFactory` and :class:`FspoMistralFactory` build the same models as fairseq2's factories (same
 modules, parameters, state-dict keys and checkpoints) from :mod:`fspo_recipe.models.transformer`'s subclasses.
 Their handlers are fairseq2's with only ``_create_model`` overridden. They replace fairseq2's handlers of these two
-families only while an FSPO command or unit loads its models (:func:`packed_model_families`); other recipes in the
-same environment get fairseq2's models.
+families only while an FSPO command or unit loads its models
+(:func:`fspo_recipe.models.families.packed_model_families`); other recipes in the same environment get fairseq2's
+models. Llama also imports Hugging Face directories (:func:`llama_model_config`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 
 from torch import Tensor
@@ -31,7 +33,9 @@ from fairseq2.nn.transformer import (
 )
 from fairseq2.utils.file import StandardTensorLoader
 
-from fspo_recipe.fairseq2_compat import replaced_model_handlers
+from fspo_recipe.models.family import ModelFamily, TinyShape
+from fspo_recipe.models.hf_config import decoder_tensors, refuse, require, rope_settings, vocab_fields
+from fspo_recipe.models.hf_tokenizer import HfImportError, HfTokenizer
 from fspo_recipe.models.hub import HubModelHandler
 from fspo_recipe.models.transformer import FspoDecoderModel, FspoTransformerDecoder, PackedMultiheadAttention
 
@@ -116,20 +120,91 @@ class FspoMistralModelHandler(MistralModelHandler):
         return FspoMistralFactory(cast(MistralConfig, config)).create_model()
 
 
-def fspo_handlers(context: RuntimeContext) -> dict[str, object]:
-    """Our handlers of fairseq2's llama and mistral families, made from the context's public parts (hub repositories
-``hf://ORG/NAME`` accepted as checkpoints)."""
-    loader = StandardTensorLoader(context.file_system)
-    downloads = context.asset_download_manager
-    llama = FspoLLaMAModelHandler(context.get_config_registry(LLaMAConfig), LLAMA_DEFAULT_ARCH, downloads, loader)
-    mistral = FspoMistralModelHandler(context.get_config_registry(MistralConfig), MISTRAL_DEFAULT_ARCH, downloads,
-                                      loader)
-    return {"llama": HubModelHandler(llama), "mistral": HubModelHandler(mistral)}
+def llama_handler(context: RuntimeContext) -> object:
+    """Our llama handler, made from the context's public parts (hub repositories ``hf://ORG/NAME`` accepted as
+    checkpoints)."""
+    handler = FspoLLaMAModelHandler(context.get_config_registry(LLaMAConfig), LLAMA_DEFAULT_ARCH,
+                                    context.asset_download_manager, StandardTensorLoader(context.file_system))
+    return HubModelHandler(handler)
 
 
-@contextmanager
-def packed_model_families(context: RuntimeContext) -> Iterator[None]:
-    """Within the block, models of the llama and mistral families that fairseq2 loads or creates in ``context`` are
-    built by our factories; fairseq2's handlers are back afterwards."""
-    with replaced_model_handlers(context, fspo_handlers(context)):
-        yield
+def mistral_handler(context: RuntimeContext) -> object:
+    """Our mistral handler (see :func:`llama_handler`)."""
+    handler = FspoMistralModelHandler(context.get_config_registry(MistralConfig), MISTRAL_DEFAULT_ARCH,
+                                      context.asset_download_manager, StandardTensorLoader(context.file_system))
+    return HubModelHandler(handler)
+
+
+def llama_model_config(config: Mapping[str, Any], where: Path, tokenizer: HfTokenizer) -> dict[str, Any]:
+    """The fairseq2 ``LLaMAConfig`` fields of a Llama config.json; what fairseq2's llama cannot represent is refused."""
+    hidden, heads = require(config, where, "hidden_size", int), require(config, where, "num_attention_heads", int)
+    kv = require(config, where, "num_key_value_heads", int) if "num_key_value_heads" in config else heads
+    if hidden % heads or heads % kv:
+        raise HfImportError(f"{where}: hidden_size {hidden}, num_attention_heads {heads} and num_key_value_heads {kv} "
+                            "do not divide (hidden_size by heads, heads by key/value heads).")
+    for key, allowed in (("attention_bias", (False, None)), ("mlp_bias", (False, None)), ("hidden_act", ("silu",))):
+        if config.get(key) not in allowed:
+            raise refuse(where, key, config.get(key), f"{key} = {allowed[0]!r}")
+    if config.get("head_dim") not in (None, hidden // heads):
+        raise refuse(where, "head_dim", config.get("head_dim"), f"head_dim = hidden_size / num_attention_heads "
+                      f"({hidden // heads}) in fairseq2's llama")
+    if float(config.get("rms_norm_eps", 1e-5)) != 1e-5:
+        raise refuse(where, "rms_norm_eps", config.get("rms_norm_eps"), "1e-05 (fairseq2's llama RMSNorm)")
+    out: dict[str, Any] = {
+        "model_dim": hidden,
+        "max_seq_len": require(config, where, "max_position_embeddings", int),
+        "vocab_info": vocab_fields(config, where, tokenizer),
+        "num_layers": require(config, where, "num_hidden_layers", int),
+        "num_attn_heads": heads,
+        "num_key_value_heads": kv,
+        "ffn_inner_dim": require(config, where, "intermediate_size", int),
+        "ffn_inner_dim_scale": 1.0,
+        "ffn_inner_dim_multiplier": 1.0,
+        "ffn_inner_dim_to_multiple": 1,
+        "dropout_p": 0.0,
+    }
+    out["rope_theta"], scaling = rope_settings(config, where, 10_000.0)
+    if scaling is None:
+        out["use_scaled_rope"] = False
+    elif isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type")) == "llama3":
+        out["use_scaled_rope"] = True
+        out["rope_scaling"] = {"factor": float(scaling["factor"]),
+                               "frequency_factors": [float(scaling["low_freq_factor"]),
+                                                     float(scaling["high_freq_factor"])],
+                               "original_context_length": int(scaling["original_max_position_embeddings"])}
+    else:
+        raise refuse(where, "rope_scaling", scaling, "no scaling or llama3 scaling")
+    return out
+
+
+def _tiny_fields(shape: TinyShape, vocab_info: dict[str, Any]) -> dict[str, Any]:
+    if shape.model_dim % shape.num_attn_heads:
+        raise ValueError(f"the number of heads ({shape.num_attn_heads}) must divide the model width "
+                         f"({shape.model_dim}): a llama-style head is model_dim / num_heads wide")
+    return {"model_dim": shape.model_dim, "max_seq_len": shape.max_seq_len, "num_layers": shape.num_layers,
+            "num_attn_heads": shape.num_attn_heads, "num_key_value_heads": shape.num_key_value_heads,
+            "ffn_inner_dim": shape.ffn_inner_dim, "dropout_p": 0.0, "vocab_info": vocab_info}
+
+
+def llama_tiny_config(shape: TinyShape, vocab_info: dict[str, Any]) -> dict[str, Any]:
+    """The ``LLaMAConfig`` fields of a tiny llama (the feed-forward width exactly ``ffn_inner_dim``)."""
+    return {**_tiny_fields(shape, vocab_info), "ffn_inner_dim_scale": 1.0, "ffn_inner_dim_multiplier": 1.0,
+            "ffn_inner_dim_to_multiple": 1}
+
+
+def mistral_tiny_config(shape: TinyShape, vocab_info: dict[str, Any]) -> dict[str, Any]:
+    """The ``MistralConfig`` fields of a tiny mistral (its attention window the whole sequence)."""
+    return {**_tiny_fields(shape, vocab_info), "attn_window_len": shape.max_seq_len}
+
+
+LLAMA = ModelFamily(
+    name="llama", config_kls=LLaMAConfig, create_model=lambda config: FspoLLaMAFactory(config).create_model(),
+    tiny_arch="llama3_2_1b", tiny_config=llama_tiny_config,
+    hf_model_type="llama", hf_arch="llama3_2_1b", hf_config=llama_model_config,
+    hf_tensors=lambda config: decoder_tensors(config, qk_norm=False), packed_handler=llama_handler,
+)
+
+MISTRAL = ModelFamily(
+    name="mistral", config_kls=MistralConfig, create_model=lambda config: FspoMistralFactory(config).create_model(),
+    tiny_arch=MISTRAL_DEFAULT_ARCH, tiny_config=mistral_tiny_config, packed_handler=mistral_handler,
+)

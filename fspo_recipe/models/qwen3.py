@@ -2,7 +2,8 @@
 
 A pre-norm decoder like llama, with three differences that fairseq2's llama cannot express:
 
-- q and k are RMS-normalized per head (learned weights of size head_dim) before the rotary encoding (QK-norm);
+- q and k are RMS-normalized per head (learned weights of size head_dim) before the rotary encoding (QK-norm):
+  the q and k projections are :class:`HeadNormLinear`, so fairseq2's attention runs the norms in every path;
 - the head dimension is its own parameter (Qwen3-4B: model_dim 2560, 32 heads of 128);
 - the output projection shares the embedding's weights in the small models (``tied_embeddings``).
 
@@ -11,12 +12,17 @@ Rotary: theta 1e6 and no scaling. fairseq2 rotates channel pairs (2i, 2i+1); Hug
 head into fairseq2's layout (an RMS norm commutes with a permutation of its channels when its weight is permuted
 alike, and attention scores are invariant to a permutation applied to both q and k), so fairseq2's own
 RotaryEncoder serves both the ordinary path (generation included) and the packed one.
+
+Everything the rest of the plugin needs of the family is in its record :data:`QWEN3` (config.json translation, tiny
+shape, registration).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Final, cast
 
 from torch import Tensor
@@ -37,6 +43,9 @@ from fairseq2.nn.transformer import (
 from fairseq2.typing import DataType
 from fairseq2.utils.file import StandardTensorLoader
 
+from fspo_recipe.models.family import ModelFamily, TinyShape
+from fspo_recipe.models.hf_config import decoder_tensors, refuse, require, rope_settings, vocab_fields
+from fspo_recipe.models.hf_tokenizer import HfImportError, HfTokenizer
 from fspo_recipe.models.hub import HubModelHandler
 from fspo_recipe.models.transformer import FspoDecoderModel, FspoTransformerDecoder, PackedMultiheadAttention
 
@@ -102,37 +111,26 @@ def qwen3_architectures() -> dict[str, Qwen3Config]:
     }
 
 
-class Qwen3Attention(PackedMultiheadAttention):
-    """Multi-head attention with Qwen3's per-head q/k RMS norms before the rotary encoding, in the ordinary path
-    (training, scoring, incremental decoding) and the packed one."""
+class HeadNormLinear(Linear):
+    """A bias-free projection whose output is RMS-normalized head by head (Qwen3's QK-norm). As the q or k
+    projection of fairseq2's attention it runs before the rotary encoding in every path: training, scoring,
+    incremental decoding and the packed rows. Parameters: ``weight`` and ``norm.weight`` ([head_dim])."""
 
-    def __init__(self, *args: Any, pos_encoder: RotaryEncoder, head_dim: int, eps: float, **kwargs: Any) -> None:
-        # fairseq2 0.4.6 requires the position encoder's width to be model_dim / num_heads; Qwen3's head width is its
-        # own (4B: 2560 / 32 = 80, heads of 128), so the encoder is attached after fairseq2's constructor.
-        super().__init__(*args, pos_encoder=None, **kwargs)
-        if pos_encoder.encoding_dim != head_dim:
-            raise ValueError(f"The rotary encoder is {pos_encoder.encoding_dim} wide, the heads {head_dim}.")
-        self.pos_encoder = pos_encoder
-        self.q_norm = RMSNorm(head_dim, bias=False, eps=eps)
-        self.k_norm = RMSNorm(head_dim, bias=False, eps=eps)
+    def __init__(self, input_dim: int, output_dim: int, *, head_dim: int, eps: float) -> None:
+        super().__init__(input_dim, output_dim, bias=False)
+        self.head_dim = head_dim
+        self.norm = RMSNorm(head_dim, bias=False, eps=eps)
 
-    def prepare_qk(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        return self.q_norm(q), self.k_norm(k)
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(super().forward(x).unflatten(-1, (-1, self.head_dim))).flatten(-2)  # type: ignore[no-any-return]
 
-    # The ordinary path: fairseq2's projections with the norms inserted before the position encoder.
-    def _project_q(self, seqs: Tensor, padding_mask: Any, state_bag: Any = None) -> Tensor:
-        q = self.q_norm(self.q_proj(seqs).unflatten(-1, (self.num_heads, -1))).transpose(1, 2)
-        if self.pos_encoder is not None:
-            q = self.pos_encoder(q, padding_mask, state_bag=state_bag)
-        return q
 
-    def _project_kv(self, keys: Tensor, key_padding_mask: Any, values: Tensor, state_bag: Any = None
-                    ) -> tuple[Tensor, Tensor]:
-        k = self.k_norm(self.k_proj(keys).unflatten(-1, (self.num_key_value_heads, -1))).transpose(1, 2)
-        v = self.v_proj(values).unflatten(-1, (self.num_key_value_heads, -1)).transpose(1, 2)
-        if self.pos_encoder is not None:
-            k = self.pos_encoder(k, key_padding_mask, state_bag=state_bag)
-        return k, v
+def _renamed_qk_norms(module: Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Checkpoints written before the norms moved into the projections (2026-12) name them ``self_attn.q_norm`` and
+    ``self_attn.k_norm``; they load under the new names."""
+    for key in [k for k in state_dict if k.startswith(prefix) and k.endswith(("self_attn.q_norm.weight",
+                                                                                   "self_attn.k_norm.weight"))]:
+        state_dict[key.replace("_norm.weight", "_proj.norm.weight")] = state_dict.pop(key)
 
 
 class Qwen3Factory:
@@ -153,19 +151,21 @@ class Qwen3Factory:
             final_proj: Module = TiedProjection(embed.weight, bias=None)
         else:
             final_proj = Linear(c.model_dim, c.vocab_info.size, bias=False, init_fn=init_final_projection)
-        return FspoDecoderModel(frontend, decoder, final_proj, max_seq_len=c.max_seq_len,  # type: ignore[arg-type]
-                                vocab_info=c.vocab_info)
+        model = FspoDecoderModel(frontend, decoder, final_proj, max_seq_len=c.max_seq_len,  # type: ignore[arg-type]
+                                 vocab_info=c.vocab_info)
+        model.register_load_state_dict_pre_hook(_renamed_qk_norms)
+        return model
 
     def _layer(self, rotary: RotaryEncoder) -> StandardTransformerDecoderLayer:
         c = self._config
         inner = c.num_attn_heads * c.head_dim
         kv = c.num_key_value_heads * c.head_dim
-        attention = Qwen3Attention(
+        norm = {"head_dim": c.head_dim, "eps": c.layer_norm_eps}
+        attention = PackedMultiheadAttention(
             c.model_dim, c.num_attn_heads, num_key_value_heads=c.num_key_value_heads,
-            q_proj=Linear(c.model_dim, inner, bias=False), k_proj=Linear(c.model_dim, kv, bias=False),
+            q_proj=HeadNormLinear(c.model_dim, inner, **norm), k_proj=HeadNormLinear(c.model_dim, kv, **norm),
             v_proj=Linear(c.model_dim, kv, bias=False), output_proj=Linear(inner, c.model_dim, bias=False),
-            sdpa=create_default_sdpa(attn_dropout_p=c.dropout_p), pos_encoder=rotary, head_dim=c.head_dim,
-            eps=c.layer_norm_eps,
+            sdpa=create_default_sdpa(attn_dropout_p=c.dropout_p), pos_encoder=rotary,
         )
         ffn = GLUFeedForwardNetwork(c.model_dim, c.ffn_inner_dim, bias=False, inner_dim_scale=1.0,
                                     inner_dim_to_multiple=1, inner_dropout_p=c.dropout_p)
@@ -195,8 +195,8 @@ _QWEN3_LAYER_KEYS: Final = {
     "self_attn.k_proj.weight": "self_attn.k_proj.weight",
     "self_attn.v_proj.weight": "self_attn.v_proj.weight",
     "self_attn.o_proj.weight": "self_attn.output_proj.weight",
-    "self_attn.q_norm.weight": "self_attn.q_norm.weight",
-    "self_attn.k_norm.weight": "self_attn.k_norm.weight",
+    "self_attn.q_norm.weight": "self_attn.q_proj.norm.weight",
+    "self_attn.k_norm.weight": "self_attn.k_proj.norm.weight",
     "mlp.gate_proj.weight": "ffn.gate_proj.weight",
     "mlp.up_proj.weight": "ffn.inner_proj.weight",
     "mlp.down_proj.weight": "ffn.output_proj.weight",
@@ -279,3 +279,50 @@ def register_qwen3(context: RuntimeContext) -> None:
                               StandardTensorLoader(context.file_system))
         handlers.register(QWEN3_FAMILY, Qwen3ModelHandler(inner))
 
+
+
+def qwen3_model_config(config: Mapping[str, Any], where: Path, tokenizer: HfTokenizer) -> dict[str, Any]:
+    """The ``Qwen3Config`` fields of a Qwen3 config.json; what the family cannot represent is refused."""
+    for key, allowed in (("attention_bias", (False, None)), ("use_sliding_window", (False, None)),
+                         ("hidden_act", ("silu",))):
+        if config.get(key) not in allowed:
+            raise refuse(where, key, config.get(key), f"{key} = {allowed[0]!r}")
+    theta, scaling = rope_settings(config, where, 1_000_000.0)
+    if scaling is not None:
+        raise refuse(where, "rope_scaling", scaling, "Qwen3 without rotary scaling")
+    heads, kv = require(config, where, "num_attention_heads", int), require(config, where, "num_key_value_heads", int)
+    head_dim = config.get("head_dim") or require(config, where, "hidden_size", int) // heads
+    if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:
+        raise HfImportError(f"{where}: field 'head_dim' is {head_dim!r}; expected a whole number >= 1.")
+    if heads % kv:
+        raise HfImportError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}.")
+    return {
+        "model_dim": require(config, where, "hidden_size", int),
+        "max_seq_len": require(config, where, "max_position_embeddings", int),
+        "vocab_info": vocab_fields(config, where, tokenizer),
+        "num_layers": require(config, where, "num_hidden_layers", int),
+        "num_attn_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": head_dim,
+        "ffn_inner_dim": require(config, where, "intermediate_size", int),
+        "rope_theta": theta,
+        "layer_norm_eps": float(require(config, where, "rms_norm_eps", (int, float))),
+        "tied_embeddings": bool(config.get("tie_word_embeddings", False)),
+        "dropout_p": 0.0,
+    }
+
+
+def qwen3_tiny_config(shape: TinyShape, vocab_info: dict[str, Any]) -> dict[str, Any]:
+    """The ``Qwen3Config`` fields of a tiny Qwen3 (tied embeddings, heads ``head_dim`` wide whatever the width)."""
+    return {"model_dim": shape.model_dim, "max_seq_len": shape.max_seq_len, "vocab_info": vocab_info,
+            "num_layers": shape.num_layers, "num_attn_heads": shape.num_attn_heads,
+            "num_key_value_heads": shape.num_key_value_heads, "head_dim": shape.head_dim,
+            "ffn_inner_dim": shape.ffn_inner_dim, "tied_embeddings": True, "dropout_p": 0.0}
+
+
+QWEN3 = ModelFamily(
+    name=QWEN3_FAMILY, config_kls=Qwen3Config, create_model=lambda config: Qwen3Factory(config).create_model(),
+    tiny_arch="qwen3_0_6b", tiny_config=qwen3_tiny_config,
+    hf_model_type="qwen3", hf_arch="qwen3_4b", hf_config=qwen3_model_config,
+    hf_tensors=lambda config: decoder_tensors(config, qk_norm=True), register=register_qwen3,
+)

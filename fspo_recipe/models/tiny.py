@@ -18,8 +18,7 @@ import torch
 
 from fspo_recipe.files import atomic_file
 from fspo_recipe.models.bpe import corpus_texts, learn_bpe, tiktoken_text
-from fspo_recipe.models.llama import FspoLLaMAFactory
-from fspo_recipe.models.qwen3 import Qwen3Config, Qwen3Factory
+from fspo_recipe.models.families import FAMILIES, model_family
 
 TOKENIZER_FILE = "tokenizer.model"
 CHECKPOINT_FILE = "model.pt"
@@ -38,10 +37,10 @@ class TinyModelSpec:
     """The shape of the tiny model (a llama, or a qwen3)."""
 
     family: str = "llama"
-    """``llama`` or ``qwen3`` (QK-norm, a head width of its own, tied embeddings)."""
+    """A family of :data:`fspo_recipe.models.families.FAMILIES` (llama, mistral, qwen3)."""
 
     head_dim: int = 32
-    """qwen3 only: the width of a head (on purpose not model_dim / num_attn_heads = 16)."""
+    """Width of a head where the family has one of its own (qwen3; on purpose not model_dim / num_attn_heads = 16)."""
 
     model_dim: int = 64
     """Width of the model."""
@@ -69,38 +68,19 @@ class TinyModelSpec:
         return self.text_tokens + NUM_SPECIAL_TOKENS
 
     def model_config(self) -> dict[str, object]:
-        """Return the ``LLaMAConfig`` (or ``Qwen3Config``) fields that the card overrides."""
+        """The fields of the family's configuration that the card overrides; ``ValueError`` for a shape the family
+        cannot build."""
         n = self.text_tokens
         vocab_info = {"size": self.vocab_size, "unk_idx": None, "bos_idx": n + BOS_OFFSET, "eos_idx": n + EOS_OFFSET,
                       "pad_idx": n + PAD_OFFSET}
-        if self.family == "qwen3":
-            return {"model_dim": self.model_dim, "max_seq_len": self.max_seq_len, "vocab_info": vocab_info,
-                    "num_layers": self.num_layers, "num_attn_heads": self.num_attn_heads,
-                    "num_key_value_heads": self.num_key_value_heads, "head_dim": self.head_dim,
-                    "ffn_inner_dim": self.ffn_inner_dim, "tied_embeddings": True, "dropout_p": 0.0}
-        return {
-            "model_dim": self.model_dim,
-            "max_seq_len": self.max_seq_len,
-            "num_layers": self.num_layers,
-            "num_attn_heads": self.num_attn_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "ffn_inner_dim": self.ffn_inner_dim,
-            "ffn_inner_dim_scale": 1.0,
-            "ffn_inner_dim_multiplier": 1.0,
-            "ffn_inner_dim_to_multiple": 1,
-            "dropout_p": 0.0,
-            "vocab_info": vocab_info,
-        }
+        return model_family(self.family).tiny_config(self, vocab_info)
 
     def create_model(self) -> torch.nn.Module:
         """The model of this shape, built by the family's FSPO factory (the packed-pairs classes)."""
         from fairseq2.utils.structured import structure
 
-        if self.family == "qwen3":
-            return Qwen3Factory(structure(self.model_config(), Qwen3Config)).create_model()
-        from fairseq2.models.llama import LLaMAConfig
-
-        return FspoLLaMAFactory(structure(self.model_config(), LLaMAConfig)).create_model()
+        family = model_family(self.family)
+        return family.create_model(structure(self.model_config(), family.config_kls))
 
 
 def card_text(name: str, spec: TinyModelSpec) -> str:
@@ -110,7 +90,7 @@ def card_text(name: str, spec: TinyModelSpec) -> str:
     card = {
         "name": name,
         "model_family": spec.family,
-        "model_arch": "qwen3_0_6b" if spec.family == "qwen3" else "llama3_2_1b",
+        "model_arch": model_family(spec.family).tiny_arch,
         "model_config": {"_set_": spec.model_config()},
         "checkpoint": CHECKPOINT_FILE,
         "tokenizer": TOKENIZER_FILE,
@@ -172,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="attention heads (default: 4)")
     parser.add_argument("--kv-heads", type=int, default=TinyModelSpec.num_key_value_heads,
                         help="key/value heads, dividing --num-heads (default: 2)")
-    parser.add_argument("--family", choices=["llama", "qwen3"], default="llama", help="model family (default: llama)")
+    parser.add_argument("--family", choices=list(FAMILIES), default="llama", help="model family (default: llama)")
     parser.add_argument("--bpe-merges", type=int, default=0, metavar="N",
                         help="add up to N BPE tokens learned from --bpe-from, e.g. the words of the training data "
                         "(default: 0, one token per byte)")
@@ -189,8 +169,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--bpe-from: no such file: {', '.join(missing)}")
     if args.num_heads % args.kv_heads:
         parser.error(f"--kv-heads ({args.kv_heads}) must divide --num-heads ({args.num_heads})")
-    if args.family == "llama" and args.model_dim % args.num_heads:
-        parser.error(f"--num-heads ({args.num_heads}) must divide --model-dim ({args.model_dim}) of a llama")
     blocking = next((p for p in [args.out_dir, *args.out_dir.parents] if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         print(f"fspo-tiny-assets: {blocking} is a file, not a directory; give a directory to write into.",
@@ -199,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     spec = TinyModelSpec(family=args.family, model_dim=args.model_dim, num_layers=args.num_layers,
                          num_attn_heads=args.num_heads, num_key_value_heads=args.kv_heads)
+    try:
+        spec.model_config()
+    except ValueError as err:
+        parser.error(f"--family {args.family}: {err}")
     tokens = None
     if args.bpe_merges:
         try:

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.nn.functional import scaled_dot_product_attention as sdpa
 
 from fairseq2.models.transformer_decoder import TransformerDecoderModel
-from fairseq2.nn import RotaryEncoder
+from fairseq2.nn import PositionEncoder, RotaryEncoder
 from fairseq2.nn.transformer import StandardMultiheadAttention, StandardTransformerDecoder
 
 from fspo_recipe.models.packing import PackedDecoder, PackedSpans, PairLogpsRequest, packed_pair_logps, rotary_tables
@@ -74,8 +74,21 @@ class PackedMultiheadAttention(StandardMultiheadAttention):
     """fairseq2's multi-head attention with a packed path: when its mask is a :class:`PackedSpans`, the rotary
     encoding is applied at the spans' positions and the attention follows the spans (:func:`packed_attention`).
 
-    Families with extra per-head steps before the rotary encoding (Qwen3's QK-norm) override :meth:`prepare_qk`.
+    Per-head steps before the rotary encoding (Qwen3's QK-norm) belong in the q and k projections
+    (:class:`fspo_recipe.models.qwen3.HeadNormLinear`), where every path runs them. The position encoder is checked
+    against the width of the heads the projections make: fairseq2 0.4.6 checks it against model_dim / num_heads even
+    when the projections are given, which refuses heads of a width of their own (Qwen3-4B: 2560 / 32 = 80, heads
+    of 128).
     """
+
+    def __init__(self, model_dim: int, num_heads: int, *, pos_encoder: PositionEncoder | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(model_dim, num_heads, pos_encoder=None, **kwargs)
+        if pos_encoder is not None:
+            head_dim = self.q_proj.output_dim // num_heads
+            if pos_encoder.encoding_dim != head_dim:
+                raise ValueError(f"The position encoder is {pos_encoder.encoding_dim} wide, the heads {head_dim}.")
+            self.pos_encoder = pos_encoder
 
     def forward(  # type: ignore[override]
         self,
@@ -111,20 +124,15 @@ class PackedMultiheadAttention(StandardMultiheadAttention):
         return True
 
     def packed_qkv(self, seqs: Tensor, rotary: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Projections, per-head steps and rotary encoding of the packed path: q [B, H, L, E], k and v
+        """Projections (with their per-head norms, if any) and rotary encoding of the packed path: q [B, H, L, E], k and v
         [B, H_kv, L, E]. ``rotary``: the (cos, sin) tables of the rows' positions (:meth:`PackedSpans.rotary`).
         Free of graph breaks, so :func:`compile_layer_blocks` compiles it into few fused kernels."""
         q = self.q_proj(seqs).unflatten(-1, (self.num_heads, -1))
         k = self.k_proj(seqs).unflatten(-1, (self.num_key_value_heads, -1))
         v = self.v_proj(seqs).unflatten(-1, (self.num_key_value_heads, -1))
-        q, k = self.prepare_qk(q, k)
         if rotary is not None:
             q, k = rotate_pairs(q, *rotary), rotate_pairs(k, *rotary)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-
-    def prepare_qk(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-head steps between the projections and the rotary encoding; q [B, L, H, E], k [B, L, H_kv, E]."""
-        return q, k
 
 
 def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -35,7 +35,7 @@ from fspo_recipe.cli import run_command
 from fspo_recipe.data.jsonl import read_preference_jsonl
 from fspo_recipe.files import atomic_file, complete_lines
 from fspo_recipe.lock import OutputInUseError, OutputLock
-from fspo_recipe.models.llama import packed_model_families
+from fspo_recipe.models.families import packed_model_families
 from fspo_recipe.progress import ProgressBar
 from fspo_recipe.runs import register_run_cards, run_asset_path
 from fspo_recipe.scoring.pairs import PairEncoder, default_device, encode_pairs, score_pairs

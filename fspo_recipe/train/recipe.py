@@ -5,7 +5,7 @@ For ``criterion.name=fspo`` it
 1. activates the workarounds of fairseq2 0.4.6 defects that training needs (several CPU processes; metrics of a
    resumed run), before fairseq2 creates the process group (:func:`fspo_recipe.fairseq2_compat.activate_fspo_workarounds`);
 2. loads the policy and the reference with the llama/mistral factories that implement the packed-pairs interface
-   (:func:`fspo_recipe.models.llama.packed_model_families`);
+   (:func:`fspo_recipe.models.families.packed_model_families`);
 3. turns a model, tokenizer or data file that cannot be found into a one-line :class:`FspoLoadError`;
 4. checks the checkpoint a resumed run starts from (:func:`fspo_recipe.train.checkpoints.check_resume_checkpoint`:
    no code in a pickle runs, a damaged file is named with the step to resume from instead).
@@ -22,7 +22,7 @@ from fairseq2.context import RuntimeContext
 
 from fspo_recipe.assets import describe_load_error, load_error_types
 from fspo_recipe.fairseq2_compat import activate_fspo_workarounds
-from fspo_recipe.models.llama import packed_model_families
+from fspo_recipe.models.families import packed_model_families
 from fspo_recipe.train.checkpoints import check_model_file, check_resume_checkpoint, step_dirs
 from fspo_recipe.train.unit import FSPO_UNIT
 

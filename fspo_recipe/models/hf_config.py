@@ -1,0 +1,74 @@
+"""What translating a Hugging Face ``config.json`` into a family's fairseq2 configuration needs, whatever the family:
+typed field look-ups that fail naming the file and field, the rotary settings of either config.json style, the
+vocabulary fields, and the tensor names and shapes of a llama-style decoder. Each family's translator lives in its
+own module (:mod:`fspo_recipe.models.llama`, :mod:`fspo_recipe.models.qwen3`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fspo_recipe.models.hf_tokenizer import HfImportError, HfTokenizer
+
+
+def require(config: Mapping[str, Any], where: Path, key: str, kind: type | tuple[type, ...]) -> Any:
+    """``config[key]`` when it is a ``kind`` (a whole number >= 1 for ``int``); else an error naming file and field."""
+    value = config.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise HfImportError(f"{where}: field '{key}' is missing or not a {getattr(kind, '__name__', kind)}.")
+    if kind is int and value < 1:
+        raise HfImportError(f"{where}: field '{key}' is {value}; expected a whole number >= 1.")
+    return value
+
+
+def refuse(where: Path, key: str, value: object, expected: str) -> HfImportError:
+    """The error for a config.json value that the family cannot represent exactly."""
+    return HfImportError(f"{where}: '{key}' is {value!r}; this plugin represents only {expected} exactly.")
+
+
+def rope_settings(config: Mapping[str, Any], where: Path, default_theta: float) -> tuple[float, dict[str, Any] | None]:
+    """(rotary base, scaling parameters or None) from either config.json style: ``rope_theta`` and ``rope_scaling``
+    (the published models), or ``rope_parameters`` (written by transformers 5)."""
+    params = config.get("rope_parameters")
+    if isinstance(params, dict):
+        theta = params.get("rope_theta", default_theta)
+        kind = params.get("rope_type", "default")
+        scaling = None if kind == "default" else {**params, "rope_type": kind}
+    else:
+        theta = config.get("rope_theta", default_theta)
+        scaling = config.get("rope_scaling")
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool):
+        raise HfImportError(f"{where}: field 'rope_theta' is not a number.")
+    if scaling is not None and not isinstance(scaling, dict):
+        raise HfImportError(f"{where}: field 'rope_scaling' is not an object.")
+    return float(theta), scaling
+
+
+def vocab_fields(config: Mapping[str, Any], where: Path, tokenizer: HfTokenizer) -> dict[str, Any]:
+    """The ``vocab_info`` fields: the embedding's rows from config.json, the special tokens from the tokenizer."""
+    size = require(config, where, "vocab_size", int)
+    info = tokenizer.vocab_info
+    return {"size": size, "unk_idx": info.unk_idx, "bos_idx": info.bos_idx, "eos_idx": info.eos_idx,
+            "pad_idx": info.pad_idx}
+
+
+def decoder_tensors(model_config: Mapping[str, Any], *, qk_norm: bool) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor of a Hugging Face llama-style decoder with ``model_config`` (fairseq2
+    field names), ``lm_head.weight`` included (tied models may leave it out)."""
+    dim, layers, ffn = model_config["model_dim"], model_config["num_layers"], model_config["ffn_inner_dim"]
+    heads, kv = model_config["num_attn_heads"], model_config["num_key_value_heads"]
+    head_dim = model_config.get("head_dim") or dim // heads
+    vocab = model_config["vocab_info"]["size"]
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, dim), "model.norm.weight": (dim,),
+                                          "lm_head.weight": (vocab, dim)}
+    for i in range(layers):
+        layer = {"self_attn.q_proj.weight": (heads * head_dim, dim), "self_attn.k_proj.weight": (kv * head_dim, dim),
+                 "self_attn.v_proj.weight": (kv * head_dim, dim), "self_attn.o_proj.weight": (dim, heads * head_dim),
+                 "mlp.gate_proj.weight": (ffn, dim), "mlp.up_proj.weight": (ffn, dim),
+                 "mlp.down_proj.weight": (dim, ffn),
+                 "input_layernorm.weight": (dim,), "post_attention_layernorm.weight": (dim,)}
+        if qk_norm:
+            layer.update({"self_attn.q_norm.weight": (head_dim,), "self_attn.k_norm.weight": (head_dim,)})
+        shapes.update({f"model.layers.{i}.{name}": shape for name, shape in layer.items()})
+    return shapes
