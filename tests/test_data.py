@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -54,6 +55,35 @@ def test_episode_texts_come_from_the_traced_rows(tmp_path) -> None:
     assert ep["src"].endswith(f"## Question \n{query['prompt']}\n")
     first = rows[ep["shot_row_ids"][0]]
     assert ep["src"].startswith(f"# Example 1\n## Question \n{first['prompt']}\n")
+    dispreferred = query["response_y"] if query["label"] == 0 else query["response_x"]
+    assert ep["answers"] == {"chosen": preferred, "rejected": dispreferred}  # the answers as fields, not re-parsed
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("messages", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+     "field 'messages' must end with the user's turn"),
+    ("messages", [{"role": "bot", "content": "hi"}], "field 'messages[0]' must be an object with role"),
+    ("messages", "hi", "field 'messages' must be a non-empty list"),
+    ("answers", {"chosen": "a"}, "field 'answers' must be an object with string chosen and rejected"),
+])
+def test_malformed_structure_fields_are_named_with_file_and_line(tmp_path, field, value, expected) -> None:
+    from fspo_recipe.data.jsonl import PreferenceDataError, read_preference_jsonl
+
+    path = tmp_path / "d.jsonl"
+    good = {"src": "q", "tgt_chosen": " a", "tgt_rejected": " b"}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, field: value}) + "\n")
+    with pytest.raises(PreferenceDataError, match=re.escape(f"d.jsonl, line 2: {expected}")):
+        list(read_preference_jsonl(path))
+
+
+def test_answers_of_files_prepared_without_the_field_come_from_their_targets(tmp_path) -> None:
+    from fspo_recipe.data.jsonl import example_answers
+
+    prepare("review", [str(SAMPLES / "review")], tmp_path, options=EpisodeOptions(num_shots=2, rationale="generated"),
+            progress=False)
+    for ep in load(tmp_path / "review" / "train.jsonl")[:20]:
+        old = {k: v for k, v in ep.items() if k != "answers"}
+        assert example_answers(old) == example_answers(ep) == (ep["answers"]["chosen"], ep["answers"]["rejected"])
 
 
 def rows_of(user: str, n: int) -> list[PreferenceRow]:

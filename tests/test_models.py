@@ -131,23 +131,30 @@ def test_tokens_and_chat_template_equal_transformers(name, hf_dirs) -> None:
 
 @pytest.mark.parametrize("name", ["qwen3", "llama"])
 def test_a_plain_dialogue_renders_as_its_turns_with_the_chat_template(name, hf_dirs) -> None:
-    """A multi-turn HH prompt (plain sources) becomes the conversation's messages, as transformers renders them."""
+    """A multi-turn HH dialogue (plain sources) is prepared with its turns as the ``messages`` field, which the chat
+    template renders as transformers does; without the field the prompt is one user turn, never parsed back."""
     from transformers import AutoTokenizer
 
+    from fspo_recipe.data.sources import hh_turns, messages_field
     from fspo_recipe.models.hf_tokenizer import HfTokenizer
     from fspo_recipe.scoring.pairs import PairEncoder
 
     ours, theirs = HfTokenizer(hf_dirs[name]), AutoTokenizer.from_pretrained(hf_dirs[name])
     prompt = "\n\nHuman: What is rain?\n\nAssistant: Water falling.\n\nHuman: Can you say more?\n\nAssistant:"
-    src, chosen, _ = PairEncoder(ours, chat_template=True).encode(prompt, " Sure, drops of water.", " No.")
     turns = [{"role": "user", "content": "What is rain?"}, {"role": "assistant", "content": "Water falling."},
              {"role": "user", "content": "Can you say more?"}]
+    assert messages_field(hh_turns(prompt)) == turns
+    encoder = PairEncoder(ours, chat_template=True)
+    src, chosen, _ = encoder.encode(prompt, " Sure, drops of water.", " No.", turns)
+    as_text, _, _ = encoder.encode(prompt, " Sure, drops of water.", " No.")
+    assert as_text.tolist() == list(theirs.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
+                                                               add_generation_prompt=True, return_dict=True)["input_ids"])
     head = list(theirs.apply_chat_template(turns, tokenize=True, add_generation_prompt=True,
                                            return_dict=True)["input_ids"])
     full = list(theirs.apply_chat_template([*turns, {"role": "assistant", "content": "Sure, drops of water."}],
                                            tokenize=True, return_dict=True)["input_ids"])
     assert src.tolist() == head and src.tolist() + chosen.tolist() == full[: len(head) + len(chosen)]
-    assert PairEncoder(ours, chat_template=True).prompt(prompt).tolist() == head
+    assert encoder.prompt(prompt, turns).tolist() == head
 
 
 def test_qwen3_architectures_have_the_published_sizes() -> None:

@@ -53,6 +53,10 @@ def test_hh_splits_as_the_dpo_code_and_reports_pairs_with_different_prompts(prep
                 e = got[f"{split}.jsonl/{i}"]
                 assert (e["src"], e["tgt_chosen"], e["tgt_rejected"]) == (prompt, chosen, rejected)  # byte for byte
                 assert e["user"] == "(no user)" and "episode" not in e
+                # the conversation as structure, read from the source's text once, at preparation
+                assert e["messages"][-1]["role"] == "user" and e["messages"][0]["content"] in prompt
+                assert prompt == "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}"
+                                         for m in e["messages"]) + "\n\nAssistant:"
     summary = json.loads((prepared / "hh" / "summary.json").read_text())
     assert duplicates > 0 and summary["rows_skipped"] == {"chosen and rejected dialogues with different prompts": 4,
                                                           DUPLICATE_ROW: duplicates}
@@ -198,6 +202,8 @@ def test_oasst2_pairs_ranked_sibling_replies_after_the_conversation_so_far(prepa
             at = by_id[at]["parent_id"]
         assert e["src"] == "".join(("\n\nHuman: " if m["role"] == "prompter" else "\n\nAssistant: ") + m["text"]
                                    for m in reversed(turns)) + "\n\nAssistant:"
+        assert e["messages"] == [{"role": "user" if m["role"] == "prompter" else "assistant", "content": m["text"]}
+                                 for m in reversed(turns)]
     used = {int(i) for key in got for i in key.split("/")[1].split("-")}
     assert not any(rows[i]["deleted"] or rows[i]["rank"] is None for i in used)
     follow_ups = [e for e in got.values() if e["src"].count("\n\nHuman: ") == 2]

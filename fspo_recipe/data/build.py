@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from fspo_recipe.data.episodes import PromptParts, Shot, render_from_bodies, shot_body
 from fspo_recipe.data.sources.base import SOURCE_SPLITS, PreferenceRow, ReadReport
+from fspo_recipe.data.sources.dialogue import messages_field
 
 Rationale = Literal["none", "generated", "teacher_forced"]
 SplitMode = Literal["source", "heldout_users", "interpolated"]
@@ -247,6 +248,7 @@ def build_user_episodes(
                 "shot_row_ids": [rows[i].row_id for i in window[:n]],
                 "query_row_id": query.row_id,
                 "episode": parts.to_record(),
+                "answers": {"chosen": query.preferred, "rejected": query.dispreferred},
                 **({"user_description": query.user_description} if query.user_description else {}),
             }
 
@@ -312,5 +314,5 @@ def plain_examples(rows: Sequence[PreferenceRow], stats: SplitStats) -> Iterator
         stats.episodes += 1
         stats.users = 1
         yield {"id": row.row_id, "src": row.question, "tgt_chosen": row.preferred, "tgt_rejected": row.dispreferred,
-               "user": row.user}
+               "user": row.user, **({"messages": messages_field(row.turns)} if row.turns else {})}
 

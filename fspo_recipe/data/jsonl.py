@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fspo_recipe.data.episodes import prompt_parts
+from fspo_recipe.data.episodes import prompt_parts, split_completion
 
 
 class PreferenceDataError(ValueError):
@@ -46,12 +46,54 @@ def check_example(example: dict[str, Any], path: Path, lineno: int) -> dict[str,
             raise PreferenceDataError(f"{path}, line {lineno}: field '{key}' must be a string.")
     if not example["tgt_chosen"] or not example["tgt_rejected"]:
         raise PreferenceDataError(f"{path}, line {lineno}: empty response.")
-    if "episode" in example:
-        try:
+    try:
+        if "episode" in example:
             prompt_parts(example)
-        except ValueError as ex:
-            raise PreferenceDataError(f"{path}, line {lineno}: {ex}.") from None
+        if "answers" in example:
+            example_answers(example)
+        if "messages" in example:
+            example_messages(example)
+    except ValueError as ex:
+        raise PreferenceDataError(f"{path}, line {lineno}: {ex}.") from None
     return example
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def example_messages(example: dict[str, Any]) -> list[dict[str, str]] | None:
+    """The ``messages`` field (the prompt as a conversation, written by plain sources built from dialogues), or None.
+
+    :raises ValueError: naming what is wrong: not a list of ``{"role", "content"}`` objects with roles
+        system/user/assistant, or not ending with the user's turn."""
+    messages = example.get("messages")
+    if messages is None:
+        return None
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("field 'messages' must be a non-empty list of {role, content} objects")
+    for i, message in enumerate(messages):
+        if (not isinstance(message, dict) or message.get("role") not in CHAT_ROLES
+                or not isinstance(message.get("content"), str)):
+            raise ValueError(f"field 'messages[{i}]' must be an object with role {'/'.join(CHAT_ROLES)} and string "
+                             "content")
+    if messages[-1]["role"] != "user":
+        raise ValueError("field 'messages' must end with the user's turn (the responses answer it)")
+    return messages
+
+
+def example_answers(example: dict[str, Any]) -> tuple[str, str]:
+    """The chosen and rejected answers of an FSPO example without their target headers (and user descriptions): its
+    ``answers`` field; files prepared before examples carried it have their targets split
+    (:func:`~fspo_recipe.data.episodes.split_completion`).
+
+    :raises ValueError: the ``answers`` field is not ``{"chosen": str, "rejected": str}``."""
+    answers = example.get("answers")
+    if answers is None:
+        return (split_completion(str(example["tgt_chosen"])).response,
+                split_completion(str(example["tgt_rejected"])).response)
+    if not isinstance(answers, dict) or not all(isinstance(answers.get(k), str) for k in ("chosen", "rejected")):
+        raise ValueError("field 'answers' must be an object with string chosen and rejected")
+    return answers["chosen"], answers["rejected"]
 
 
 def read_preference_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from fspo_recipe.data.episodes import split_completion
+from fspo_recipe.data.jsonl import example_answers
 from fspo_recipe.files import atomic_file, jsonl_line
 
 PROPERTIES: Final = ("case", "length", "mood", "ending")
@@ -205,8 +205,7 @@ def reading_ceiling(episodes: Iterable[dict[str, object]]) -> float:
         for shot in row["episode"]["shots"]:  # type: ignore[index]
             preferred, dispreferred = classify(shot["preferred"]), classify(shot["dispreferred"])
             shown.update({p: preferred[p] for p in PROPERTIES if preferred[p] != dispreferred[p]})
-        chosen = classify(split_completion(str(row["tgt_chosen"])).response)
-        rejected = classify(split_completion(str(row["tgt_rejected"])).response)
+        chosen, rejected = (classify(answer) for answer in example_answers(row))
         right += 1.0 if any(shown.get(p) == chosen[p] != rejected[p] for p in PROPERTIES) else 0.5
         total += 1
     if not total:

@@ -31,6 +31,7 @@ from fairseq2.utils.validation import validate
 
 from fspo_recipe.criteria import CriterionConfig, PreferenceCriterion, check_same_vocabulary
 from fspo_recipe.data.episodes import prompt_parts, split_completion
+from fspo_recipe.data.jsonl import example_answers
 from fspo_recipe.eval.config import EvalError, PreferenceEvalConfig
 from fspo_recipe.eval.data import EvalData, dataset_file, read_examples, stored_reference
 from fspo_recipe.eval.generation import EndOfTurnAsEos, generation_prompts, read_baseline, spread_over_users
@@ -137,7 +138,8 @@ class PreferenceEvaluator:
             )
         encoder = self._encoder(tokenizer)
         chosen, rejected = [e["tgt_chosen"] for e in examples], [e["tgt_rejected"] for e in examples]
-        data.pairs = encode_pairs(tokenizer, [e["src"] for e in examples], chosen, rejected, encoder)
+        data.pairs = encode_pairs(tokenizer, [e["src"] for e in examples], chosen, rejected, encoder,
+                                  [e.get("messages") for e in examples])
         data.ablation = {k: encode_pairs(tokenizer, prompts, chosen, rejected, encoder)
                          for k, prompts in self._ablation_prompts(examples).items()}
         return data
@@ -272,7 +274,7 @@ class PreferenceEvaluator:
                                "question": questions[i], "shots": shots[i], "system": system, "tokens": len(ids),
                                "response": parts.response, "description": parts.description, "generated": text,
                                "prompt": prompts[i],
-                               "reference_chosen": split_completion(str(e["tgt_chosen"])).response}
+                               "reference_chosen": example_answers(e)[0]}
                         if str(e["id"]) in baseline:
                             rec["baseline_response"] = baseline[str(e["id"])]
                         fp.write(json.dumps(rec, ensure_ascii=False) + "\n")

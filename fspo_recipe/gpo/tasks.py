@@ -22,8 +22,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fspo_recipe.data.episodes import prompt_parts, split_completion
-from fspo_recipe.data.jsonl import object_lines, read_preference_jsonl
+from fspo_recipe.data.episodes import prompt_parts
+from fspo_recipe.data.jsonl import example_answers, object_lines, read_preference_jsonl
 from fspo_recipe.files import atomic_file
 from fspo_recipe.gpo.embed import point_text
 
@@ -84,8 +84,7 @@ def read_pairs(path: Path) -> TaskSet:
         except ValueError as ex:
             raise GpoDataError(f"{path}, line {lineno}: not an FSPO episode ({ex}).") from None
         user = str(example.get("user", "(no user)"))
-        query = pair_item(parts.question, split_completion(example["tgt_chosen"]).response,
-                          split_completion(example["tgt_rejected"]).response)
+        query = pair_item(parts.question, *example_answers(example))
         shots = tuple(pair_item(s.question, s.preferred, s.dispreferred) for s in parts.shots)
         tasks.episodes.append(Episode(str(example.get("id", f"{path.name}:{lineno}")), user, shots, query))
         mine = seen.setdefault(user, set())

@@ -15,7 +15,6 @@ from fairseq2.models.decoder import DecoderModel
 from fairseq2.models.sequence import SequenceBatch
 from fairseq2.nn.padding import PaddingMask
 
-from fspo_recipe.data.sources import dialogue_messages
 from fspo_recipe.scoring.logps import pair_logps
 
 
@@ -49,9 +48,8 @@ class PairEncoder:
 
     Plain (the default; base models and the tiny model): the prompt in ``source_mode`` (fairseq2's ``prompt``:
     with the tokenizer's beginning-of-sequence token), each response in ``target_mode`` (``prompt_response``: with
-    its end-of-sequence token). With ``chat_template`` (instruct models): the FSPO prompt is the user turn (a plain
-    source's dialogue in the HH format, its turns: :func:`fspo_recipe.data.sources.dialogue_messages`) and each
-    response the assistant turn of the tokenizer's chat template (:class:`fspo_recipe.models.hf_tokenizer.ChatTemplate`),
+    its end-of-sequence token). With ``chat_template`` (instruct models): the FSPO prompt is the user turn (an
+    example with a ``messages`` field, a plain source's dialogue: those turns) and each response the assistant turn of the tokenizer's chat template (:class:`fspo_recipe.models.hf_tokenizer.ChatTemplate`),
     the response ending with the template's end-of-turn token; ``chat_kwargs`` go to the template (e.g.
     ``enable_thinking: false`` for Qwen3).
     """
@@ -70,33 +68,38 @@ class PairEncoder:
         self._tgt = tokenizer.create_encoder(mode=target_mode)
         self._raw = tokenizer.create_encoder(mode="as_is") if self.template is not None else None
 
-    def encode(self, prompt: str, chosen: str, rejected: str) -> tuple[Tensor, Tensor, Tensor]:
-        """([P], [Rc], [Rr]) token ids."""
+    def encode(self, prompt: str, chosen: str, rejected: str, messages: Sequence[Mapping[str, str]] | None = None
+               ) -> tuple[Tensor, Tensor, Tensor]:
+        """([P], [Rc], [Rr]) token ids. ``messages``: the prompt as a conversation (the example's ``messages``
+        field), rendered by the chat template in place of ``prompt``; ignored without one."""
         if self.template is None:
             return self._src(prompt), self._tgt(chosen), self._tgt(rejected)
         assert self._raw is not None
-        conversation = dialogue_messages(prompt)
-        if conversation is not None:  # a plain source's dialogue: its turns, the responses without the format's space
+        if messages is not None:  # a dialogue in the HH format: the responses without the format's space
             chosen, rejected = chosen.removeprefix(" "), rejected.removeprefix(" ")
-        head, chosen_turn = self.template.render_pair(conversation or prompt, chosen, **self._kwargs)
-        _, rejected_turn = self.template.render_pair(conversation or prompt, rejected, **self._kwargs)
+        conversation = list(messages) if messages is not None else prompt
+        head, chosen_turn = self.template.render_pair(conversation, chosen, **self._kwargs)
+        _, rejected_turn = self.template.render_pair(conversation, rejected, **self._kwargs)
         return self._raw(head), self._raw(chosen_turn), self._raw(rejected_turn)
 
-    def prompt(self, prompt: str) -> Tensor:
-        """The ids a model continues to answer ``prompt`` (generation)."""
+    def prompt(self, prompt: str, messages: Sequence[Mapping[str, str]] | None = None) -> Tensor:
+        """The ids a model continues to answer ``prompt`` (or ``messages``, with a chat template: generation)."""
         if self.template is None:
             return self._src(prompt)
         assert self._raw is not None
-        return self._raw(self.template.render_prompt(dialogue_messages(prompt) or prompt, **self._kwargs))
+        return self._raw(self.template.render_prompt(list(messages) if messages is not None else prompt,
+                                                     **self._kwargs))
 
 
 def encode_pairs(tokenizer: TextTokenizer, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str],
-                 encoder: PairEncoder | None = None) -> list[EncodedPair]:
-    """Encode as the ``fspo_preference`` reader does (``encoder``: plain by default, or with a chat template)."""
+                 encoder: PairEncoder | None = None,
+                 messages: Sequence[Sequence[Mapping[str, str]] | None] | None = None) -> list[EncodedPair]:
+    """Encode as the ``fspo_preference`` reader does (``encoder``: plain by default, or with a chat template;
+    ``messages``: each prompt's ``messages`` field or None)."""
     encoder = encoder or PairEncoder(tokenizer)
     out = []
-    for p, c, r in zip(prompts, chosen, rejected):
-        src, tgt_c, tgt_r = encoder.encode(p, c, r)
+    for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected)):
+        src, tgt_c, tgt_r = encoder.encode(p, c, r, None if messages is None else messages[i])
         out.append(EncodedPair(src.tolist(), tgt_c.tolist(), tgt_r.tolist()))
     return out
 

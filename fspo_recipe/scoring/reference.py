@@ -195,7 +195,7 @@ def score_reference(
             for start in range(done, len(examples), chunk_size):
                 chunk = examples[start : start + chunk_size]
                 pairs = encode_pairs(tokenizer, [e["src"] for e in chunk], [e["tgt_chosen"] for e in chunk],
-                                     [e["tgt_rejected"] for e in chunk], encoder)
+                                     [e["tgt_rejected"] for e in chunk], encoder, [e.get("messages") for e in chunk])
                 scores = score_pairs(model, pairs, batch_size=batch_size, device=torch_device)
                 for record, c, r in zip(chunk, scores.chosen.tolist(), scores.rejected.tolist()):
                     record = {**record, "reference_score_chosen": c, "reference_score_rejected": r}

@@ -35,7 +35,7 @@ from fairseq2.logging import log
 from fairseq2.models.sequence import SequenceBatch
 from fairseq2.nn.padding import get_seqs_and_padding_mask
 
-from fspo_recipe.data.episodes import PromptParseError, PromptParts, parse_prompt
+from fspo_recipe.data.episodes import PromptParseError, prompt_parts
 from fspo_recipe.data.jsonl import PreferenceDataError as PreferenceDataError
 from fspo_recipe.data.jsonl import default_id, read_preference_jsonl
 from fspo_recipe.fairseq2_compat import load_files_and_weights
@@ -92,13 +92,14 @@ def fit_example(
 ) -> dict[str, Any] | None:
     """Tokenize; drop oldest shots until P + Rc + Rr <= ``max_seq_len``; ``None`` if zero shots do not fit."""
     counter.count_read()
-    src, chosen, rejected = encoder.encode(example["src"], example["tgt_chosen"], example["tgt_rejected"])
+    src, chosen, rejected = encoder.encode(example["src"], example["tgt_chosen"], example["tgt_rejected"],
+                                           example.get("messages"))
     targets = len(chosen) + len(rejected)
     length = len(src) + targets
     if length > max_seq_len:
         original = length
-        try:  # the `episode` field (checked against `src` when the file was read), else `src` parsed back
-            parts = PromptParts.from_record(example["episode"]) if "episode" in example else parse_prompt(example["src"])
+        try:  # the `episode` field (checked against `src` when the file was read)
+            parts = prompt_parts(example)
         except PromptParseError:
             counter.record(example["id"], 0, True, original, max_seq_len)  # not a few-shot prompt: cannot shorten
             return None

@@ -12,12 +12,12 @@ from fspo_recipe.data.sources import elix, roleplay, hh, ultrafeedback, shp, sta
 from fspo_recipe.data.sources.base import (EMPTY_TEXT, PLAIN_USER, SOURCES, PreferenceRow, ReadReport, RowContext,
                                            SourceOption, SourceSchemaError, SourceSpec, accept_pair, get_source,
                                            option_values, register_source)
-from fspo_recipe.data.sources.dialogue import dialogue_messages, dialogue_prompt, hh_prompt
+from fspo_recipe.data.sources.dialogue import dialogue_prompt, hh_prompt, hh_turns, messages_field
 from fspo_recipe.data.sources.elix import review_attributes
 from fspo_recipe.data.sources.reading import read_source, split_name
 from fspo_recipe.data.sources.stackexchange import strip_html
 
 __all__ = ["EMPTY_TEXT", "PLAIN_USER", "SOURCES", "PreferenceRow", "ReadReport", "RowContext", "SourceOption",
-           "SourceSchemaError", "SourceSpec", "accept_pair", "dialogue_messages", "dialogue_prompt", "get_source",
+           "SourceSchemaError", "SourceSpec", "accept_pair", "dialogue_prompt", "hh_turns", "messages_field", "get_source",
            "hh_prompt", "option_values", "read_source", "register_source", "review_attributes", "split_name",
            "strip_html"]

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
+from fspo_recipe.data.sources.dialogue import dialogue_turns
+
 
 SOURCE_SPLITS: Final = {"train": "train", "validation": "valid", "valid": "valid", "test": "test"}
 """A source split's name -> the prepared split it feeds (any other name feeds train)."""
@@ -39,6 +41,10 @@ class PreferenceRow(NamedTuple):
 
     user_description: str = ""
     """Description of the user who judged the pair (what a win-rate judge is shown); empty if the source has none."""
+
+    turns: tuple[tuple[str, str], ...] = ()
+    """Plain sources built from conversations: the prompt's turns ((role, text), roles ``user``/``assistant``),
+    written as the example's ``messages`` field; empty for a prompt that is one text."""
 
 
 @dataclass
@@ -314,13 +320,15 @@ PLAIN_USER: Final = "(no user)"
 """The one "user" of plain preference pairs."""
 
 
-def plain_pair(ctx: RowContext, row_id: str, prompt: str, preferred: str, dispreferred: str, out: list[PreferenceRow]
-               ) -> None:
+def plain_pair(ctx: RowContext, row_id: str, prompt: str, preferred: str, dispreferred: str, out: list[PreferenceRow],
+               turns: Sequence[tuple[str, str]] = ()) -> None:
     """Append a plain pair whose texts are kept byte for byte (the checks look at them stripped): empty texts and
-    (unless ``keep_identical``) equal responses are skipped and counted."""
+    (unless ``keep_identical``) equal responses are skipped and counted. ``turns``: the conversation ``prompt``
+    renders (:func:`fspo_recipe.data.sources.dialogue.dialogue_prompt`), kept as the row's structure."""
     if not (prompt.strip() and preferred.strip() and dispreferred.strip()):
         ctx.report.skip(EMPTY_TEXT, row_id)
     elif preferred == dispreferred and not ctx.keep_identical:
         ctx.report.skip("preferred equal to dispreferred (--keep-identical-pairs keeps them)", row_id)
     else:
-        out.append(PreferenceRow(row_id, PLAIN_USER, prompt, preferred, dispreferred, "", ""))
+        out.append(PreferenceRow(row_id, PLAIN_USER, prompt, preferred, dispreferred, "", "",
+                                 turns=dialogue_turns(turns)))

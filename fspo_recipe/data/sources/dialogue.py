@@ -30,17 +30,27 @@ def dialogue_prompt(turns: Sequence[tuple[str, str]]) -> str:
 
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 
+Turns = tuple[tuple[str, str], ...]
+"""A conversation as (role, text) pairs, role ``user`` or ``assistant``, ending with the user's turn."""
 
-def dialogue_messages(prompt: str) -> list[dict[str, str]] | None:
-    """The messages of a prompt in the HH dialogue format (:func:`dialogue_prompt`; Anthropic HH's own prompts too):
-    ``[{"role": "user", "content": ...}, {"role": "assistant", ...}, ...]`` without the final empty assistant turn,
-    each text without the space after its marker; ``None`` for a prompt in another format. Chat templates render
-    these as a real conversation."""
+
+def dialogue_turns(turns: Sequence[tuple[str, str]]) -> Turns:
+    """``turns`` with the roles of :func:`dialogue_prompt` (``assistant``; anything else is the user's)."""
+    return tuple(("assistant" if role == "assistant" else "user", text) for role, text in turns)
+
+
+def hh_turns(prompt: str) -> Turns | None:
+    """The turns of an Anthropic HH prompt (the source's own text format, read once at preparation), each text
+    without the space after its marker; ``None`` for a text that is not such a dialogue ending with the user's turn."""
     if not prompt.startswith(HUMAN) or not prompt.endswith(HH_ASSISTANT):
         return None
     parts = _TURN.split(prompt[: -len(HH_ASSISTANT)])
-    messages = []
-    for speaker, text in zip(parts[1::2], parts[2::2]):
-        messages.append({"role": "user" if speaker == "Human" else "assistant",
-                         "content": text[1:] if text.startswith(" ") else text})
-    return messages if messages and messages[-1]["role"] == "user" else None
+    turns = tuple(("user" if speaker == "Human" else "assistant", text[1:] if text.startswith(" ") else text)
+                  for speaker, text in zip(parts[1::2], parts[2::2]))
+    return turns if turns and turns[-1][0] == "user" else None
+
+
+def messages_field(turns: Turns) -> list[dict[str, str]]:
+    """The ``messages`` field of a prepared line: ``[{"role": ..., "content": ...}, ...]``, what chat templates
+    render as the conversation."""
+    return [{"role": role, "content": text} for role, text in turns]

@@ -7,13 +7,14 @@ from typing import Any
 
 from fspo_recipe.data.sources.base import (EMPTY_TEXT, PreferenceRow, RowContext, SourceSpec, plain_pair,
                                            register_source, wrong_type)
-from fspo_recipe.data.sources.dialogue import HH_ASSISTANT
+from fspo_recipe.data.sources.dialogue import HH_ASSISTANT, hh_turns
 from fspo_recipe.data.sources.plain import plain_after_reading, plain_options
 
 
 def hh_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContext) -> list[PreferenceRow]:
     """Anthropic HH: the prompt is cut from the chosen dialogue (:func:`hh_prompt`), the responses are the rest of
-    each dialogue, texts kept byte for byte (the responses start with a space, as in the DPO code). A pair whose
+    each dialogue, texts kept byte for byte (the responses start with a space, as in the DPO code); the prompt's turns
+    are read from its text once, here (the ``messages`` field). A pair whose
     rejected dialogue does not start with that prompt is skipped and counted."""
     out: list[PreferenceRow] = []
     split = ctx.split
@@ -31,7 +32,8 @@ def hh_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContext
         if not rejected.startswith(chosen[:cut]):
             ctx.report.skip("chosen and rejected dialogues with different prompts", f"{split}/{i}")
             continue
-        plain_pair(ctx, f"{split}/{i}", chosen[:cut], chosen[cut:], rejected[cut:], out)
+        prompt = chosen[:cut]
+        plain_pair(ctx, f"{split}/{i}", prompt, chosen[cut:], rejected[cut:], out, hh_turns(prompt) or ())
     return out
 
 

@@ -41,7 +41,8 @@ def oasst2_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowCon
             for _, i, _ in ranked:
                 ctx.report.skip("a reply whose conversation does not reach its root prompt", f"{ctx.split}/{i}")
             continue
-        prompt = dialogue_prompt(turns[::-1])
+        turns.reverse()
+        prompt = dialogue_prompt(turns)
         ranked.sort()
         for j in range(len(ranked)):
             for k in range(j + 1, len(ranked)):
@@ -50,7 +51,7 @@ def oasst2_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowCon
                 if rank_j == rank_k:
                     ctx.report.skip("two replies of equal rank", pair_id)
                     continue
-                plain_pair(ctx, pair_id, prompt, " " + text_j, " " + text_k, out)
+                plain_pair(ctx, pair_id, prompt, " " + text_j, " " + text_k, out, turns)
     return out
 
 

@@ -39,7 +39,8 @@ def shp_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContex
             ctx.report.skip(EMPTY_TEXT, row_id)
         else:
             chosen, rejected = (ref_a, ref_b) if label == 1 else (ref_b, ref_a)
-            plain_pair(ctx, row_id, dialogue_prompt([("user", history)]), " " + chosen, " " + rejected, out)
+            turns = [("user", history)]
+            plain_pair(ctx, row_id, dialogue_prompt(turns), " " + chosen, " " + rejected, out, turns)
     return out
 
 

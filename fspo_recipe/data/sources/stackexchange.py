@@ -125,7 +125,8 @@ def stackexchange_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx:
         if len(answers) < 2:
             ctx.report.skip("fewer than two answers", row_id)
             continue
-        prompt = dialogue_prompt([("user", strip_html(question))])
+        turns = [("user", strip_html(question))]
+        prompt = dialogue_prompt(turns)
         texts = [" " + strip_html(a["text"]) for a in answers]
         scores = [finite(ctx, i, "pm_score", a["pm_score"]) for a in answers]
         for j in range(len(answers)):
@@ -135,7 +136,7 @@ def stackexchange_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx:
                     ctx.report.skip("two answers with equal pm_score", pair_id)
                     continue
                 best, worst = (j, k) if scores[j] > scores[k] else (k, j)  # type: ignore[operator]
-                plain_pair(ctx, pair_id, prompt, texts[best], texts[worst], out)
+                plain_pair(ctx, pair_id, prompt, texts[best], texts[worst], out, turns)
     return out
 
 
