@@ -1,8 +1,34 @@
 """Every reach into fairseq2 0.4.6 beyond its public API, and every workaround of one of its defects, in one place.
 
-Each private name used below has a comment saying why; each workaround names the defect it works around, is
-active only inside this plugin's commands and units (see :func:`fspo_scope`), and has a test that fails without
-it. Nothing here changes fairseq2's behaviour at import or when the extension is loaded.
+Nothing here changes fairseq2's behaviour at import or when the extension is loaded
+(tests/test_architecture.py::test_installing_the_plugin_patches_nothing). What stays, each with the defect or gap it
+works around, its scope, and the test that fails without it:
+
+- :class:`FspoRecipeCommandHandler` overrides ``_read_config`` and ``_create_output_directory`` (private): there is
+  no hook between reading the configuration and writing the run directory (lock, one-line config errors). FSPO
+  runs only (``lock_when``). Tests: test_lock.py::test_a_second_training_run_into_the_same_directory_is_refused,
+  test_train_recipe.py::test_configuration_errors_are_one_line_before_any_work.
+- :func:`replace_recipe_command` replaces a registered command's handler (``CliGroup._commands``, private): there is
+  no public way to wrap one. Non-FSPO runs go to fairseq2's loader untouched.
+  Test: test_architecture.py::test_other_criteria_get_fairseq2s_loader_untouched.
+- :func:`replaced_model_handlers` swaps entries of the model registry (``Registry._entries``, private): a key can be
+  registered once, with no replace or remove. Only inside ``packed_model_families``, restored on exit.
+  Test: test_architecture.py (packed classes inside the block, fairseq2's outside).
+- :func:`load_files_and_weights` (private ``_load_files_and_weights``): the generic reader's directory and MANIFEST
+  handling is not public. The ``fspo_preference`` reader. Test: test_reader.py.
+- :func:`activate_fspo_workarounds` replaces ``init_process_group`` and ``ProcessGroupGang.barrier`` /
+  ``all_gather`` for the CPU case: torch 2.6 and gloo reject what fairseq2 passes there
+  (:func:`_cpu_process_group_fixes`). FSPO training processes only.
+  Test: test_distributed.py::test_two_processes_give_the_loss_trajectory_of_one.
+- :func:`repair_ddp_buffers`: ``to_ddp`` leaves the rotary tables of ranks > 0 uninitialized. The FSPO unit's own
+  model. Test: test_distributed.py::test_repair_ddp_buffers_recomputes_every_rotary_table.
+- :func:`generation_view`: the sampler zeroes the probability of ``pad_idx``, the end of sequence of some
+  tokenizers. Generation by preference_eval.
+  Test: test_models.py::test_generation_speaks_the_chat_template_and_stops_at_its_end_of_turn.
+
+Two defects are handled outside this module without touching fairseq2: the metrics of a resumed run
+(:func:`fspo_recipe.train.checkpoints.forget_redone_metrics`, a file operation before training) and the packed
+attention's rotary width check (:class:`fspo_recipe.models.transformer.PackedMultiheadAttention`, a subclass).
 """
 
 from __future__ import annotations
@@ -24,7 +50,6 @@ from fairseq2.cli.commands.recipe import RecipeCommandHandler
 from fairseq2.context import RuntimeContext
 from fairseq2.models.decoder import DecoderModel
 
-from fspo_recipe.files import keep_lines
 from fspo_recipe.lock import OutputInUseError, OutputLock
 
 
@@ -39,7 +64,7 @@ class FspoRecipeCommandHandler(RecipeCommandHandler):
       before any work;
     - the run directory is locked (:class:`fspo_recipe.lock.OutputLock`) by rank 0 from its creation to the end of
       the process, before fairseq2 writes ``config.yaml`` into it, so two runs never write one directory;
-    - the loader is ours (it enters :func:`fspo_scope` for FSPO runs).
+    - the loader is ours (:func:`fspo_recipe.train.recipe.load_preference_finetuner`).
     """
 
     def __init__(self, *args: Any, command: str, lock_when: Callable[[object], bool] = lambda config: True,
@@ -253,37 +278,6 @@ def _cpu_process_group_fixes() -> list[tuple[object, str, object]]:
             (ProcessGroupGang, "all_gather", all_gather)]
 
 
-def _resumable_metrics_fix() -> list[tuple[object, str, object]]:
-    """fairseq2 0.4.6 resumes a killed run from its last checkpoint and appends to ``metrics/<run>.jsonl``: the lines
-    of the steps it redoes appear twice, and a line cut by the kill stays. Fix: the first line a process writes to a
-    file first rewrites that file (atomically) without the lines of that step and later, and without cut lines."""
-    from fairseq2.logging import log
-    from fairseq2.metrics.recorders import JsonlMetricRecorder
-
-    original = JsonlMetricRecorder.record_metrics
-
-    @functools.wraps(original)
-    def record_metrics(self: JsonlMetricRecorder, run: str, values: Mapping[str, object],
-                       step_nr: int | None = None, *, flush: bool = True) -> None:
-        name = run.strip()
-        # Private: the recorder's open streams (a run's first write opens one) and its output directory.
-        if step_nr is not None and name not in self._streams:  # noqa: SLF001
-            path = self._output_dir.joinpath(name).with_suffix(".jsonl")  # noqa: SLF001
-            dropped = truncate_metrics_file(path, step_nr)
-            if dropped:
-                log.info("Resumed at step {}: dropped {} line(s) of step {} or later from {}.", step_nr, dropped,
-                         step_nr, path)
-        original(self, run, values, step_nr, flush=flush)
-
-    return [(JsonlMetricRecorder, "record_metrics", record_metrics)]
-
-
-def truncate_metrics_file(path: Path, step_nr: int) -> int:
-    """Keep the complete lines of ``path`` whose ``Step`` is before ``step_nr`` (or absent); return lines dropped."""
-    # Lines of step_nr and later were written after the checkpoint the run resumes from: they are about to be redone.
-    return keep_lines(path, lambda record: not (isinstance(record.get("Step"), int) and record["Step"] >= step_nr))
-
-
 _ACTIVE: list[tuple[object, str, object]] = []
 
 
@@ -293,7 +287,7 @@ def activate_fspo_workarounds() -> None:
     them. In-process callers that need them undone use :func:`fspo_workarounds` instead."""
     if _ACTIVE:
         return
-    for owner, name, replacement in _cpu_process_group_fixes() + _resumable_metrics_fix():
+    for owner, name, replacement in _cpu_process_group_fixes():
         _ACTIVE.append((owner, name, getattr(owner, name)))
         setattr(owner, name, replacement)
 

@@ -65,19 +65,24 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_as_an_uninterrupted_one(tiny
     for ra, rb in zip(a, b):
         for key in set(ra) - TIMINGS:
             assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-7), (ra["Step"], key)
-    assert "Resumed at step 5: dropped" in (killed / "logs" / "rank_0.log").read_text()
+    assert "Resuming at step 5: dropped" in (killed / "logs" / "rank_0.log").read_text()
 
 
-def test_truncate_metrics_file_drops_redone_steps_and_a_cut_line(tmp_path) -> None:
-    from fspo_recipe.fairseq2_compat import truncate_metrics_file
+def test_metrics_of_redone_steps_and_a_cut_line_are_dropped_before_a_resume(tmp_path) -> None:
+    from fspo_recipe.train.checkpoints import forget_redone_metrics
 
-    path = tmp_path / "train.jsonl"
-    path.write_text('{"Step": 1, "a": 1}\n{"Step": 2, "a": 2}\n{"Step": 3, "a": 3}\n{"Step": 4, "a"')
-    assert truncate_metrics_file(path, 3) == 2
-    assert path.read_text() == '{"Step": 1, "a": 1}\n{"Step": 2, "a": 2}\n'
-    assert truncate_metrics_file(path, 3) == 0  # nothing to drop: the file is left as it is
-    assert truncate_metrics_file(tmp_path / "absent.jsonl", 1) == 0
-    assert not list(tmp_path.glob(".*tmp"))
+    (tmp_path / "metrics").mkdir()
+    train, valid = tmp_path / "metrics" / "train.jsonl", tmp_path / "metrics" / "valid.jsonl"
+    train.write_text('{"Step": 1, "a": 1}\n{"Step": 2, "a": 2}\n{"Step": 3, "a": 3}\n{"Step": 4, "a"')
+    valid.write_text('{"Step": 2, "b": 1}\n')
+    assert forget_redone_metrics(tmp_path, 2) == 2  # resuming from the step-2 checkpoint: steps 3, 4 are redone
+    assert train.read_text() == '{"Step": 1, "a": 1}\n{"Step": 2, "a": 2}\n'
+    assert valid.read_text() == '{"Step": 2, "b": 1}\n'
+    assert forget_redone_metrics(tmp_path, 2) == 0  # nothing to drop: the files are left as they are
+    assert forget_redone_metrics(tmp_path, None) == 3  # no checkpoint: the run starts over
+    assert train.read_text() == valid.read_text() == ""
+    assert forget_redone_metrics(tmp_path / "absent", 1) == 0
+    assert not list((tmp_path / "metrics").glob(".*tmp"))
 
 
 @pytest.mark.slow

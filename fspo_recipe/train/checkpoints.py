@@ -7,6 +7,8 @@ every ``*.pt`` file of the step it will resume from is loaded here with ``weight
 large model costs no read): a file that needs more than tensors and plain data is refused, a damaged one is named
 with the step to resume from instead. A file that passes refers to nothing but what the restricted unpickler
 allows, so fairseq2's own load of it runs no other code.
+
+The run's metrics are made to match the step it resumes from (:func:`forget_redone_metrics`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fspo_recipe.files import numbered
+from fspo_recipe.files import keep_lines, numbered
 
 
 class CheckpointCheckError(ValueError):
@@ -86,3 +88,18 @@ def _unsafe_name(ex: BaseException) -> str:
     """What the restricted unpickler refused, from torch's message ("... unsupported GLOBAL posix.system ...")."""
     found = re.search(r"GLOBAL ([\w.]+)", str(ex))
     return f"a reference to {found.group(1)}" if found else _first_line(ex)
+
+
+def forget_redone_metrics(output_dir: Path, resume_step: int | None) -> int:
+    """Drop from ``output_dir/metrics/*.jsonl`` the lines of the steps after ``resume_step`` (every step line when
+    the run starts over: None) and a line cut by a kill; return how many lines were dropped.
+
+    fairseq2 0.4.6 resumes a killed run from its last checkpoint and appends to its metrics files: the lines of the
+    steps it redoes would appear twice, and a cut line would stay. Called by the FSPO loader on rank 0 (the rank that
+    writes metrics) before training starts; each file is rewritten atomically, and only when it has such lines."""
+    def before_resume(record: dict[str, object]) -> bool:
+        step = record.get("Step")
+        return not isinstance(step, int) or resume_step is not None and step <= resume_step
+
+    metrics = output_dir / "metrics"
+    return sum(keep_lines(path, before_resume) for path in sorted(metrics.glob("*.jsonl"))) if metrics.is_dir() else 0

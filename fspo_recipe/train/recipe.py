@@ -2,28 +2,32 @@
 
 For ``criterion.name=fspo`` it
 
-1. activates the workarounds of fairseq2 0.4.6 defects that training needs (several CPU processes; metrics of a
-   resumed run), before fairseq2 creates the process group (:func:`fspo_recipe.fairseq2_compat.activate_fspo_workarounds`);
+1. activates the workarounds of fairseq2 0.4.6 defects that training needs (several CPU processes), before fairseq2
+   creates the process group (:func:`fspo_recipe.fairseq2_compat.activate_fspo_workarounds`);
 2. loads the policy and the reference with the llama/mistral factories that implement the packed-pairs interface
    (:func:`fspo_recipe.models.families.packed_model_families`);
 3. turns a model, tokenizer or data file that cannot be found into a one-line :class:`FspoLoadError`;
 4. checks the checkpoint a resumed run starts from (:func:`fspo_recipe.train.checkpoints.check_resume_checkpoint`:
-   no code in a pickle runs, a damaged file is named with the step to resume from instead).
+   no code in a pickle runs, a damaged file is named with the step to resume from instead), and drops the metrics
+   lines of the steps the resumed run redoes (:func:`fspo_recipe.train.checkpoints.forget_redone_metrics`).
 
 Every other criterion (dpo, simpo, ... of fairseq2) gets fairseq2's loader untouched.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from fairseq2.context import RuntimeContext
+from fairseq2.logging import log
+from fairseq2.utils.env import get_rank
 
 from fspo_recipe.assets import describe_load_error, load_error_types
 from fspo_recipe.fairseq2_compat import activate_fspo_workarounds
 from fspo_recipe.models.families import packed_model_families
-from fspo_recipe.train.checkpoints import check_model_file, check_resume_checkpoint, step_dirs
+from fspo_recipe.train.checkpoints import check_model_file, check_resume_checkpoint, forget_redone_metrics, step_dirs
 from fspo_recipe.train.unit import FSPO_UNIT
 
 
@@ -37,7 +41,12 @@ def load_preference_finetuner(context: RuntimeContext, config: object, output_di
 
     if criterion_name(config) != FSPO_UNIT:
         return load_po_finetuner(context, config, output_dir)
-    check_resume_checkpoint(output_dir)
+    resume_step = check_resume_checkpoint(output_dir)
+    if get_rank(os.environ) == 0:
+        dropped = forget_redone_metrics(output_dir, resume_step)
+        if dropped:
+            log.info("Resuming at step {}: dropped {} metrics line(s) of the steps it redoes.", (resume_step or 0) + 1,
+                     dropped)
     base = _flat(config).get("common.assets.checkpoint_dir")
     if base:  # the run starts from another run's last step (`last_checkpoint@`)
         steps = step_dirs(Path(str(base)))
