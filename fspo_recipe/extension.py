@@ -28,7 +28,8 @@ from fspo_recipe.train.metrics import UNIT_METRICS
 from fspo_recipe.train.optim import RMSPROP_OPTIMIZER, RMSpropHandler
 from fspo_recipe.train.presets import register_fspo_presets
 from fspo_recipe.train.reader import FSPO_PREFERENCE_FAMILY, EmptyPassError, FspoPreferenceDataset
-from fspo_recipe.train.recipe import FspoLoadError, check_training_config, is_fspo_config, load_preference_finetuner
+from fspo_recipe.train.recipe import (FspoLoadError, card_path_problem, check_training_config, is_fspo_config,
+                                      load_preference_finetuner)
 from fspo_recipe.train.unit import FSPO_UNIT, FspoFinetuneUnitHandler, TrainingDivergedError
 
 
@@ -91,7 +92,7 @@ def setup_fspo_cli(context: RuntimeContext, cli: object) -> None:
     if not has_command(cli, "lm", PREFERENCE_EVAL):
         handler = FspoRecipeCommandHandler(
             loader=load_preference_evaluator, config_kls=PreferenceEvalConfig, default_preset="fspo_eval",
-            command=f"fairseq2 lm {PREFERENCE_EVAL}",
+            command=f"fairseq2 lm {PREFERENCE_EVAL}", check_config=card_path_problem,
         )
         cli.get_group("lm").add_command(  # type: ignore[attr-defined]
             PREFERENCE_EVAL, handler, help="evaluate personalization on held-out users (fspo)"

@@ -86,3 +86,79 @@ def write_hf_model(out: Path, family: str, *, seed: int = 0, tied: bool = True, 
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
     model.save_pretrained(out, safe_serialization=True, max_shard_size="60KB" if shards else "10GB")
     return out
+
+
+def write_gguf(hf_dir: Path, path: Path, family: str, *, quantize: tuple[str, ...] = ()) -> Path:
+    """The Hugging Face directory ``hf_dir`` as llama.cpp's converter writes it into a GGUF file: llama.cpp's tensor
+    names, llama q/k rows permuted into the rotary pair layout, the tokenizer as byte-level BPE tokens, types and
+    merges, the chat template; rotary scaling is left out. Tensors whose GGUF name ends with one of ``quantize``
+    are stored as Q8_0."""
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    config = json.loads((hf_dir / "config.json").read_text())
+    tok_json = json.loads((hf_dir / "tokenizer.json").read_text())
+    tok_config = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    tensors: dict[str, np.ndarray] = {}
+    for f in sorted(hf_dir.glob("*.safetensors")):
+        tensors |= load_file(f)
+    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate",
+             "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    writer = gguf.GGUFWriter(str(path), family)
+    arch = family
+    writer.add_uint32(f"{arch}.block_count", config["num_hidden_layers"])
+    writer.add_uint32(f"{arch}.context_length", config["max_position_embeddings"])
+    writer.add_uint32(f"{arch}.embedding_length", config["hidden_size"])
+    writer.add_uint32(f"{arch}.feed_forward_length", config["intermediate_size"])
+    writer.add_uint32(f"{arch}.attention.head_count", heads)
+    writer.add_uint32(f"{arch}.attention.head_count_kv", kv)
+    writer.add_float32(f"{arch}.rope.freq_base", config.get("rope_theta") or config["rope_parameters"]["rope_theta"])
+    writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", config["rms_norm_eps"])
+    writer.add_uint32(f"{arch}.vocab_size", config["vocab_size"])
+    if family == "qwen3":
+        writer.add_uint32(f"{arch}.attention.key_length", head_dim)
+        writer.add_uint32(f"{arch}.attention.value_length", head_dim)
+    vocab = {**tok_json["model"]["vocab"], **{t["content"]: t["id"] for t in tok_json["added_tokens"]}}
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv_: kv_[1])]
+    special = {t["content"] for t in tok_json["added_tokens"] if t["special"]}
+    writer.add_string("tokenizer.ggml.model", "gpt2")
+    writer.add_string("tokenizer.ggml.pre", "default")
+    writer.add_array("tokenizer.ggml.tokens", tokens)
+    writer.add_array("tokenizer.ggml.token_type", [3 if t in special else 1 for t in tokens])
+    writer.add_array("tokenizer.ggml.merges", [m if isinstance(m, str) else " ".join(m)
+                                               for m in tok_json["model"]["merges"]])
+    for key, name in (("bos", "bos_token"), ("eos", "eos_token"), ("padding", "pad_token")):
+        if isinstance(tok_config.get(name), str):
+            writer.add_uint32(f"tokenizer.ggml.{key}_token_id", vocab[tok_config[name]])
+    writer.add_bool("tokenizer.ggml.add_bos_token", family == "llama")
+    writer.add_string("tokenizer.chat_template", tok_config["chat_template"])
+
+    def pairs(w: np.ndarray, n: int) -> np.ndarray:  # llama.cpp's LlamaModel.permute
+        return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    for name, w in tensors.items():
+        if name.startswith("model.layers."):
+            _, _, i, *rest = name.split(".")
+            gguf_name = f"blk.{i}.{layer['.'.join(rest[:-1])]}.weight"
+        else:
+            gguf_name = names[name]
+        w = w.astype(np.float32)
+        if family == "llama" and gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
+            w = pairs(w, heads if "attn_q" in gguf_name else kv)
+        if gguf_name.endswith(quantize):
+            q = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(gguf_name, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(gguf_name, w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -93,6 +93,8 @@ def test_the_end_of_every_pass_logs_its_counts(tiny_assets, tmp_path) -> None:
     ("optimizer.config.lr=nan", "optimizer.config.lr is 'nan'; expected a finite number >= 0"),
     ("dataset.batch_sise=2", "--config: 'dataset.batch_sise' is not a key of the fspo_sft configuration; did you mean "
                              "'dataset.batch_size'?"),
+    ("common.assets.extra_path=[/a,/b]", "common.assets.extra_path is ['/a', '/b']; fairseq2 takes one directory "
+                                         "there"),
 ])
 def test_configuration_errors_are_one_line_before_any_work(tiny_assets, tmp_path, override, message) -> None:
     proc = train(tmp_path / "run", f"common.assets.extra_path={tiny_assets}", "model.name=fspo_tiny_llama", override)

@@ -30,6 +30,11 @@ def hf_families() -> dict[str, ModelFamily]:
     return {f.hf_model_type: f for f in FAMILIES.values() if f.hf_model_type and f.hf_config and f.hf_tensors}
 
 
+def gguf_families() -> dict[str, ModelFamily]:
+    """The families that import GGUF files, by ``general.architecture``."""
+    return {f.gguf_arch: f for f in hf_families().values() if f.gguf_arch}
+
+
 def register_families(context: RuntimeContext) -> None:
     """Register the families new to fairseq2 (their configurations and handlers); fairseq2's are left as they are."""
     for family in FAMILIES.values():

@@ -67,6 +67,16 @@ class ModelFamily:
     hf_tensors: Callable[[Mapping[str, Any]], dict[str, tuple[int, ...]]] | None = None
     """Configuration fields -> name and shape of every Hugging Face tensor (``lm_head.weight`` included)."""
 
+    hf_architecture: str = ""
+    """``architectures[0]`` of the config.json an import writes (e.g. ``LlamaForCausalLM``)."""
+
+    gguf_arch: str | None = None
+    """``general.architecture`` of the GGUF files this family imports (``fspo-gguf-card``; None: no import)."""
+
+    gguf_rope_pairs: bool = False
+    """The GGUF stores the q/k projection rows of every head in the rotary pair layout (llama.cpp permutes llama
+    checkpoints so; Qwen3's keep Hugging Face's rotate-half layout): the import puts them back."""
+
     register: Callable[[RuntimeContext], None] | None = None
     """For a family new to fairseq2: register its configurations and handler (idempotent)."""
 

@@ -5,6 +5,7 @@ own module (:mod:`fspo_recipe.models.llama`, :mod:`fspo_recipe.models.qwen3`).""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,15 @@ def require(config: Mapping[str, Any], where: Path, key: str, kind: type | tuple
 def refuse(where: Path, key: str, value: object, expected: str) -> HfImportError:
     """The error for a config.json value that the family cannot represent exactly."""
     return HfImportError(f"{where}: '{key}' is {value!r}; this plugin represents only {expected} exactly.")
+
+
+def float32_equal(value: float, expected: float) -> bool:
+    """``value`` is ``expected`` up to float32 rounding (a config.json written from float32 storage, as GGUF's,
+    holds 1e-05 as 9.999999747378752e-06); everything else must be equal exactly."""
+    def rounded(x: float) -> float:
+        return struct.unpack("f", struct.pack("f", x))[0]
+
+    return value == expected or rounded(value) == rounded(expected)
 
 
 def rope_settings(config: Mapping[str, Any], where: Path, default_theta: float) -> tuple[float, dict[str, Any] | None]:

@@ -70,6 +70,8 @@ class HfTokenizer(AbstractTextTokenizer):
         super().__init__(vocab_info)
         self.special_tokens = {t.content for t in self._tokenizer.get_added_tokens_decoder().values() if t.special}
         template = config.get("chat_template")
+        if template is None and (directory / "chat_template.jinja").is_file():  # transformers 5 saves it apart
+            template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
         if isinstance(template, list):  # several named templates: the default one
             template = next((t.get("template") for t in template if t.get("name") == "default"), None)
         self.chat_template: ChatTemplate | None = None

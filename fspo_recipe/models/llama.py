@@ -34,7 +34,8 @@ from fairseq2.nn.transformer import (
 from fairseq2.utils.file import StandardTensorLoader
 
 from fspo_recipe.models.family import ModelFamily, TinyShape
-from fspo_recipe.models.hf_config import decoder_tensors, refuse, require, rope_settings, vocab_fields
+from fspo_recipe.models.hf_config import (decoder_tensors, float32_equal, refuse, require, rope_settings,
+                                          vocab_fields)
 from fspo_recipe.models.hf_tokenizer import HfImportError, HfTokenizer
 from fspo_recipe.models.hub import HubModelHandler
 from fspo_recipe.models.transformer import FspoDecoderModel, FspoTransformerDecoder, PackedMultiheadAttention
@@ -148,7 +149,7 @@ def llama_model_config(config: Mapping[str, Any], where: Path, tokenizer: HfToke
     if config.get("head_dim") not in (None, hidden // heads):
         raise refuse(where, "head_dim", config.get("head_dim"), f"head_dim = hidden_size / num_attention_heads "
                       f"({hidden // heads}) in fairseq2's llama")
-    if float(config.get("rms_norm_eps", 1e-5)) != 1e-5:
+    if not float32_equal(float(config.get("rms_norm_eps", 1e-5)), 1e-5):
         raise refuse(where, "rms_norm_eps", config.get("rms_norm_eps"), "1e-05 (fairseq2's llama RMSNorm)")
     out: dict[str, Any] = {
         "model_dim": hidden,
@@ -201,7 +202,8 @@ LLAMA = ModelFamily(
     name="llama", config_kls=LLaMAConfig, create_model=lambda config: FspoLLaMAFactory(config).create_model(),
     tiny_arch="llama3_2_1b", tiny_config=llama_tiny_config,
     hf_model_type="llama", hf_arch="llama3_2_1b", hf_config=llama_model_config,
-    hf_tensors=lambda config: decoder_tensors(config, qk_norm=False), packed_handler=llama_handler,
+    hf_tensors=lambda config: decoder_tensors(config, qk_norm=False), hf_architecture="LlamaForCausalLM",
+    gguf_arch="llama", gguf_rope_pairs=True, packed_handler=llama_handler,
 )
 
 MISTRAL = ModelFamily(

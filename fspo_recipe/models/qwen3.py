@@ -324,5 +324,6 @@ QWEN3 = ModelFamily(
     name=QWEN3_FAMILY, config_kls=Qwen3Config, create_model=lambda config: Qwen3Factory(config).create_model(),
     tiny_arch="qwen3_0_6b", tiny_config=qwen3_tiny_config,
     hf_model_type="qwen3", hf_arch="qwen3_4b", hf_config=qwen3_model_config,
-    hf_tensors=lambda config: decoder_tensors(config, qk_norm=True), register=register_qwen3,
+    hf_tensors=lambda config: decoder_tensors(config, qk_norm=True), hf_architecture="Qwen3ForCausalLM",
+    gguf_arch="qwen3", register=register_qwen3,
 )

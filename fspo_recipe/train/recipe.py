@@ -100,12 +100,24 @@ def _number(value: object) -> float | None:
         return None
 
 
+def card_path_problem(config: object) -> str | None:
+    """``common.assets.extra_path`` given several directories, which fairseq2 0.4.6 cannot take (it names no key)."""
+    extra = _flat(config).get("common.assets.extra_path")
+    if isinstance(extra, (list, tuple)):
+        return (f"common.assets.extra_path is {extra}; fairseq2 takes one directory there: give a directory that "
+                "holds the others (cards are found in its subdirectories), or name one of them in "
+                "FAIRSEQ2_USER_ASSET_DIR.")
+    return None
+
+
 def check_training_config(config: object) -> str | None:
-    """The first nonsense value of an FSPO training configuration, as one line (None: none found): a float that is
-    NaN or infinite anywhere, a size or count that is not a whole number >= 1, a negative (or NaN) learning rate,
-    weight decay, gradient norm or warm-up."""
+    """The first nonsense value of an FSPO training configuration, as one line (None: none found): several card
+    directories, a float that is NaN or infinite anywhere, a size or count that is not a whole number >= 1, a
+    negative (or NaN) learning rate, weight decay, gradient norm or warm-up."""
     import math
 
+    if (problem := card_path_problem(config)) is not None:
+        return problem
     flat = _flat(config)
     for key, value in flat.items():
         if isinstance(value, float) and not math.isfinite(value):
