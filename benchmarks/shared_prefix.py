@@ -87,6 +87,37 @@ def profile_split(step: object, device_type: str) -> dict[str, float]:
     return {k: v / whole for k, v in totals.items()}
 
 
+def card_model(card_path: str, max_seq_len: int, *, builtin: bool) -> tuple[object, object]:
+    """(configuration, factory) of the model an asset card describes; random weights (speed and memory do not
+    depend on them). ``builtin``: fairseq2's own factory of the family when fairseq2 has the family."""
+    import yaml
+
+    from fairseq2.models.llama import LLaMAFactory
+    from fairseq2.models.mistral import MistralFactory
+    from fairseq2.utils.structured import structure
+
+    from fspo_recipe.models.families import model_family
+
+    card = yaml.safe_load(Path(card_path).read_text())
+    family = model_family(card["model_family"])
+    fields = {**card["model_config"]["_set_"], "max_seq_len": max_seq_len}
+    config = structure(fields, family.config_kls)
+    fairseq2s = {"llama": LLaMAFactory, "mistral": MistralFactory}.get(family.name)
+    if builtin and fairseq2s is not None:
+        return config, fairseq2s
+    return config, lambda c: type("CardFactory", (), {"create_model": lambda self: family.create_model(c)})()
+
+
+def card_shape(card_path: str) -> str:
+    import yaml
+
+    card = yaml.safe_load(Path(card_path).read_text())
+    c = card["model_config"]["_set_"]
+    return (f"{card['name']} ({card['model_family']}: {c['num_layers']} layers, dim {c['model_dim']}, "
+            f"{c['num_attn_heads']} heads, {c['num_key_value_heads']} kv, vocab {c['vocab_info']['size']}; random "
+            "weights)")
+
+
 def child(variant: str, prompt: int, response: int, args: argparse.Namespace) -> dict[str, object]:
     import torch
 
@@ -123,6 +154,8 @@ def child(variant: str, prompt: int, response: int, args: argparse.Namespace) ->
     }, LLaMAConfig)
     # fairseq2's unit gets fairseq2's model; ours the model FSPO's commands load (the packed-pairs subclasses).
     factory = LLaMAFactory if variant == "builtin" else FspoLLaMAFactory
+    if args.card:  # the shape of an asset card, any family (fairseq2's own model for `builtin` where it has one)
+        config, factory = card_model(args.card, prompt + 2 * response + 8, builtin=variant == "builtin")
     # Built as fairseq2's model handler builds a model: under its dtype as the default (the rotary tables ask for
     # float32 themselves) and where it runs (a 1B model takes seconds on a GPU, a minute on the host).
     default_dtype = torch.get_default_dtype()
@@ -237,6 +270,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them (default: 1)")
     parser.add_argument("--arch", default=None, choices=sorted(ARCHS),
                         help="a Llama 3.2 shape (random weights, bfloat16 unless --dtype) instead of the flags below")
+    parser.add_argument("--card", default=None, metavar="CARD.yaml",
+                        help="the shape of an asset card (e.g. written by fspo-gguf-card or fspo-hf-card), any family "
+                        "(random weights) instead of --arch and the flags below")
     parser.add_argument("--model-dim", type=int, default=256, help="model width (default: 256)")
     parser.add_argument("--layers", type=int, default=4, help="decoder layers (default: 4)")
     parser.add_argument("--heads", type=int, default=4, help="attention heads (default: 4)")
@@ -257,6 +293,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.arch:
         args.model_dim, args.layers, args.heads, args.kv_heads, args.ffn, args.vocab = ARCHS[args.arch]
+    if args.card:  # token ids are drawn from the card's vocabulary
+        import yaml
+
+        args.vocab = yaml.safe_load(Path(args.card).read_text())["model_config"]["_set_"]["vocab_info"]["size"]
     args.dtype = args.dtype or ("bfloat16" if args.arch else "float32")
     args.kv_heads = args.kv_heads or args.heads
 
@@ -276,8 +316,11 @@ def main() -> int:
         skip = a == "--against"
     baseline = worktree(args.against) if args.against else None
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
-    shape = (f"{args.layers}-layer dim-{args.model_dim} llama ({args.heads} heads, {args.kv_heads} kv, vocab "
-             f"{args.vocab}), {args.dtype}{', activation checkpointing' if args.ckpt else ''}"
+    model = (card_shape(args.card) if args.card else
+             f"{args.layers}-layer dim-{args.model_dim} llama ({args.heads} heads, {args.kv_heads} kv, vocab {args.vocab})")
+    if args.card and args.against:
+        parser.error("--card and --against do not go together (a baseline revision may not read cards)")
+    shape = (f"{model}, {args.dtype}{', activation checkpointing' if args.ckpt else ''}"
              f"{', compiled layer blocks' if args.compile else ''}")
     print(f"one training step, {args.pairs} pairs, {shape}; peak = child RSS on CPU, allocated on CUDA")
     head = (f"{'P':>5} {'R':>4} {'variant':<11} {'s/step':>7} {'cpu s':>7} {'pairs/s':>8} {'tokens/s':>9} {'peak MB':>8} "

