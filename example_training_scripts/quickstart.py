@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.model == "smollm2":
         plan = SMOLLM2_DEMO
         if args.check:
-            plan = dataclasses.replace(plan, users_per_pole=1, rows_per_user=8, test_rows_per_user=6, ipo_steps=2,
-                                       curve_every=2, bootstrap=100, generate_tokens=8)
+            plan = dataclasses.replace(plan, users_per_pole=1, rows_per_user=8, test_rows_per_user=4, ipo_steps=2,
+                                       curve_every=2, bootstrap=100, generate_tokens=8, test_users_per_pole=1)
         result, stages = smollm2_quickstart(out, plan, args.seed, args.cache)
     else:
         plan = DEMO
