@@ -106,6 +106,13 @@ def test_an_existing_import_is_replaced_only_with_overwrite(imported, capsys) ->
     family, _, path, cards = imported
     assert main([str(path), "--name", f"tiny_{family}", "--out", str(cards)]) == 1
     assert "exists; pass --overwrite to replace it" in capsys.readouterr().err
+    foreign = cards / "foreign"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("not the importer's")
+    assert main([str(path), "--name", "foreign", "--out", str(cards), "--overwrite"]) == 1
+    assert "was not written by fspo-gguf-card" in capsys.readouterr().err
+    assert (foreign / "mine.txt").read_text() == "not the importer's"
+    assert main([str(path), "--name", f"tiny_{family}", "--out", str(cards), "--overwrite"]) == 0  # its own: replaced
 
 
 def test_a_config_value_off_by_float32_rounding_is_accepted_and_others_are_not(tmp_path) -> None:

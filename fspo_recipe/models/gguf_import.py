@@ -234,10 +234,22 @@ def import_gguf(path: Path, name: str, out: Path) -> Path:
 
     card_path = out / f"{name}.yaml"
     with atomic_file(card_path) as fp:
-        fp.write(f"# Written by `fspo-gguf-card {path}`: its weights dequantized to float32 "
+        fp.write(f"{WRITTEN_BY}{path}`: its weights dequantized to float32 "
                  f"({', '.join(f'{k} x{v}' for k, v in quantization.items())}).\n")
         fp.write(yaml.safe_dump(card, sort_keys=False))
     return card_path
+
+
+WRITTEN_BY: Final = "# Written by `fspo-gguf-card "
+
+
+def written_by_us(card: Path) -> bool:
+    """Whether ``card`` is a card this command wrote (its first line says so)."""
+    try:
+        with card.open(encoding="utf-8") as fp:
+            return fp.readline().startswith(WRITTEN_BY)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,9 +263,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        for existing in (args.out / args.name, args.out / f"{args.name}.yaml"):
+        card = args.out / f"{args.name}.yaml"
+        for existing in (args.out / args.name, card):
             if existing.exists() and not args.overwrite:
                 raise HfImportError(f"{existing} exists; pass --overwrite to replace it.")
+        if args.overwrite and (args.out / args.name).exists() and not written_by_us(card):
+            raise HfImportError(f"{args.out / args.name} was not written by fspo-gguf-card (its card {card} does not "
+                                "say so); not replacing it.")
         card = import_gguf(args.gguf, args.name, args.out)
         print(f"wrote {card} and {args.out / args.name}: use --config common.assets.extra_path={args.out} "
               f"model.name={args.name}")
