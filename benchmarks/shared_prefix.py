@@ -87,10 +87,20 @@ def profile_split(step: object, device_type: str) -> dict[str, float]:
     return {k: v / whole for k, v in totals.items()}
 
 
-def card_model(card_path: str, max_seq_len: int, *, builtin: bool) -> tuple[object, object]:
+class _FamilyFactory:
+    """A factory of one family's FSPO model for one configuration (the benchmark's ``factory(config)`` shape)."""
+
+    def __init__(self, family: object, config: object) -> None:
+        self._family, self._config = family, config
+
+    def create_model(self) -> object:
+        return self._family.create_model(self._config)  # type: ignore[attr-defined]
+
+
+def card_model(card: dict, max_seq_len: int, *, builtin: bool) -> tuple[object, object]:
     """(configuration, factory) of the model an asset card describes; random weights (speed and memory do not
     depend on them). ``builtin``: fairseq2's own factory of the family when fairseq2 has the family."""
-    import yaml
+    import functools
 
     from fairseq2.models.llama import LLaMAFactory
     from fairseq2.models.mistral import MistralFactory
@@ -98,20 +108,15 @@ def card_model(card_path: str, max_seq_len: int, *, builtin: bool) -> tuple[obje
 
     from fspo_recipe.models.families import model_family
 
-    card = yaml.safe_load(Path(card_path).read_text())
     family = model_family(card["model_family"])
-    fields = {**card["model_config"]["_set_"], "max_seq_len": max_seq_len}
-    config = structure(fields, family.config_kls)
+    config = structure({**card["model_config"]["_set_"], "max_seq_len": max_seq_len}, family.config_kls)
     fairseq2s = {"llama": LLaMAFactory, "mistral": MistralFactory}.get(family.name)
     if builtin and fairseq2s is not None:
         return config, fairseq2s
-    return config, lambda c: type("CardFactory", (), {"create_model": lambda self: family.create_model(c)})()
+    return config, functools.partial(_FamilyFactory, family)
 
 
-def card_shape(card_path: str) -> str:
-    import yaml
-
-    card = yaml.safe_load(Path(card_path).read_text())
+def card_shape(card: dict) -> str:
     c = card["model_config"]["_set_"]
     return (f"{card['name']} ({card['model_family']}: {c['num_layers']} layers, dim {c['model_dim']}, "
             f"{c['num_attn_heads']} heads, {c['num_key_value_heads']} kv, vocab {c['vocab_info']['size']}; random "
@@ -155,7 +160,7 @@ def child(variant: str, prompt: int, response: int, args: argparse.Namespace) ->
     # fairseq2's unit gets fairseq2's model; ours the model FSPO's commands load (the packed-pairs subclasses).
     factory = LLaMAFactory if variant == "builtin" else FspoLLaMAFactory
     if args.card:  # the shape of an asset card, any family (fairseq2's own model for `builtin` where it has one)
-        config, factory = card_model(args.card, prompt + 2 * response + 8, builtin=variant == "builtin")
+        config, factory = card_model(args.card_data, prompt + 2 * response + 8, builtin=variant == "builtin")
     # Built as fairseq2's model handler builds a model: under its dtype as the default (the rotary tables ask for
     # float32 themselves) and where it runs (a 1B model takes seconds on a GPU, a minute on the host).
     default_dtype = torch.get_default_dtype()
@@ -293,10 +298,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.arch:
         args.model_dim, args.layers, args.heads, args.kv_heads, args.ffn, args.vocab = ARCHS[args.arch]
-    if args.card:  # token ids are drawn from the card's vocabulary
+    args.card_data = None
+    if args.card:  # read once; token ids are drawn from the card's vocabulary
         import yaml
 
-        args.vocab = yaml.safe_load(Path(args.card).read_text())["model_config"]["_set_"]["vocab_info"]["size"]
+        args.card_data = yaml.safe_load(Path(args.card).read_text())
+        args.vocab = args.card_data["model_config"]["_set_"]["vocab_info"]["size"]
     args.dtype = args.dtype or ("bfloat16" if args.arch else "float32")
     args.kv_heads = args.kv_heads or args.heads
 
@@ -316,7 +323,7 @@ def main() -> int:
         skip = a == "--against"
     baseline = worktree(args.against) if args.against else None
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
-    model = (card_shape(args.card) if args.card else
+    model = (card_shape(args.card_data) if args.card else
              f"{args.layers}-layer dim-{args.model_dim} llama ({args.heads} heads, {args.kv_heads} kv, vocab {args.vocab})")
     if args.card and args.against:
         parser.error("--card and --against do not go together (a baseline revision may not read cards)")

@@ -31,6 +31,8 @@ from fspo_recipe.files import atomic_directory, atomic_file
 from fspo_recipe.models.families import gguf_families
 from fspo_recipe.models.family import ModelFamily
 from fspo_recipe.models.hf import hf_card
+from fspo_recipe.models import hf_config
+from fspo_recipe.models.hf_config import rotary_halves_from_pairs
 from fspo_recipe.models.hf_tokenizer import HfImportError
 
 _TOP: Final = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
@@ -73,10 +75,8 @@ class GgufFile:
         return default if field is None else field.contents()
 
     def require(self, key: str, kind: type | tuple[type, ...]) -> Any:
-        value = self.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-            raise HfImportError(f"{self.path}: metadata '{key}' is missing or not a {getattr(kind, '__name__', kind)}.")
-        return value
+        """The metadata ``key`` when it is a ``kind``, checked as config.json fields are (:func:`hf_config.require`)."""
+        return hf_config.require(self, self.path, key, kind)  # type: ignore[arg-type]  (it needs only .get)
 
     def dequantized(self, name: str) -> np.ndarray:
         """The tensor ``name`` as float32, as the ``gguf`` package dequantizes it ([rows, columns] as in PyTorch)."""
@@ -127,13 +127,6 @@ def model_config(file: GgufFile, family: ModelFamily, vocab_size: int, bos: int 
     return config
 
 
-def _halves_from_pairs(w: np.ndarray, num_heads: int) -> np.ndarray:
-    """Rows of every head from the rotary pair layout (2i, 2i+1) back to Hugging Face's halves (i, i + head_dim/2):
-    the inverse of llama.cpp's permutation of llama q/k projections."""
-    head_dim = w.shape[0] // num_heads
-    return w.reshape(num_heads, head_dim // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def hf_tensors(file: GgufFile, family: ModelFamily, config: dict[str, Any]) -> dict[str, np.ndarray]:
     """Every tensor under its Hugging Face name, float32; a tensor without a place is refused by name."""
     out: dict[str, np.ndarray] = {}
@@ -148,7 +141,7 @@ def hf_tensors(file: GgufFile, family: ModelFamily, config: dict[str, Any]) -> d
         w = file.dequantized(name)
         if family.gguf_rope_pairs and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = config["num_attention_heads"] if "q_proj" in hf_name else config["num_key_value_heads"]
-            w = _halves_from_pairs(w, heads)
+            w = rotary_halves_from_pairs(w, heads)  # llama.cpp permuted them into pairs
         out[hf_name] = w
     return out
 

@@ -37,6 +37,20 @@ def float32_equal(value: float, expected: float) -> bool:
     return value == expected or rounded(value) == rounded(expected)
 
 
+def rotary_pairs_from_halves(w: Any, num_heads: int) -> Any:
+    """Reorder the output rows of ``w`` ([num_heads * head_dim, ...], or a [head_dim] norm weight with one head) of
+    every head from Hugging Face's rotate-half layout (i, i + head_dim/2) into the rotary pair layout (2i, 2i+1) of
+    fairseq2 and llama.cpp's llama files. A tensor or a numpy array."""
+    head_dim = w.shape[0] // num_heads
+    return w.reshape(num_heads, 2, head_dim // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def rotary_halves_from_pairs(w: Any, num_heads: int) -> Any:
+    """The inverse of :func:`rotary_pairs_from_halves`."""
+    head_dim = w.shape[0] // num_heads
+    return w.reshape(num_heads, head_dim // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 def rope_settings(config: Mapping[str, Any], where: Path, default_theta: float) -> tuple[float, dict[str, Any] | None]:
     """(rotary base, scaling parameters or None) from either config.json style: ``rope_theta`` and ``rope_scaling``
     (the published models), or ``rope_parameters`` (written by transformers 5)."""

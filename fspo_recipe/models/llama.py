@@ -11,7 +11,7 @@ models. Llama also imports Hugging Face directories (:func:`llama_model_config`)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -121,19 +121,15 @@ class FspoMistralModelHandler(MistralModelHandler):
         return FspoMistralFactory(cast(MistralConfig, config)).create_model()
 
 
-def llama_handler(context: RuntimeContext) -> object:
-    """Our llama handler, made from the context's public parts (hub repositories ``hf://ORG/NAME`` accepted as
-    checkpoints)."""
-    handler = FspoLLaMAModelHandler(context.get_config_registry(LLaMAConfig), LLAMA_DEFAULT_ARCH,
-                                    context.asset_download_manager, StandardTensorLoader(context.file_system))
-    return HubModelHandler(handler)
+def _packed_handler(handler_kls: type, config_kls: type, default_arch: str) -> Callable[[RuntimeContext], object]:
+    """The ``packed_handler`` of a family of fairseq2: our handler subclass made from the context's public parts,
+    hub repositories (``hf://ORG/NAME``) accepted as checkpoints."""
+    def make(context: RuntimeContext) -> object:
+        handler = handler_kls(context.get_config_registry(config_kls), default_arch, context.asset_download_manager,
+                              StandardTensorLoader(context.file_system))
+        return HubModelHandler(handler)
 
-
-def mistral_handler(context: RuntimeContext) -> object:
-    """Our mistral handler (see :func:`llama_handler`)."""
-    handler = FspoMistralModelHandler(context.get_config_registry(MistralConfig), MISTRAL_DEFAULT_ARCH,
-                                      context.asset_download_manager, StandardTensorLoader(context.file_system))
-    return HubModelHandler(handler)
+    return make
 
 
 def llama_model_config(config: Mapping[str, Any], where: Path, tokenizer: HfTokenizer) -> dict[str, Any]:
@@ -203,10 +199,12 @@ LLAMA = ModelFamily(
     tiny_arch="llama3_2_1b", tiny_config=llama_tiny_config,
     hf_model_type="llama", hf_arch="llama3_2_1b", hf_config=llama_model_config,
     hf_tensors=lambda config: decoder_tensors(config, qk_norm=False), hf_architecture="LlamaForCausalLM",
-    gguf_arch="llama", gguf_rope_pairs=True, packed_handler=llama_handler,
+    gguf_arch="llama", gguf_rope_pairs=True,
+    packed_handler=_packed_handler(FspoLLaMAModelHandler, LLaMAConfig, LLAMA_DEFAULT_ARCH),
 )
 
 MISTRAL = ModelFamily(
     name="mistral", config_kls=MistralConfig, create_model=lambda config: FspoMistralFactory(config).create_model(),
-    tiny_arch=MISTRAL_DEFAULT_ARCH, tiny_config=mistral_tiny_config, packed_handler=mistral_handler,
+    tiny_arch=MISTRAL_DEFAULT_ARCH, tiny_config=mistral_tiny_config,
+    packed_handler=_packed_handler(FspoMistralModelHandler, MistralConfig, MISTRAL_DEFAULT_ARCH),
 )

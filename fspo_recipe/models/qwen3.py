@@ -44,7 +44,8 @@ from fairseq2.typing import DataType
 from fairseq2.utils.file import StandardTensorLoader
 
 from fspo_recipe.models.family import ModelFamily, TinyShape
-from fspo_recipe.models.hf_config import decoder_tensors, refuse, require, rope_settings, vocab_fields
+from fspo_recipe.models.hf_config import (decoder_tensors, refuse, require, rope_settings, rotary_pairs_from_halves,
+                                          vocab_fields)
 from fspo_recipe.models.hf_tokenizer import HfImportError, HfTokenizer
 from fspo_recipe.models.hub import HubModelHandler
 from fspo_recipe.models.transformer import FspoDecoderModel, FspoTransformerDecoder, PackedMultiheadAttention
@@ -175,14 +176,6 @@ class Qwen3Factory:
 
     def _layer_norm(self, model_dim: int, *, device: Any = None, dtype: DataType | None = None) -> RMSNorm:
         return RMSNorm(model_dim, bias=False, eps=self._config.layer_norm_eps, device=device, dtype=dtype)
-
-
-def rotary_pairs_from_halves(w: Tensor, num_heads: int) -> Tensor:
-    """Reorder the output rows of ``w`` ([num_heads * head_dim, ...] or a [head_dim] norm weight) of every head from
-    Hugging Face's rotate-half layout (i, i + head_dim/2) into fairseq2's pair layout (2i, 2i+1)."""
-    rest = w.shape[1:]
-    head_dim = w.size(0) // num_heads
-    return w.reshape(num_heads, 2, head_dim // 2, *rest).transpose(1, 2).reshape(w.shape)
 
 
 _QWEN3_KEYS: Final = {
