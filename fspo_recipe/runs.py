@@ -57,6 +57,19 @@ def register_run_cards(context: RuntimeContext, run_dir: Path, alias: str, card_
     return names
 
 
+def register_run(context: RuntimeContext, run_dir: Path, alias: str, *, known: Path | None = None) -> dict[int, str]:
+    """:func:`register_run_cards` for a command that loads a run's models: with the card directory the run was
+    trained with (its tokenizer's card often lives there, beside the base model's; not again when it is ``known``),
+    the cards written to a temporary directory (they are read into memory on registration); step -> card name."""
+    import tempfile
+
+    run_assets = run_asset_path(run_dir)
+    if run_assets is not None and run_assets.is_dir() and run_assets != known:
+        add_card_directory(context, run_assets)
+    with tempfile.TemporaryDirectory() as card_dir:
+        return register_run_cards(context, run_dir, alias, Path(card_dir))
+
+
 def run_asset_path(run_dir: Path) -> Path | None:
     """The ``common.assets.extra_path`` a training run was started with (from its ``config.yaml``), if any."""
     try:

@@ -37,8 +37,9 @@ from fspo_recipe.gpo.module import GpoConfig
 from fspo_recipe.gpo.tasks import (GpoDataError, TaskSet, groups_of, opinion_tasks, read_opinions, read_pairs,
                                    split_groups, write_json)
 from fspo_recipe.lock import OutputInUseError, OutputLock
+from fspo_recipe.models.families import packed_model_families
 from fspo_recipe.progress import ProgressBar
-from fspo_recipe.runs import RunDirError, register_run_cards, run_asset_path
+from fspo_recipe.runs import RunDirError, register_run
 from fspo_recipe.scoring.pairs import default_device, encode_pairs, score_pairs
 from fspo_recipe.train.checkpoints import CheckpointCheckError
 
@@ -73,8 +74,6 @@ def _device(name: str | None) -> torch.device:
 
 def _load_frozen(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """The frozen model and tokenizer of ``--model`` / ``--run-dir`` (as fspo-score-reference loads them)."""
-    import tempfile
-
     from fairseq2 import setup_fairseq2
     from fairseq2.context import get_runtime_context
     from fairseq2.data.text.tokenizers import get_text_tokenizer_hub
@@ -89,15 +88,12 @@ def _load_frozen(args: argparse.Namespace) -> tuple[Any, Any, str]:
     name = args.model
     identity = args.model
     if args.run_dir is not None:
-        run_assets = run_asset_path(args.run_dir)
-        if run_assets is not None and run_assets.is_dir():
-            add_card_directory(context, run_assets)
-        with tempfile.TemporaryDirectory() as card_dir:
-            steps = register_run_cards(context, args.run_dir, "gpo_frozen", Path(card_dir))
+        steps = register_run(context, args.run_dir, "gpo_frozen")
         name = steps[max(steps)]
         identity = str((args.run_dir / "checkpoints" / f"step_{max(steps)}").resolve())
-    model = load_reference_model(DecoderModel, context, name, fake_gangs(_device(args.device)),
-                                 getattr(torch, args.dtype), mp=False)
+    with packed_model_families(context):  # FSPO's model classes and card fields (tied llama embeddings)
+        model = load_reference_model(DecoderModel, context, name, fake_gangs(_device(args.device)),
+                                     getattr(torch, args.dtype), mp=False)
     return model.eval(), get_text_tokenizer_hub().load(name), identity
 
 

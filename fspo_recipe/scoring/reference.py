@@ -37,7 +37,7 @@ from fspo_recipe.files import atomic_file, complete_lines
 from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.models.families import packed_model_families
 from fspo_recipe.progress import ProgressBar
-from fspo_recipe.runs import register_run_cards, run_asset_path
+from fspo_recipe.runs import register_run
 from fspo_recipe.scoring.pairs import PairEncoder, default_device, encode_pairs, score_pairs
 
 IDENTITY_LINES = 64  # input lines hashed into the partial file's identity
@@ -169,7 +169,9 @@ def score_reference(
             add_card_directory(context, assets_dir)
         checkpoint = None
         if run_dir is not None:
-            model_name, checkpoint = _register_run(context, run_dir, assets_dir)
+            steps = register_run(context, run_dir, "reference", known=assets_dir)  # type: ignore[arg-type]
+            model_name = steps[max(steps)]
+            checkpoint = str((run_dir / "checkpoints" / f"step_{max(steps)}").resolve())
 
         examples = [record for _, record in read_preference_jsonl(input_path)]  # as in the file; bad lines named
         partial = output_path.with_name(output_path.name + ".partial")
@@ -206,19 +208,6 @@ def score_reference(
         os.replace(partial, output_path)
         meta.unlink(missing_ok=True)
     return len(examples)
-
-
-def _register_run(context: object, run_dir: Path, assets_dir: Path | None) -> tuple[str, str]:
-    """Register the cards of training run ``run_dir``; return (the card name of its last step, that step's path)."""
-    import tempfile
-
-    # The run's own card directory (its tokenizer's card often lives there, beside the base model's).
-    run_assets = run_asset_path(run_dir)
-    if run_assets is not None and run_assets.is_dir() and run_assets != assets_dir:
-        add_card_directory(context, run_assets)  # type: ignore[arg-type]
-    with tempfile.TemporaryDirectory() as card_dir:  # the cards are read into memory on registration
-        steps = register_run_cards(context, run_dir, "reference", Path(card_dir))  # type: ignore[arg-type]
-    return steps[max(steps)], str((run_dir / "checkpoints" / f"step_{max(steps)}").resolve())
 
 
 def _scored(path: Path) -> bool:
