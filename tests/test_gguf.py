@@ -16,7 +16,7 @@ from hf_fixtures import write_gguf, write_hf_model
 def imported(request, tmp_path_factory):
     family = request.param
     base = tmp_path_factory.mktemp(f"gguf_{family}")
-    hf_dir = write_hf_model(base / "hf", family, seed=5, tied=family == "qwen3")
+    hf_dir = write_hf_model(base / "hf", family, seed=5, tied=family == "llama")  # llama tied, as SmolLM2
     path = write_gguf(hf_dir, base / "model.gguf", family, quantize=("ffn_up.weight",))
     from fspo_recipe.models.gguf_import import main
 
@@ -141,3 +141,29 @@ def test_the_chat_template_is_read_from_chat_template_jinja_when_the_config_has_
     (directory / "chat_template.jinja").write_text(template)  # as transformers 5 saves it
     rendered = HfTokenizer(directory).chat_template
     assert rendered is not None and rendered.render_prompt("hi").endswith("<|im_start|>assistant\n")
+
+
+def test_the_fetch_cache_is_imported_once_and_again_after_a_format_change(imported, tmp_path) -> None:
+    """fspo-fetch-smollm2 on a cache that already holds the GGUF (no download): imported on the first call, reused
+    on the second, imported again when the cached card is of an older import format (it lacks tied_embeddings)."""
+    import shutil
+
+    import yaml
+
+    from fspo_recipe.models.smollm2 import GGUF_MEMBER, SMOLLM2_NAME, fetch_smollm2
+
+    family, _, path, _ = imported
+    if family != "llama":
+        pytest.skip("the cache holds a llama, as SmolLM2 is")
+    shutil.copy(path, tmp_path / GGUF_MEMBER.split("/")[-1])
+    said: list[str] = []
+    cards = fetch_smollm2(tmp_path, say=said.append)
+    card = cards / f"{SMOLLM2_NAME}.yaml"
+    data = yaml.safe_load(card.read_text())
+    assert data["model_config"]["_set_"]["tied_embeddings"] is True and len(said) == 1
+    assert fetch_smollm2(tmp_path, say=said.append) == cards and len(said) == 1  # reused
+    del data["source"]["import_format"]
+    card.write_text(card.read_text().splitlines()[0] + "\n" + yaml.safe_dump(data, sort_keys=False))
+    fetch_smollm2(tmp_path, say=said.append)
+    assert len(said) == 2 and "older format" in said[1]
+    assert yaml.safe_load(card.read_text())["source"]["import_format"] >= 2

@@ -404,3 +404,54 @@ def test_generation_speaks_the_chat_template_and_stops_at_its_end_of_turn(hf_dir
     assert gen["tokens"] == k
     assert gen["generated"] == Tokenizer.from_file(str(model_dir / "tokenizer.json")).decode(free[:k], skip_special_tokens=False)
     assert gen["prompt"] == example["src"] and gen["system"] == "policy"
+
+
+def test_a_tied_llama_trains_one_matrix_for_embedding_and_output(hf_dirs, cards) -> None:
+    """tie_word_embeddings in a llama config.json: the output projection is the embedding itself (one parameter,
+    one gradient, the parameter count of transformers), before and after optimizer steps."""
+    from fairseq2.models.sequence import SequenceBatch
+    from transformers import AutoModelForCausalLM
+
+    ours = load_fairseq2("hf_llama", cards).train()
+    embed = ours.decoder_frontend.embed.weight
+    assert ours.final_proj.weight is embed
+    reference = AutoModelForCausalLM.from_pretrained(hf_dirs["llama"], dtype=torch.float32)
+    assert sum(p.numel() for p in ours.parameters()) == reference.num_parameters()
+    before = embed.detach().clone()
+    optimizer = torch.optim.AdamW(ours.parameters(), lr=1e-2)
+    seqs = torch.randint(3, 400, (2, 32), generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        optimizer.zero_grad()
+        ours(SequenceBatch(seqs, None)).logits.logsumexp(-1).mean().backward()
+        optimizer.step()
+    assert ours.final_proj.weight is ours.decoder_frontend.embed.weight
+    assert not torch.equal(embed.detach(), before)  # trained, as one matrix
+    untied = load_fairseq2("hf_qwen3_untied", cards)
+    assert untied.final_proj.weight is not untied.decoder_frontend.embed.weight
+
+
+@pytest.mark.slow
+def test_a_tied_llama_stays_tied_through_training_and_its_checkpoints(cards, tmp_path) -> None:
+    """Two SFT steps of the recipe from a tied llama: the checkpoint's output projection equals its (trained)
+    embedding, and the run's checkpoint card says tied_embeddings, so the next stage builds one matrix again."""
+    import yaml
+
+    from fspo_recipe.runs import register_run_cards
+
+    run = tmp_path / "sft"
+    proc = fairseq2("lm", "preference_finetune", str(run), "--preset", "fspo_sft", "--no-sweep-dir", "--config",
+                    f"common.assets.extra_path={cards}", "model.name=hf_llama", "optimizer.config.lr=1e-2", *CPU)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(run / "checkpoints" / "step_2" / "model.pt", weights_only=True)["model"]
+    start = load_fairseq2("hf_llama", cards).decoder_frontend.embed.weight
+    assert not torch.equal(state["decoder_frontend.embed.weight"], start)
+    assert torch.equal(state["final_proj.weight"], state["decoder_frontend.embed.weight"])
+    docs = list(yaml.safe_load_all((run / "checkpoints" / "model.yaml").read_text()))
+    assert any(d.get("model_config", {}).get("_set_", {}).get("tied_embeddings") is True for d in docs)
+
+    from fairseq2.context import get_runtime_context
+
+    names = register_run_cards(get_runtime_context(), run, "tied_run", tmp_path / "run_cards")
+    model = load_fairseq2(names[2], cards)
+    assert model.final_proj.weight is model.decoder_frontend.embed.weight
+    assert torch.equal(model.final_proj.weight, state["final_proj.weight"])

@@ -70,6 +70,10 @@ class ModelFamily:
     hf_architecture: str = ""
     """``architectures[0]`` of the config.json an import writes (e.g. ``LlamaForCausalLM``)."""
 
+    hf_export: Callable[[Mapping[str, Any], Mapping[str, tuple[int, ...]]], dict[str, Any]] | None = None
+    """(configuration fields, shapes of the exported Hugging Face tensors) -> the config.json of ``fspo-export-hf``
+    (None: no export)."""
+
     gguf_arch: str | None = None
     """``general.architecture`` of the GGUF files this family imports (``fspo-gguf-card``; None: no import)."""
 

@@ -222,7 +222,7 @@ def import_gguf(path: Path, name: str, out: Path) -> Path:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": path.name})
         card = hf_card(tmp, name)  # every check of fspo-hf-card, on the new directory before it is in place
     card["checkpoint"] = card["tokenizer"] = str(directory.resolve())
-    card["source"] = {"gguf": str(path), "tensor_types": quantization}
+    card["source"] = {"gguf": str(path), "tensor_types": quantization, "import_format": IMPORT_FORMAT}
     import yaml
 
     card_path = out / f"{name}.yaml"
@@ -234,6 +234,22 @@ def import_gguf(path: Path, name: str, out: Path) -> Path:
 
 
 WRITTEN_BY: Final = "# Written by `fspo-gguf-card "
+
+IMPORT_FORMAT: Final = 2
+"""Raised whenever an import writes a card that older imports would not match (2: llama cards say
+``tied_embeddings``); :func:`current_import` tells a cached import of an older format."""
+
+
+def current_import(card: Path) -> bool:
+    """Whether ``card`` is an import of this plugin's :data:`IMPORT_FORMAT` (a cache may reuse it as it is)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(card.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    source = data.get("source") if isinstance(data, dict) else None
+    return isinstance(source, dict) and source.get("import_format") == IMPORT_FORMAT
 
 
 def written_by_us(card: Path) -> bool:

@@ -96,3 +96,16 @@ def decoder_tensors(model_config: Mapping[str, Any], *, qk_norm: bool) -> dict[s
             layer.update({"self_attn.q_norm.weight": (head_dim,), "self_attn.k_norm.weight": (head_dim,)})
         shapes.update({f"model.layers.{i}.{name}": shape for name, shape in layer.items()})
     return shapes
+
+
+def hf_decoder_fields(config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    """The fields every decoder's config.json has; the feed-forward width is read from the weights (fairseq2's llama
+    derives it from scale, multiplier and rounding)."""
+    vocab = config["vocab_info"]
+    return {"hidden_size": config["model_dim"], "intermediate_size": shapes["model.layers.0.mlp.gate_proj.weight"][0],
+            "num_hidden_layers": config["num_layers"], "num_attention_heads": config["num_attn_heads"],
+            "num_key_value_heads": config["num_key_value_heads"], "hidden_act": "silu",
+            "max_position_embeddings": config["max_seq_len"], "vocab_size": config["vocab_info"]["size"],
+            "attention_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True,
+            "bos_token_id": vocab.get("bos_idx"), "eos_token_id": vocab.get("eos_idx"),
+            "pad_token_id": vocab.get("pad_idx")}

