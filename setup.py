@@ -35,6 +35,8 @@ setup(
             "fspo-synthetic-users = fspo_recipe.data.synthetic:main",
             "fspo-hf-card = fspo_recipe.models.hf:main",
             "fspo-gguf-card = fspo_recipe.models.gguf_import:main",
+            "fspo-export-hf = fspo_recipe.models.hf_export:main",
+            "fspo-generate = fspo_recipe.eval.generate_cli:main",
             "fspo-fetch-smollm2 = fspo_recipe.models.smollm2:main",
             "fspo-judge = fspo_recipe.judge.cli:main",
             "fspo-gpo = fspo_recipe.gpo.cli:main",

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The FSPO pipeline in one script: prepare the episodes, stage 1 SFT, stage 2 IPO (or DPO) from the SFT run's
-# last checkpoint with the SFT model as the frozen reference, then the held-out evaluation.
+# last checkpoint with the SFT model as the frozen reference, the held-out evaluation, and the paper's evaluation
+# loop outside fairseq2: both models exported to Hugging Face directories (fspo-export-hf), their answers for the
+# held-out users (fspo-generate: transformers here, or a vLLM/SGLang server), judged against each other (fspo-judge).
 #
 #   bash example_training_scripts/fspo_pipeline.sh                 # from the repository root
 #   DRY_RUN=1 bash example_training_scripts/fspo_pipeline.sh       # print the commands, run nothing
@@ -30,6 +32,15 @@ STAGE2_OVERRIDES="${STAGE2_OVERRIDES:-}"                       # more stage 2 --
 LAUNCHER="${LAUNCHER:-local}"                                  # local (one process) | torchrun (NPROC processes)
 NPROC="${NPROC:-8}"                                            # torchrun: processes (GPUs) on this node
 TORCHRUN="${TORCHRUN:-torchrun}"
+EXPORT="${EXPORT:-1}"                                          # 1: fspo-export-hf both runs (RUN_ROOT/export_*)
+GENERATE_BACKEND="${GENERATE_BACKEND-transformers}"            # transformers | openai | "" (no answers, no judge)
+GENERATE_URL="${GENERATE_URL:-}"                               # openai: the stage-2 model's server, e.g. vllm serve
+GENERATE_URL_SFT="${GENERATE_URL_SFT:-$GENERATE_URL}"          #   RUN_ROOT/export_ipo; the SFT model's server
+GENERATE_EXAMPLES="${GENERATE_EXAMPLES:-200}"                  # held-out queries answered, in turn from each user
+GENERATE_OPTIONS="${GENERATE_OPTIONS:-}"                       # more fspo-generate options (--chat-template: as trained)
+JUDGE="${JUDGE:-}"                                             # chat | exact | "" (no judge); chat needs JUDGE_URL
+JUDGE_URL="${JUDGE_URL:-}"                                     # the judge's /v1 address ("" with chat: OpenAI)
+JUDGE_MODEL="${JUDGE_MODEL:-}"                                 # the judge model's name
 DRY_RUN="${DRY_RUN:-0}"                                        # 1: print the commands only
 # ------------------------------------------------------------------------------------------------------------
 
@@ -86,4 +97,39 @@ if [[ -n "$EVAL_DATASET" ]]; then
     fspo_run "$FAIRSEQ2" lm preference_eval "$RUN_ROOT/eval" --no-sweep-dir --config \
         common.assets.extra_path="$ASSETS" model.run_dir="$RUN_ROOT/${STAGE2#fspo_}" \
         reference.run_dir="$RUN_ROOT/sft" dataset="$EVAL_DATASET"
+fi
+
+STAGE2_DIR="$RUN_ROOT/${STAGE2#fspo_}"
+if [[ "$EXPORT" == 1 ]]; then
+    echo "== stage 4: fspo-export-hf the SFT and the stage-2 runs -> $RUN_ROOT/export_{sft,${STAGE2#fspo_}}" >&2
+    # --overwrite replaces only an earlier export (a directory fspo-export-hf wrote).
+    fspo_run fspo-export-hf "$RUN_ROOT/sft" "$RUN_ROOT/export_sft" --overwrite
+    fspo_run fspo-export-hf "$STAGE2_DIR" "$RUN_ROOT/export_${STAGE2#fspo_}" --overwrite
+fi
+
+if [[ -n "$GENERATE_BACKEND" && -n "$EVAL_DATASET" ]]; then
+    echo "== stage 5: fspo-generate ($GENERATE_BACKEND) for $EVAL_DATASET -> $RUN_ROOT/answers_{sft,${STAGE2#fspo_}}" >&2
+    read -r -a generate_options <<<"$GENERATE_OPTIONS"
+    for system in sft "${STAGE2#fspo_}"; do
+        gen=(fspo-generate "$RUN_ROOT/answers_$system" --data "$EVAL_DATASET" --assets-dir "$ASSETS" \
+            --max-examples "$GENERATE_EXAMPLES" --system "$system" --no-progress "${generate_options[@]}")
+        if [[ "$GENERATE_BACKEND" == openai ]]; then
+            url="$GENERATE_URL"
+            if [[ "$system" == sft ]]; then url="$GENERATE_URL_SFT"; fi
+            gen+=(--backend openai --base-url "$url" --model "$RUN_ROOT/export_$system")
+        else
+            gen+=(--backend transformers --model "$RUN_ROOT/export_$system")
+        fi
+        fspo_run "${gen[@]}"
+    done
+    if [[ -n "$JUDGE" ]]; then
+        echo "== stage 6: fspo-judge ($JUDGE): ${STAGE2#fspo_} against sft -> $RUN_ROOT/judge" >&2
+        judge=(fspo-judge "$RUN_ROOT/judge" --generations "$RUN_ROOT/answers_${STAGE2#fspo_}/generations.jsonl" \
+            "$RUN_ROOT/answers_sft/generations.jsonl" --baseline sft --judge "$JUDGE" --no-progress)
+        if [[ "$JUDGE" == chat ]]; then
+            if [[ -n "$JUDGE_URL" ]]; then judge+=(--base-url "$JUDGE_URL"); fi
+            judge+=(--model "$JUDGE_MODEL")
+        fi
+        fspo_run "${judge[@]}"
+    fi
 fi

@@ -17,9 +17,12 @@ works around, its scope, and the test that fails without it:
 - :func:`load_files_and_weights` (private ``_load_files_and_weights``): the generic reader's directory and MANIFEST
   handling is not public. The ``fspo_preference`` reader. Test: test_reader.py.
 - :func:`activate_fspo_workarounds` replaces ``init_process_group`` and ``ProcessGroupGang.barrier`` /
-  ``all_gather`` for the CPU case: torch 2.6 and gloo reject what fairseq2 passes there
-  (:func:`_cpu_process_group_fixes`). FSPO training processes only.
-  Test: test_distributed.py::test_two_processes_give_the_loss_trajectory_of_one.
+  ``all_gather`` for the CPU case: torch 2.6 and gloo reject what fairseq2 passes there; and, for a CPU module,
+  the ``to_fsdp`` that ``wrap_fsdp`` calls (torch 2.6 refuses ``sync_module_states`` on CPU; the optimizer state is
+  saved whole) and ``FileCheckpointManager.save_model`` (the consolidated state is gathered without an "offload"
+  that on CPU points into freed memory) (:func:`_cpu_process_group_fixes`). FSPO training processes only.
+  Tests: test_distributed.py::test_two_processes_give_the_loss_trajectory_of_one (eager, compiled, fsdp),
+  test_distributed.py::test_an_fsdp_run_killed_with_sigkill_resumes_as_one_process_trains.
 - :func:`repair_ddp_buffers`: ``to_ddp`` leaves the rotary tables of ranks > 0 uninitialized. The FSPO unit's own
   model. Test: test_distributed.py::test_repair_ddp_buffers_recomputes_every_rotary_table.
 - :func:`generation_view`: the sampler zeroes the probability of ``pad_idx``, the end of sequence of some
@@ -237,6 +240,13 @@ def _cpu_process_group_fixes() -> list[tuple[object, str, object]]:
        Fix: a CPU barrier without ``device_ids``.
     3. ``all_gather`` hands gloo's ``all_gather_into_tensor`` the 0-d tensor with which the data readers agree on
        the number of batches; gloo needs at least one dimension. Fix: gather it as a 1-element tensor.
+    4. ``wrap_fsdp`` builds FSDP with ``sync_module_states=True``, which torch 2.6 refuses for a CPU module. Fix:
+       :func:`broadcast_module_states` first, then FSDP without the sync (the same states on every rank); and the
+       optimizer state saved as full tensors (:func:`full_state_dicts`), which a resume can check and load.
+    5. The checkpoint's consolidated FSDP state is gathered with ``offload_to_cpu=True``; on a CPU module the
+       "offload" is no copy, so rank 0's state dict points into the unsharded parameters FSDP frees right after
+       (the process dies with SIGSEGV while saving). Fix: for a CPU module, gather without the offload (FSDP then
+       clones each tensor).
 
     Each fix changes only the CPU case. Returns (owner, attribute, replacement) for :func:`fspo_workarounds`.
     """
@@ -274,8 +284,76 @@ def _cpu_process_group_fixes() -> list[tuple[object, str, object]]:
             input_tensor = input_tensor.reshape(1)
         original_all_gather(self, output_tensor, input_tensor)
 
+    import fairseq2.recipes.common._distributed as data_parallel
+
+    original_to_fsdp = data_parallel.to_fsdp
+
+    @functools.wraps(original_to_fsdp)
+    def to_fsdp(module: Module, dp_gang: Any, *args: Any, broadcast_state: bool = False, **kwargs: Any) -> Module:
+        if dp_gang.device.type != "cpu":
+            return original_to_fsdp(module, dp_gang, *args, broadcast_state=broadcast_state, **kwargs)
+        if broadcast_state:
+            broadcast_module_states(module, dp_gang)
+        wrapped = original_to_fsdp(module, dp_gang, *args, broadcast_state=False, **kwargs)
+        full_state_dicts(wrapped)
+        return wrapped
+
+    import fairseq2.checkpoint._manager as checkpoints
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    original_save_model = checkpoints.FileCheckpointManager.save_model
+    full_state_dict_config = checkpoints.FullStateDictConfig
+
+    @functools.wraps(original_save_model)
+    def save_model(self: Any, model: Module) -> None:
+        if not (isinstance(model, FullyShardedDataParallel) and model.compute_device.type == "cpu"):
+            return original_save_model(self, model)
+
+        def kept_in_place(*, offload_to_cpu: bool = False, rank0_only: bool = False) -> Any:
+            return full_state_dict_config(offload_to_cpu=False, rank0_only=rank0_only)
+
+        checkpoints.FullStateDictConfig = kept_in_place  # type: ignore[assignment,misc]
+        try:
+            return original_save_model(self, model)
+        finally:
+            checkpoints.FullStateDictConfig = full_state_dict_config  # type: ignore[misc]
+
     return [(dist, "init_process_group", init_process_group), (ProcessGroupGang, "barrier", barrier),
-            (ProcessGroupGang, "all_gather", all_gather)]
+            (ProcessGroupGang, "all_gather", all_gather), (data_parallel, "to_fsdp", to_fsdp),
+            (checkpoints.FileCheckpointManager, "save_model", save_model)]
+
+
+def full_state_dicts(model: Module) -> None:
+    """The optimizer state of a CPU FSDP model as full tensors, kept in place: what each rank saves in its trainer
+    state (``rank_N.pt``) is then tensors and plain data, which the resume check loads with ``weights_only``
+    (fairseq2 0.4.6's sharded optimizer state pickles ``ShardedTensor`` objects, which need ``getattr`` and a process
+    group to unpickle), and no state is gathered into memory FSDP frees."""
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    FSDP.set_state_dict_type(model, StateDictType.FULL_STATE_DICT,
+                             state_dict_config=FullStateDictConfig(offload_to_cpu=False, rank0_only=False),
+                             optim_state_dict_config=FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=False))
+
+
+def broadcast_module_states(module: Module, dp_gang: Any) -> None:
+    """Rank 0's parameters and buffers (non-persistent ones included) on every rank of ``dp_gang``, ranks whose
+    model is on the meta device materialized first (shared tensors stay shared). What FSDP's ``sync_module_states``
+    does, which torch 2.6 refuses for CPU modules (fairseq2 0.4.6's ``wrap_fsdp`` always asks for it)."""
+    import torch.distributed as dist
+
+    from fairseq2.nn.utils.module import to_empty
+
+    if any(t.device.type == "meta" for t in module.parameters()):
+        to_empty(module, dp_gang.device)
+    group = dp_gang.as_process_group()
+    source = dist.get_global_rank(group, 0)
+    seen: set[int] = set()
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        dist.broadcast(tensor.data, src=source, group=group)
 
 
 _ACTIVE: list[tuple[object, str, object]] = []

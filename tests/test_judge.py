@@ -10,11 +10,11 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from loopback import LoopbackServer
 from fspo_recipe.judge.chat import request_key
 from fspo_recipe.judge.cli import main as judge_main
 from fspo_recipe.judge.exact import ExactJudge
@@ -27,7 +27,7 @@ def answer_between(prompt: str, label: str) -> str:
     return prompt.split(f"[Answer {label}]\n", 1)[1].split(f"\n[End of answer {label}]", 1)[0]
 
 
-class ScriptedServer:
+class ScriptedServer(LoopbackServer):
     """A chat-completions server on 127.0.0.1. It prefers the answer with more "yes" words; when both have as many
     it says A (a position-biased judge). Questions script faults: ``q-429`` (first request: 429 with Retry-After),
     ``q-500`` (first request: 500), ``q-bad`` (always a reply without a verdict), ``q-slow`` (first request answered
@@ -37,44 +37,13 @@ class ScriptedServer:
     ``down=True``: every request is a 503. Every request's body and Authorization header are recorded."""
 
     def __init__(self, delay: float = 0.0, down: bool = False) -> None:
+        super().__init__()
         self.down = down
         self.requests: list[dict] = []
         self.auth: list[str] = []
         self.delay = delay
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, headers, payload, wait = server.respond(body, self.headers.get("Authorization", ""))
-                time.sleep(wait)
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    for k, v in {"Content-Type": "application/json", **headers}.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> ScriptedServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def respond(self, body: dict, auth: str) -> tuple[int, dict, dict, float]:
         prompt = body["messages"][0]["content"]

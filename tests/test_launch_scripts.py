@@ -68,6 +68,16 @@ def test_dry_runs_print_the_commands_and_run_nothing(tmp_path) -> None:
     assert "--preset fspo_sft" in lines[1] and f"{root}/sft " in lines[1] and "--nproc-per-node 4" in lines[1]
     assert "--preset fspo_dpo" in lines[2] and f"common.assets.checkpoint_dir={root}/sft/checkpoints" in lines[2]
     assert f"model.run_dir={root}/dpo reference.run_dir={root}/sft dataset=elix_test" in lines[3]
+    assert lines[4].startswith(f"fspo-export-hf {root}/sft {root}/export_sft")
+    assert lines[5].startswith(f"fspo-export-hf {root}/dpo {root}/export_dpo")
+    assert lines[6].startswith(f"fspo-generate {root}/answers_sft --data elix_test") and "--backend transformers" \
+        in lines[6] and f"--model {root}/export_sft" in lines[6]
+    assert lines[7].startswith(f"fspo-generate {root}/answers_dpo") and len(lines) == 8  # no judge unless JUDGE=
+    judged = bash("fspo_pipeline.sh", DRY_RUN="1", RUN_ROOT=str(root), JUDGE="exact", GENERATE_BACKEND="openai",
+                  GENERATE_URL="http://localhost:8000/v1").stdout.splitlines()
+    assert "--backend openai --base-url http://localhost:8000/v1" in judged[-2]
+    assert judged[-1].startswith(f"fspo-judge {root}/judge --generations {root}/answers_ipo/generations.jsonl "
+                                 f"{root}/answers_sft/generations.jsonl --baseline sft --judge exact")
     assert not root.exists() and not out.exists()
 
 
@@ -83,7 +93,11 @@ def test_pipeline_runs_sft_then_ipo_with_two_processes_then_evaluates(tmp_path) 
            "lr_scheduler.config.num_warmup_steps=0 criterion.config.reference_dtype=float32")
     bash("fspo_pipeline.sh", timeout=900, RUN_ROOT=str(root), INPUT="datasets/samples/elix", SHOTS="2", TEST_USERS="1",
          MODEL="fspo_tiny_llama", LAUNCHER="torchrun", NPROC="2", SFT_OVERRIDES=cpu + " optimizer.config.lr=1e-3",
-         STAGE2_OVERRIDES=cpu + " optimizer.config.lr=1e-4", OMP_NUM_THREADS="1")
+         STAGE2_OVERRIDES=cpu + " optimizer.config.lr=1e-4", OMP_NUM_THREADS="1",
+         GENERATE_BACKEND="")  # the tiny model's tokenizer is not a Hugging Face one: tests/test_generate.py answers
+    for stage in ("sft", "ipo"):  # stage 4: both runs exported (weights and config; no tokenizer files)
+        config = json.loads((root / f"export_{stage}" / "config.json").read_text())
+        assert config["architectures"] == ["LlamaForCausalLM"] and (root / f"export_{stage}" / "model.safetensors").is_file()
     for stage in ("sft", "ipo"):
         assert (root / stage / "checkpoints" / "step_3" / "model.pt").is_file()
         assert (root / stage / "logs" / "rank_1.log").is_file()  # two processes

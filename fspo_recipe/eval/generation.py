@@ -4,7 +4,7 @@ answers, and the step processor that ends an answer at the chat template's end o
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +89,76 @@ def generation_prompts(examples: Sequence[Mapping[str, Any]], shots: int | None
         questions.append(parts.question)
         counts.append(k)
     return prompts, questions, counts
+
+
+def answer_record(example: Mapping[str, Any], *, question: str, shots: int | None, system: str, prompt: str,
+                  generated: str, tokens: int | None, baseline: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """One line of ``generations.jsonl`` as ``preference_eval`` and ``fspo-generate`` write it: what ``fspo-judge``
+    reads (``question``, ``response``: the answer under the response header, ``user``, ``user_description``,
+    ``system``), the raw continuation (``generated``), the description it wrote first (rationale variant), the
+    data's preferred answer (``reference_chosen``) and a baseline's answer when one was given."""
+    from fspo_recipe.data.episodes import split_completion
+    from fspo_recipe.data.jsonl import example_answers
+
+    parts = split_completion(generated)
+    record = {"id": example["id"], "user": example["user"], "user_description": example.get("user_description"),
+              "question": question, "shots": shots, "system": system, "tokens": tokens, "response": parts.response,
+              "description": parts.description, "generated": generated, "prompt": prompt,
+              "reference_chosen": example_answers(dict(example))[0]}
+    if baseline and str(example["id"]) in baseline:
+        record["baseline_response"] = baseline[str(example["id"])]
+    return record
+
+
+class Fairseq2Answers:
+    """fairseq2's sampling generator as ``preference_eval`` runs it: greedy (top-k 1) or top-p sampling, the prompt
+    encoded by ``encoder`` (:class:`fspo_recipe.scoring.pairs.PairEncoder`: plain, or the user turn of the chat
+    template), stopping at EOS and at the chat template's end-of-turn token, at most ``max_new_tokens`` tokens."""
+
+    def __init__(self, model: Any, tokenizer: Any, encoder: Any, *, greedy: bool, top_p: float, temperature: float,
+                 max_new_tokens: int, seed: int, chat_kwargs: Mapping[str, Any]) -> None:
+        from fairseq2.generation import SamplingSequenceGenerator, TopKSampler, TopPSampler
+
+        from fspo_recipe.fairseq2_compat import generation_view
+
+        self.encoder, self.decoder = encoder, tokenizer.create_decoder()
+        self.stop: list[int] = []
+        self.eos = model.vocab_info.eos_idx
+        self.max_new_tokens = max_new_tokens
+        if encoder.template is not None:
+            token = encoder.template.end_of_turn(**chat_kwargs)
+            ids = tokenizer.create_encoder(mode="as_is")(token).tolist()
+            if len(ids) != 1:
+                raise EvalError(f"the chat template's end-of-turn token {token!r} is not one token of the tokenizer.")
+            self.stop = ids
+        if self.eos is None:
+            raise EvalError("the model has no end-of-sequence token; it cannot generate.")
+        torch.manual_seed(seed)
+        sampler = TopKSampler(k=1) if greedy else TopPSampler(p=top_p)
+        # fairseq2's generator ends a hypothesis that reaches max_gen_len with a forced EOS in place of its last
+        # token: one step more, then the cut in generate(), gives max_new_tokens tokens as transformers and servers.
+        processors = [EndOfTurnAsEos(self.stop, self.eos, greedy=greedy)] if self.stop else None
+        self.generator = SamplingSequenceGenerator(generation_view(model), sampler, max_gen_len=max_new_tokens + 1,
+                                                   temperature=1.0 if greedy else temperature,
+                                                   step_processors=processors)
+
+    def generate(self, prompts: Sequence[str], batch_size: int, device: Any) -> Iterator[tuple[int, str, int]]:
+        """(index, answer text, its token count) of every prompt, ``batch_size`` prompts per call, in batches of
+        prompts of similar length: fairseq2's generator starts every row of a batch at its shortest prompt and feeds
+        the longer prompts' remaining tokens one step at a time (measured: 8 prompts of mixed lengths per batch were
+        slower than one prompt at a time). Yielded as each batch ends, shortest prompts first."""
+        from fairseq2.nn.padding import pad_seqs
+
+        encoded = [self.encoder.prompt(p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            seqs, padding = pad_seqs([encoded[i].to(device) for i in batch])
+            output = self.generator(seqs, padding)
+            for i, hypotheses in zip(batch, output.hypotheses):
+                # fairseq2 lets a batch's shorter prompts run to the longest prompt + max_gen_len: cut to
+                # max_new_tokens, the documented limit of every answer.
+                ids = hypotheses[0].seq.tolist()[: self.max_new_tokens]
+                while ids and (ids[-1] == self.eos or ids[-1] in self.stop):
+                    ids.pop()
+                yield i, self.decoder(torch.tensor(ids, dtype=torch.int64)), len(ids)

@@ -30,13 +30,12 @@ from fairseq2.utils.structured import structure
 from fairseq2.utils.validation import validate
 
 from fspo_recipe.criteria import CriterionConfig, PreferenceCriterion, check_same_vocabulary
-from fspo_recipe.data.episodes import prompt_parts, split_completion
-from fspo_recipe.data.jsonl import example_answers
+from fspo_recipe.data.episodes import prompt_parts
 from fspo_recipe.eval.config import EvalError, PreferenceEvalConfig
 from fspo_recipe.eval.data import EvalData, dataset_file, read_examples, stored_reference
-from fspo_recipe.eval.generation import EndOfTurnAsEos, generation_prompts, read_baseline, spread_over_users
+from fspo_recipe.eval.generation import (Fairseq2Answers, answer_record, generation_prompts, read_baseline,
+                                         spread_over_users)
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
-from fspo_recipe.fairseq2_compat import generation_view
 from fspo_recipe.files import atomic_file
 from fspo_recipe.models.families import packed_model_families
 from fspo_recipe.runs import register_run_cards
@@ -230,55 +229,23 @@ class PreferenceEvaluator:
         ``user_description``, ``system``) and the raw continuation (``generated``), the generated ``description``
         (rationale variant) and the data's preferred answer (``reference_chosen``). With a chat template the prompt
         is the user turn and generation stops at the template's end-of-turn token."""
-        from fairseq2.generation import SamplingSequenceGenerator, TopKSampler, TopPSampler
-        from fairseq2.nn.padding import pad_seqs
-
         gen = self._config.generation
         baseline = read_baseline(gen.baseline_file) if gen.baseline_file is not None else {}
         chosen = spread_over_users(examples, gen.max_examples)
         prompts, questions, shots = generation_prompts(chosen, gen.shots)
-        encoder = self._encoder(tokenizer)
-        stop = []
-        eos = model.vocab_info.eos_idx
-        if encoder.template is not None:
-            token = encoder.template.end_of_turn(**self._config.chat_template_kwargs)
-            ids = tokenizer.create_encoder(mode="as_is")(token).tolist()
-            if len(ids) != 1:
-                raise EvalError(f"the chat template's end-of-turn token {token!r} is not one token of the tokenizer.")
-            stop = ids
-        if eos is None:
-            raise EvalError("the model has no end-of-sequence token; it cannot generate.")
-        torch.manual_seed(gen.seed)
-        sampler = TopKSampler(k=1) if gen.greedy else TopPSampler(p=gen.top_p)
-        generator = SamplingSequenceGenerator(generation_view(model), sampler, max_gen_len=gen.max_new_tokens,
-                                              temperature=1.0 if gen.greedy else gen.temperature,
-                                              step_processors=[EndOfTurnAsEos(stop, eos, greedy=gen.greedy)] if stop else None)
-        decoder = tokenizer.create_decoder()
+        answers = Fairseq2Answers(model, tokenizer, self._encoder(tokenizer), greedy=gen.greedy, top_p=gen.top_p,
+                                  temperature=gen.temperature, max_new_tokens=gen.max_new_tokens, seed=gen.seed,
+                                  chat_kwargs=self._config.chat_template_kwargs)
         system = gen.system_name()
         task = progress.create_task(f"generating ({system})", total=len(chosen))
         try:
-            with atomic_file(self._out / "generations.jsonl") as fp:
-                for start in range(0, len(chosen), self._config.batch_size):
-                    batch = range(start, min(start + self._config.batch_size, len(chosen)))
-                    seqs, padding = pad_seqs([encoder.prompt(prompts[i]).to(self._device) for i in batch])
-                    output = generator(seqs, padding)
-                    for i, hypotheses in zip(batch, output.hypotheses):
-                        # fairseq2 lets a batch's shorter prompts run to the longest prompt + max_gen_len: cut to
-                        # max_new_tokens, the documented limit of every answer.
-                        ids = hypotheses[0].seq.tolist()[: gen.max_new_tokens]
-                        while ids and (ids[-1] == eos or ids[-1] in stop):
-                            ids.pop()
-                        text = decoder(torch.tensor(ids, dtype=torch.int64))
-                        e, parts = chosen[i], split_completion(text)
-                        rec = {"id": e["id"], "user": e["user"], "user_description": e.get("user_description"),
-                               "question": questions[i], "shots": shots[i], "system": system, "tokens": len(ids),
-                               "response": parts.response, "description": parts.description, "generated": text,
-                               "prompt": prompts[i],
-                               "reference_chosen": example_answers(e)[0]}
-                        if str(e["id"]) in baseline:
-                            rec["baseline_response"] = baseline[str(e["id"])]
-                        fp.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    task.step(len(batch))
+            records: dict[int, dict[str, Any]] = {}
+            for i, text, count in answers.generate(prompts, self._config.batch_size, self._device):
+                records[i] = answer_record(chosen[i], question=questions[i], shots=shots[i], system=system,
+                                           prompt=prompts[i], generated=text, tokens=count, baseline=baseline)
+                task.step(1)
+            with atomic_file(self._out / "generations.jsonl") as fp:  # in the split's order
+                fp.writelines(json.dumps(records[i], ensure_ascii=False) + "\n" for i in sorted(records))
         finally:
             task.close()
 

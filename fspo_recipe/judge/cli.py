@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_outputs(args.out, result)
     print(table(result))
     if args.judge == "chat":
-        print(judge.usage.line())
+        print(judge.usage.line("judge cost", "answered from the cache"))
     return result
 
 
