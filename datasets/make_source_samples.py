@@ -1,10 +1,13 @@
 """Write small synthetic source files in the exact schemas of the data sources (datasets/samples/): Elix, Review and
-Roleplay; Anthropic HH, UltraFeedback, SHP, StackExchange and OpenAssistant2.
+Roleplay; PRISM and PersonalLLM; Anthropic HH, UltraFeedback, SHP, StackExchange and OpenAssistant2.
 
 They stand in for the hub data sets offline (tests, quick start). The texts are synthetic and short; each user
 prefers responses of one visible style, so the few-shot episodes built from them carry a real signal.
 
-    python datasets/make_source_samples.py [--out datasets/samples] [--seed 0]
+    python datasets/make_source_samples.py [--out datasets/samples] [--seed 0] [--personalllm-prompts 60]
+
+``--personalllm-prompts N`` makes the PersonalLLM sample larger (its test split gets N/3 prompts): the schema's
+generator for measurements on more prompts than the bundled sample has.
 """
 
 from __future__ import annotations
@@ -231,6 +234,122 @@ def oasst2_rows(rng: random.Random, subjects: list[str]) -> list[dict[str, objec
     return rows
 
 
+STYLES = {
+    # A participant's taste -> what their preferred response looks like, and the self-description they wrote.
+    "brief": ("{S} is {d}.", "I value my time. Short, direct answers without padding matter to me."),
+    "thorough": ("{S} is {d}. To explain further: it has causes, effects and exceptions worth knowing, and the "
+                 "details matter for a full picture.", "I believe in understanding things deeply and completely."),
+    "warm": ("What a lovely question! {S} is {d}, and I hope that helps you.", "Kindness and warmth guide my life."),
+    "skeptical": ("The evidence suggests {s} is {d}, though sources differ and you should check them.",
+                  "I question everything and trust evidence over authority."),
+}
+PRISM_MODELS = ["model-a", "model-b", "model-c", "model-d", "model-e", "model-f"]
+
+
+def prism_response(style: str, subject: str, defn: str) -> str:
+    template = STYLES[style][0]
+    return template.replace("{S}", subject.capitalize()).replace("{s}", subject).replace("{d}", defn)
+
+
+def prism_files(rng: random.Random, participants: int = 12) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """PRISM's survey and conversations schemas: each participant prefers one style of answer; in the opening turn
+    four model responses in four styles are rated 1-100 (their style high, others low, with noise), the highest is
+    chosen and the conversation goes on for a second turn of two responses. A few ratings are ties or missing, and
+    one participant has no survey entry (counted, not guessed)."""
+    styles = list(STYLES)
+    survey, conversations = [], []
+    for p in range(participants):
+        uid = f"user{p}"
+        style = styles[p % len(styles)]
+        if p != participants - 1:  # the last participant did the conversations but is missing from the survey
+            survey.append({"user_id": uid, "survey_only": False, "num_completed_conversations": 3,
+                           "consent": "Yes", "consent_age": "Yes", "lm_familiarity": "Somewhat familiar",
+                           "lm_frequency_use": "Every week", "self_description": STYLES[style][1],
+                           "system_string": f"Answer in a {style} way.",
+                           "stated_prefs": {"values": 60 + p, "creativity": 50, "fluency": 70, "factuality": 90,
+                                            "diversity": 40, "safety": 80, "personalisation": 55,
+                                            "helpfulness": 85},
+                           "age": "25-34 years old", "gender": "Prefer not to say", "location": {"birth_country":
+                                                                                                   "Nowhere"}})
+        for c in range(3):
+            subject = SUBJECTS[(p * 3 + c) % len(SUBJECTS)]
+            defn = f"a thing people meet in daily life, number {c}"
+            history: list[dict[str, object]] = []
+            order = styles[:]
+            rng.shuffle(order)
+            ratings = []
+            for w, resp_style in enumerate(order):
+                score = (85 if resp_style == style else 30) + rng.randrange(-8, 9)
+                ratings.append(score)
+            if c == 1:
+                ratings[1] = ratings[2]  # a tie
+            if c == 2 and p % 3 == 0:
+                ratings[3] = None  # a missing rating
+            best = max(range(4), key=lambda w: -1 if ratings[w] is None else ratings[w])
+            history.append({"turn": 0, "role": "user", "content": f"Can you tell me about {subject}?",
+                            "within_turn_id": None, "model_provider": None, "model_name": None, "score": None,
+                            "if_chosen": None})
+            for w, resp_style in enumerate(order):
+                history.append({"turn": 0, "role": "model", "content": prism_response(resp_style, subject, defn),
+                                "within_turn_id": w, "model_provider": "provider", "model_name": PRISM_MODELS[w],
+                                "score": ratings[w], "if_chosen": w == best})
+            history.append({"turn": 1, "role": "user", "content": "And why does it matter?", "within_turn_id": None,
+                            "model_provider": None, "model_name": None, "score": None, "if_chosen": None})
+            second = [style, rng.choice([s for s in styles if s != style])]
+            rng.shuffle(second)
+            for w, resp_style in enumerate(second):
+                score = (80 if resp_style == style else 35) + rng.randrange(-5, 6)
+                history.append({"turn": 1, "role": "model",
+                                "content": prism_response(resp_style, f"why {subject} matters", "its use to people"),
+                                "within_turn_id": w, "model_provider": "provider",
+                                "model_name": PRISM_MODELS[best], "score": score, "if_chosen": resp_style == style})
+            conversations.append({"conversation_id": f"c{p}_{c}", "user_id": uid, "generated_datetime":
+                                  "2023-11-22 15:00:00", "included_in_balanced_subset": True,
+                                  "conversation_type": ["unguided", "values guided", "controversy guided"][c],
+                                  "opening_prompt": f"Can you tell me about {subject}?", "conversation_turns": 2,
+                                  "conversation_history": history, "performance_attributes": {"fluency": 80},
+                                  "choice_attributes": {"values": 70}, "open_feedback": "It was fine."})
+    return survey, conversations
+
+
+FEATURES = ["short", "long", "excited", "formal", "numbers", "question", "hedged", "plain"]
+
+
+def personalllm_response(subject: str, feature: str) -> str:
+    return {"short": f"{subject.capitalize()}.",
+            "long": f"{subject.capitalize()} has a long history, many uses and several parts worth describing at "
+                    "length, one after another, with care.",
+            "excited": f"Wow, {subject} is amazing! So cool!",
+            "formal": f"{subject.capitalize()} may be defined as a phenomenon of considerable interest.",
+            "numbers": f"{subject.capitalize()}: 3 facts. 1) it exists. 2) it varies. 3) it is studied.",
+            "question": f"Have you ever wondered about {subject}? Let us find out.",
+            "hedged": f"I think {subject} might be roughly what people say, but I am not sure.",
+            "plain": f"{subject.capitalize()} is a common thing."}[feature]
+
+
+def personalllm_rows(rng: random.Random, prompts: int, start: int) -> list[dict[str, object]]:
+    """PersonalLLM's schema: a prompt, eight responses and each response's score by the ten reward models; each
+    synthetic reward model likes some response features (length, excitement, formality, ...) on its own scale."""
+    from fspo_recipe.data.sources.personalllm import REWARD_MODELS
+
+    likes = {m: {f: rng.uniform(-1, 1) for f in FEATURES} for m in REWARD_MODELS}
+    scale = {m: 10 ** rng.uniform(-1, 1) for m in REWARD_MODELS}
+    rows = []
+    for q in range(prompts):
+        subject = SUBJECTS[(start + q) % len(SUBJECTS)] + (f" #{(start + q) // len(SUBJECTS)}"
+                                                            if start + q >= len(SUBJECTS) else "")
+        row: dict[str, object] = {"prompt": f"Tell me about {subject}.", "subset": "synthetic",
+                                  "prompt_id": start + q}
+        features = rng.sample(FEATURES, 8)
+        for i, feature in enumerate(features, 1):
+            row[f"response_{i}"] = personalllm_response(subject, feature)
+        for i, feature in enumerate(features, 1):
+            for m in REWARD_MODELS:
+                row[f"response_{i}_{m}"] = round(scale[m] * (likes[m][feature] + rng.gauss(0, 0.2)), 4)
+        rows.append(row)
+    return rows
+
+
 def write_jsonl(path: Path, rows: list[dict[str, object]], *, with_id: bool = True) -> None:
     """Rows as JSONL; ``with_id`` adds a row number (the FSPO samples have one; the plain sources' exact schemas
     written since do not)."""
@@ -244,6 +363,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "samples")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--personalllm-prompts", type=int, default=60, help="PersonalLLM train prompts (default 60)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
@@ -269,6 +389,19 @@ def main() -> int:
         for file, subjects in zip(files, parts):
             write_jsonl(args.out / name / file, make(plain, subjects), with_id=False)
         print(f"wrote {args.out / name}/{{{','.join(files)}}}")
+    # Real people and simulated populations (their own generators too).
+    people = random.Random(f"{args.seed}:prism")
+    survey, conversations = prism_files(people)
+    write_jsonl(args.out / "prism" / "survey.jsonl", survey, with_id=False)
+    write_jsonl(args.out / "prism" / "conversations.jsonl", conversations, with_id=False)
+    print(f"wrote {args.out / 'prism'}/{{survey,conversations}}.jsonl")
+    population = random.Random(f"{args.seed}:personalllm")
+    n = args.personalllm_prompts
+    write_jsonl(args.out / "personalllm" / "train.jsonl", personalllm_rows(population, n, 0), with_id=False)
+    population = random.Random(f"{args.seed}:personalllm")  # the same reward models for the test prompts
+    write_jsonl(args.out / "personalllm" / "test.jsonl", personalllm_rows(population, max(1, n // 3), n)[:],
+                with_id=False)
+    print(f"wrote {args.out / 'personalllm'}/{{train,test}}.jsonl")
     return 0
 
 

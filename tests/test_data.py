@@ -168,11 +168,11 @@ def test_parquet_and_json_array_inputs_read_the_same_rows(tmp_path) -> None:
 
 def test_hub_loader_code_path_on_a_local_directory(tmp_path, monkeypatch) -> None:
     """`datasets.load_dataset` is what reads a hub name; here it reads the same layout from disk, offline."""
-    from fspo_recipe.data.sources.reading import _load_hub
+    from fspo_recipe.data.sources.reading import load_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    splits = _load_hub(str(SAMPLES / "roleplay"), str(tmp_path / "cache"))
+    splits = load_hub(str(SAMPLES / "roleplay"), str(tmp_path / "cache"))
     assert set(splits) == {"train", "test"}
     assert splits["train"]["score_persona"][0]["persona_description"].startswith("The user is")
 

@@ -307,7 +307,7 @@ def test_hub_splits_are_named_and_chosen_as_the_source_publishes_them(monkeypatc
         "train_sft": Split(rows(uf / "train_prefs.jsonl")), "test_gen": Split(rows(uf / "test_prefs.jsonl"))},
         "OpenAssistant/oasst2": {"train": Split(rows(SAMPLES / "oasst2" / "train.jsonl")),
                                  "validation": Split(rows(SAMPLES / "oasst2" / "validation.jsonl"))}}
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, cache_dir=None: hub[name])
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None, cache_dir=None: hub[name])
     assert prepare_main(["ultrafeedback", "--out", str(tmp_path), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "ultrafeedback" / "summary.json").read_text())
     assert summary["rows_read"] == len(rows(uf / "train_prefs.jsonl")) + len(rows(uf / "test_prefs.jsonl"))

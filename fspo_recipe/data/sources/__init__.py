@@ -8,7 +8,7 @@ Adding a source: a module here with its row mapping and a :func:`register_source
 from __future__ import annotations
 
 # The sources, each registering itself (the order is the order of `fspo-prepare --help`).
-from fspo_recipe.data.sources import elix, roleplay, hh, ultrafeedback, shp, stackexchange, oasst2  # noqa: F401, I001
+from fspo_recipe.data.sources import elix, roleplay, prism, personalllm, hh, ultrafeedback, shp, stackexchange, oasst2  # noqa: F401, I001, E501
 from fspo_recipe.data.sources.base import (EMPTY_TEXT, PLAIN_USER, SOURCES, PreferenceRow, ReadReport, RowContext,
                                            SourceOption, SourceSchemaError, SourceSpec, accept_pair, get_source,
                                            option_values, register_source)

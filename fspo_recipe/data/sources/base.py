@@ -127,6 +127,17 @@ def number_option(accept: Callable[[float], bool], must: str, kind: str = "a num
     return parse
 
 
+def one_of(*choices: str) -> Callable[[str], str]:
+    """An option type: one of ``choices``."""
+
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got '{value}'")
+        return value
+
+    return parse
+
+
 positive = number_option(lambda x: x > 0, "a finite number > 0")
 fraction = number_option(lambda x: 0.0 <= x < 1.0, "in [0, 1)", "a fraction in [0, 1)")
 
@@ -220,6 +231,13 @@ class SourceSpec:
     hub_splits: tuple[str, ...] | None = None
     """The hub data set's splits to read (UltraFeedback: ``train_prefs``, ``test_prefs``; its ``*_sft`` and
     ``*_gen`` splits repeat the prompts for other uses); None: all."""
+
+    hub_config: str | None = None
+    """The hub data set's configuration holding the rows (PRISM: ``conversations``); None: its default."""
+
+    file_pattern: str | None = None
+    """The files of a local directory that hold the rows (a glob on the file name; PRISM: ``conversations*``, its
+    directory also holds the survey, utterances and metadata); None: every parquet/JSON/JSONL file."""
 
     def schema_text(self) -> str:
         return ", ".join(f"{c} ({what})" for c, what in self.columns.items())

@@ -3,6 +3,7 @@ split, into rows through the source's row mapping."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -113,11 +114,13 @@ def read_source(
     files: list[Path] = []
     for path in local:
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in _FILE_FORMATS))
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in _FILE_FORMATS
+                                and (spec.file_pattern is None or fnmatch.fnmatch(p.name, spec.file_pattern))))
         else:
             files.append(path)
     if local and not files:
-        raise SourceSchemaError(f"{', '.join(map(str, local))}: no .parquet, .jsonl or .json file found.")
+        which = f" named {spec.file_pattern}" if spec.file_pattern else ""
+        raise SourceSchemaError(f"{', '.join(map(str, local))}: no .parquet, .jsonl or .json file{which} found.")
 
     for path in files:
         columns, lines = _read_file(path)
@@ -126,7 +129,7 @@ def read_source(
         by_split.setdefault(split_name(path.name), []).extend(rows)
 
     for name in remote:
-        for split, data in _load_hub(name, cache_dir).items():
+        for split, data in load_hub(name, cache_dir, spec.hub_config).items():
             if spec.hub_splits is not None and split not in spec.hub_splits:
                 continue
             rows = rows_from_columns(spec, split, data, report, f"{name} [{split}]", keep_identical=keep_identical,
@@ -135,7 +138,8 @@ def read_source(
     return by_split
 
 
-def _load_hub(name: str, cache_dir: str | None) -> dict[str, dict[str, list[Any]]]:
+def load_hub(name: str, cache_dir: str | None, config: str | None = None) -> dict[str, dict[str, list[Any]]]:
+    """The splits (name -> columns) of a hub data set (``config``: one of its configurations); network needed."""
     try:
         import datasets
     except ImportError as ex:
@@ -144,7 +148,7 @@ def _load_hub(name: str, cache_dir: str | None) -> dict[str, dict[str, list[Any]
             "pip install -e '.[data]'."
         ) from ex
     try:
-        dd = datasets.load_dataset(name, cache_dir=cache_dir)
+        dd = datasets.load_dataset(name, config, cache_dir=cache_dir)
     except Exception as ex:  # noqa: BLE001 (datasets raises many types; the user needs the name and the cause)
         raise SourceSchemaError(
             f"'{name}' is not a local file or directory, and loading it from the Hugging Face hub failed: {ex}"
