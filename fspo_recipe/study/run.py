@@ -48,7 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fspo_recipe.data.synthetic import reading_ceiling
-from fspo_recipe.study.plan import FULL, GPO_EMBEDDINGS, MODEL, QUICK, Plan
+from fspo_recipe.study.plan import FULL, GPO_EMBEDDINGS, MODEL, QUICK, SMOLLM2_QUICK, SMOLLM2_STUDY, Plan
 from fspo_recipe.study.report import aggregate, jsonl_rows, report, users_of
 
 class Stages:
@@ -184,20 +184,45 @@ def train(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Pa
     return sft, ipo
 
 
+def ipo_from_model(run: Path, assets: Path, dataset: str, plan: Plan, logs: Path, model: str, *,
+                   publish_every: int = 5) -> None:
+    """``fspo_ipo`` of a pretrained chat model (card ``model``) from itself, the model its own reference, the prompts
+    in its chat template (no SFT stage: it already answers); into ``run``, started afresh."""
+    if run.exists():
+        shutil.rmtree(run)  # fairseq2 would resume an old run
+    sh(bin_path("fairseq2"), "lm", "preference_finetune", run, "--preset", "fspo_ipo", "--no-sweep-dir",
+       "--config", f"common.assets.extra_path={assets}", f"dataset.name={dataset}",
+       f"dataset.batch_size={plan.batch_size}", "dataset.extras={chat_template: true}",
+       "regime.num_data_epochs=null", "trainer.dtype=float32", "trainer.activation_checkpointing=false",
+       "criterion.config.reference_dtype=float32", f"model.name={model}",
+       f"criterion.config.reference_model={{name: {model}}}", f"optimizer.config.lr={plan.ipo_lr}",
+       f"regime.num_steps={plan.ipo_steps}", f"regime.checkpoint_every_n_steps={plan.ipo_steps}",
+       f"regime.publish_metrics_every_n_steps={publish_every}",
+       f"lr_scheduler.config.num_warmup_steps={plan.ipo_warmup}",
+       f"criterion.config.loss_params.ipo.beta={plan.ipo_beta}", log=logs / f"{run.name}.log", echo=False)
+
+
 def evaluate(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Path, *,
              policy: Path | None, reference: Path | None, beta: float, ablation: bool, curve: bool = False,
-             target: Path | None = None, echo: bool = True, extra: tuple[str, ...] = ()) -> dict:
+             target: Path | None = None, echo: bool = True, extra: tuple[str, ...] = (), model: str = MODEL,
+             policy_only: bool = False) -> dict:
     """preference_eval of one model on one split (into ``target``, default OUT/eval/NAME); return its metrics.json.
-    ``extra``: more configuration (e.g. generation)."""
+    ``extra``: more configuration (e.g. generation). ``policy`` None: the model of card ``model`` (its own
+    reference); ``reference`` None with a ``policy``: that card's model is the reference. ``policy_only``: no
+    reference model at all (a reference-free loss; the policy accuracy is what counts)."""
     target = target or out / "eval" / name
     if target.exists():
         shutil.rmtree(target)
-    which = ([f"model.run_dir={policy}", f"reference.run_dir={reference}"] if policy is not None
-             else [f"model.name={MODEL}", f"reference.name={MODEL}"])
+    which = ([f"model.run_dir={policy}",
+              f"reference.run_dir={reference}" if reference is not None else f"reference.name={model}"]
+             if policy is not None else [f"model.name={model}", f"reference.name={model}"])
+    if policy_only:
+        which = [w for w in which if not w.startswith("reference.")]
+    loss = ["criterion.loss=simpo"] if policy_only else ["criterion.loss=ipo", f"criterion.loss_params.ipo.beta={beta}"]
     extra = ([] if ablation else ["shots=[]"]) + (["all_checkpoints=true"] if curve else []) + list(extra)
     sh(bin_path("fairseq2"), "lm", "preference_eval", target, "--no-sweep-dir", "--config",
        f"common.assets.extra_path={assets}", f"dataset={dataset}", *which, f"bootstrap_samples={plan.bootstrap}",
-       "criterion.loss=ipo", f"criterion.loss_params.ipo.beta={beta}", *extra, log=logs / f"eval_{name}.log",
+       *loss, *extra, log=logs / f"eval_{name}.log",
        echo=echo)
     return json.loads((target / "metrics.json").read_text())
 
@@ -226,29 +251,35 @@ def win_rate_against_sft(out: Path, assets: Path, variant: str, dataset: str, pl
 
 def gpo_stage(out: Path, assets: Path, plan: Plan, logs: Path, sft_run: Path, *, fresh: bool
               ) -> dict[str, dict[str, dict]]:
-    """The GPO baseline on the same users and shots: ``fspo-gpo embed`` (with FSPO's SFT model, and with the
-    untrained model), ``train`` over the training users, ``eval`` on held-out and interpolated users with each
-    episode's own first k shots. Returns {row name: {split: metrics}}. ``fresh``: remove OUT/gpo first (a new
-    study); otherwise finished embeddings and training runs of this study are reused."""
-    data = [assets / "syn" / "train.jsonl", assets / "syn" / "test.jsonl", assets / "synint" / "test.jsonl"]
+    """The GPO baseline on the same users and shots, with FSPO's SFT model's embeddings and with the untrained
+    model's (:func:`gpo_row`). Returns {row name: {split: metrics}}. ``fresh``: remove OUT/gpo first (a new study);
+    otherwise finished embeddings and training runs of this study are reused."""
     if fresh and (out / "gpo").exists():
         shutil.rmtree(out / "gpo")
-    rows: dict[str, dict[str, dict]] = {}
-    for source, label in GPO_EMBEDDINGS.items():
-        emb, run = out / "gpo" / f"emb_{source}", out / "gpo" / f"run_{source}"
-        which = ["--run-dir", sft_run] if source == "sft" else ["--model", MODEL]
-        sh(bin_path("fspo-gpo"), "embed", emb, *which, "--assets-dir", assets, "--data", *data, "--no-progress",
-           log=logs / f"gpo_embed_{source}.log")
-        sh(bin_path("fspo-gpo"), "train", run, "--embeddings", emb, "--data", data[0], "--steps", plan.gpo_steps,
-           "--lr", "1e-3", "--batch-users", "16", "--max-context", "8", "--publish-every", max(1, plan.gpo_steps // 10),
-           "--checkpoint-every", plan.gpo_steps, log=logs / f"gpo_train_{source}.log")
-        rows[label] = {}
-        for split, test in (("heldout", data[1]), ("interpolated", data[2])):
-            target = out / "gpo" / f"eval_{source}_{split}"
-            sh(bin_path("fspo-gpo"), "eval", target, "--run", run, "--embeddings", emb, "--data", test,
-               "--bootstrap", plan.bootstrap, log=logs / f"gpo_eval_{source}_{split}.log")
-            rows[label][split] = json.loads((target / "metrics.json").read_text())
-    return rows
+    return {label: gpo_row(out, assets, plan, logs, source,
+                           ["--run-dir", sft_run] if source == "sft" else ["--model", MODEL])
+            for source, label in GPO_EMBEDDINGS.items()}
+
+
+def gpo_row(out: Path, assets: Path, plan: Plan, logs: Path, source: str, which: list, *, echo: bool = True
+            ) -> dict[str, dict]:
+    """One GPO row: ``fspo-gpo embed`` with the frozen model ``which`` names (``--model NAME`` or ``--run-dir RUN``),
+    ``train`` over the training users, ``eval`` on held-out and interpolated users with each episode's own first k
+    shots, into OUT/gpo/*_SOURCE. Returns {split: metrics}."""
+    data = [assets / "syn" / "train.jsonl", assets / "syn" / "test.jsonl", assets / "synint" / "test.jsonl"]
+    emb, run = out / "gpo" / f"emb_{source}", out / "gpo" / f"run_{source}"
+    sh(bin_path("fspo-gpo"), "embed", emb, *which, "--assets-dir", assets, "--data", *data, "--no-progress",
+       log=logs / f"gpo_embed_{source}.log", echo=echo)
+    sh(bin_path("fspo-gpo"), "train", run, "--embeddings", emb, "--data", data[0], "--steps", plan.gpo_steps,
+       "--lr", "1e-3", "--batch-users", "16", "--max-context", "8", "--publish-every", max(1, plan.gpo_steps // 10),
+       "--checkpoint-every", plan.gpo_steps, log=logs / f"gpo_train_{source}.log", echo=echo)
+    metrics = {}
+    for split, test in (("heldout", data[1]), ("interpolated", data[2])):
+        target = out / "gpo" / f"eval_{source}_{split}"
+        sh(bin_path("fspo-gpo"), "eval", target, "--run", run, "--embeddings", emb, "--data", test,
+           "--bootstrap", plan.bootstrap, log=logs / f"gpo_eval_{source}_{split}.log", echo=echo)
+        metrics[split] = json.loads((target / "metrics.json").read_text())
+    return metrics
 
 
 def make_sources(sources: Path, plan: Plan, seed: int, log: Path | None = None) -> None:
@@ -271,8 +302,13 @@ def parse_seeds(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("synthetic_study_out"),
-                        help="output directory (default: synthetic_study_out in the current directory)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: synthetic_study_out, with --model smollm2 smollm2_study_out, "
+                        "in the current directory)")
+    parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny",
+                        help="tiny: a random byte-level llama trained with SFT then IPO (default); smollm2: the "
+                        "paper's rows on SmolLM2-135M-Instruct (fspo_recipe/study/real.py)")
+    parser.add_argument("--cache", type=Path, default=None, help="--model smollm2: where fspo-fetch-smollm2 keeps it")
     parser.add_argument("--quick", action="store_true", help="the few-minute CI variant (checks the pipeline only)")
     parser.add_argument("--seeds", type=parse_seeds, default=None,
                         help="seeds of the users and the models, e.g. 0,1,2 (default: 0,1,2; --quick: 0); several "
@@ -293,7 +329,15 @@ def main(argv: list[str] | None = None) -> int:
                         "again")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    out = args.out.resolve()
+    out = (args.out or Path("smollm2_study_out" if args.model == "smollm2" else "synthetic_study_out")).resolve()
+    if args.model == "smollm2":
+        if args.add_gpo or args.jobs != 1 or args.rationale is not None or args.no_extras:
+            parser.error("--model smollm2 runs every row on every seed, one seed after the other: no --add-gpo, "
+                         "--jobs, --rationale or --no-extras")
+        from fspo_recipe.study.real import main_real
+
+        seeds = [args.seed] if args.seed is not None else args.seeds or ([0] if args.quick else [0, 1, 2])
+        return main_real(out, SMOLLM2_QUICK if args.quick else SMOLLM2_STUDY, seeds, args.cache)
     if args.add_gpo:
         return add_gpo(out, plan)
     if args.seed is not None and args.seeds is not None:
