@@ -83,14 +83,18 @@ def test_refusals_are_one_line(models, tmp_path, capsys) -> None:
         (["--card", "x_llama_tied", "--assets-dir", str(cards), str(occupied), "--overwrite"],
          "was not written by fspo-export-hf"),
         (["--card", "x_llama_tied", "--assets-dir", str(cards), str(cards / "inside")], "is inside the source"),
+        (["--card", "x_llama_tied", "--assets-dir", str(cards), str(dirs["llama_tied"] / "export")],
+         "is inside the source"),  # the card's model directory
         ([str(tmp_path / "no_run"), str(tmp_path / "out")], "does not exist"),
         (["--card", "no_such_model", str(tmp_path / "out2")], "no model card named"),
     ]
+    model_files = sorted(p.name for p in dirs["llama_tied"].iterdir())
     for argv, expected in cases:
         assert main(argv) == 1, argv
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err
     assert (occupied / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in dirs["llama_tied"].iterdir()) == model_files  # nothing left in the model's directory
     out = tmp_path / "again"
     assert main(["--card", "x_llama_tied", "--assets-dir", str(cards), str(out)]) == 0
     assert main(["--card", "x_qwen3_tied", "--assets-dir", str(cards), str(out), "--overwrite"]) == 0  # its own

@@ -144,6 +144,9 @@ def test_bad_input_is_one_line(tmp_path, capsys) -> None:
         (["--model", str(tmp_path / "nothing")], "no config.json"),
         (["--model", str(weights_only)], "no tokenizer.json"),
         (["--model", str(weights_only), "--data", str(tmp_path / "missing.jsonl")], "neither a file nor a known"),
+        # OpenAI's own API (no --base-url) with its key in another variable: the variable is named when unset.
+        (["--backend", "openai", "--model", "gpt-4o-mini", "--api-key-env", "FSPO_TEST_UNSET_KEY"],
+         "environment variable FSPO_TEST_UNSET_KEY, which is not set"),
     ]
     for extra, expected in cases:
         data = [] if "--data" in extra else ["--data", str(SAMPLE)]

@@ -209,8 +209,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     server.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds, doubling")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.backend == "openai" and args.base_url is None and "OPENAI_API_KEY" not in args.api_key_env:
-        parser.error("--backend openai needs --base-url (or OpenAI's own API with its key)")
     for name in ("max_new_tokens", "batch_size", "concurrency"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

@@ -115,6 +115,8 @@ class Source:
 
     dtype: torch.dtype
     provenance: dict[str, Any]
+    read_from: list[Path]
+    """The local directories the model was read from (its checkpoint's, its tokenizer's): no output goes inside."""
 
 
 def load_source(run_dir: Path | None, card: str | None, step: int | None, assets_dir: Path | None) -> Source:
@@ -178,9 +180,24 @@ def load_source(run_dir: Path | None, card: str | None, step: int | None, assets
                                      mp=False)
     state = dict(model.state_dict())
     tokenizer_dir = _tokenizer_dir(context, model_card)
+    read_from = [p for p in (_checkpoint_dir(model_card), tokenizer_dir) if p is not None]
     base = provenance.get("base model")
     return Source(name=str(base or name), family=family, config=config, state=state, tokenizer_dir=tokenizer_dir,
-                  dtype=dtype, provenance=provenance)
+                  dtype=dtype, provenance=provenance, read_from=read_from)
+
+
+def _checkpoint_dir(card: Any) -> Path | None:
+    """The local directory of ``card``'s checkpoint (the file's directory for a file); None for a remote one."""
+    from urllib.parse import unquote, urlparse
+
+    try:
+        uri = urlparse(card.field("checkpoint").as_uri())
+    except Exception:  # noqa: BLE001 (a card without a local checkpoint has nothing an output could be inside)
+        return None
+    if uri.scheme != "file":
+        return None
+    path = Path(unquote(uri.path))
+    return path if path.is_dir() else path.parent
 
 
 def _set(section: object) -> dict[str, Any]:
@@ -382,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lock = OutputLock(out, "fspo-export-hf", directory=False).acquire()  # beside: the directory is replaced
         try:
             source = load_source(run_dir, args.card, args.step, args.assets_dir)
+            check_output(out, source.read_from, args.overwrite)
             written = export(source, out, dtype=DTYPES.get(args.dtype) if args.dtype else None,
                              max_shard_bytes=args.max_shard_size)
         finally:
