@@ -241,8 +241,9 @@ def _cpu_process_group_fixes() -> list[tuple[object, str, object]]:
     3. ``all_gather`` hands gloo's ``all_gather_into_tensor`` the 0-d tensor with which the data readers agree on
        the number of batches; gloo needs at least one dimension. Fix: gather it as a 1-element tensor.
     4. ``wrap_fsdp`` builds FSDP with ``sync_module_states=True``, which torch 2.6 refuses for a CPU module. Fix:
-       :func:`broadcast_module_states` first, then FSDP without the sync (the same states on every rank); and the
-       optimizer state saved as full tensors (:func:`full_state_dicts`), which a resume can check and load.
+       :func:`broadcast_module_states` first, then FSDP without the sync (the same states on every rank). The
+       ranks' state is saved as fairseq2 saves it on GPUs (sharded: ``ShardedTensor`` objects, which the resume
+       check of ``fspo_recipe.train.checkpoints`` allows).
     5. The checkpoint's consolidated FSDP state is gathered with ``offload_to_cpu=True``; on a CPU module the
        "offload" is no copy, so rank 0's state dict points into the unsharded parameters FSDP frees right after
        (the process dies with SIGSEGV while saving). Fix: for a CPU module, gather without the offload (FSDP then
@@ -294,9 +295,7 @@ def _cpu_process_group_fixes() -> list[tuple[object, str, object]]:
             return original_to_fsdp(module, dp_gang, *args, broadcast_state=broadcast_state, **kwargs)
         if broadcast_state:
             broadcast_module_states(module, dp_gang)
-        wrapped = original_to_fsdp(module, dp_gang, *args, broadcast_state=False, **kwargs)
-        full_state_dicts(wrapped)
-        return wrapped
+        return original_to_fsdp(module, dp_gang, *args, broadcast_state=False, **kwargs)
 
     import fairseq2.checkpoint._manager as checkpoints
     from torch.distributed.fsdp import FullyShardedDataParallel
@@ -321,19 +320,6 @@ def _cpu_process_group_fixes() -> list[tuple[object, str, object]]:
     return [(dist, "init_process_group", init_process_group), (ProcessGroupGang, "barrier", barrier),
             (ProcessGroupGang, "all_gather", all_gather), (data_parallel, "to_fsdp", to_fsdp),
             (checkpoints.FileCheckpointManager, "save_model", save_model)]
-
-
-def full_state_dicts(model: Module) -> None:
-    """The optimizer state of a CPU FSDP model as full tensors, kept in place: what each rank saves in its trainer
-    state (``rank_N.pt``) is then tensors and plain data, which the resume check loads with ``weights_only``
-    (fairseq2 0.4.6's sharded optimizer state pickles ``ShardedTensor`` objects, which need ``getattr`` and a process
-    group to unpickle), and no state is gathered into memory FSDP frees."""
-    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    FSDP.set_state_dict_type(model, StateDictType.FULL_STATE_DICT,
-                             state_dict_config=FullStateDictConfig(offload_to_cpu=False, rank0_only=False),
-                             optim_state_dict_config=FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=False))
 
 
 def broadcast_module_states(module: Module, dp_gang: Any) -> None:

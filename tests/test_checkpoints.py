@@ -54,3 +54,50 @@ def test_a_damaged_file_is_named_with_the_step_to_resume_from_instead(tmp_path, 
         check_resume_checkpoint(run)
     with pytest.raises(CheckpointCheckError, match="its model cannot be loaded"):
         check_model_file(model)
+
+
+def _sharded_state(tmp_path: Path) -> dict[str, object]:
+    """A rank's state as FSDP's sharded state dicts hold it (fairseq2's setting on GPUs): ShardedTensor shards. The
+    process group it starts stays until the caller has pickled the state (a ShardedTensor pickles its group's
+    ranks)."""
+    import torch.distributed as dist
+    from torch.distributed._shard.metadata import ShardMetadata
+    from torch.distributed._shard.sharded_tensor import Shard, init_from_local_shards
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1)
+
+    def sharded(rows: int) -> object:
+        local = Shard(torch.randn(rows, 3), ShardMetadata([0, 0], [rows, 3], "rank:0/cpu"))
+        return init_from_local_shards([local], [rows, 3])
+
+    return {"model": {"w": sharded(4)}, "_step_nr": 8,
+            "optimizer": {"state": {"w": {"exp_avg": sharded(4), "step": torch.tensor(8.0)}},
+                          "param_groups": [{"lr": 1e-3, "params": ["w"]}]}}
+
+
+class _Reach:
+    """A pickle calling ``getattr`` on an allowed class for something else than ``ProcessGroupState``."""
+
+    def __reduce__(self):
+        from torch.distributed._shard.sharded_tensor.api import ShardedTensor
+
+        return (getattr, (ShardedTensor, "__init__"))
+
+
+def test_fsdp_sharded_state_passes_and_other_getattrs_are_refused(tmp_path) -> None:
+    import torch.distributed as dist
+
+    run = run_with_steps(tmp_path, 4, 8)
+    rank_file = run / "checkpoints" / "step_8" / "rank_0.pt"
+    try:
+        torch.save(_sharded_state(tmp_path), rank_file)
+    finally:
+        dist.destroy_process_group()
+    assert "torch.distributed._shard.sharded_tensor.api.ShardedTensor" in \
+        torch.serialization.get_unsafe_globals_in_checkpoint(rank_file)
+    assert check_resume_checkpoint(run) == 8  # no process group needed: the check builds a stand-in
+    assert not any("ShardedTensor" in str(g) for g in torch.serialization.get_safe_globals())  # allowed only inside
+
+    torch.save({"_step_nr": 8, "reach": _Reach()}, rank_file)
+    with pytest.raises(CheckpointCheckError, match="holds Python objects besides tensors.*getattr"):
+        check_resume_checkpoint(run)

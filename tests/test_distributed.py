@@ -114,7 +114,9 @@ def test_two_processes_give_the_loss_trajectory_of_one(tiny_assets, one_process_
 @pytest.mark.xdist_group("torchrun")
 def test_an_fsdp_run_killed_with_sigkill_resumes_as_one_process_trains(tiny_assets, tmp_path) -> None:
     """Two FSDP processes, SIGKILL after the step-4 checkpoint, the same command again: the run ends at step 8 with
-    the losses of one uninterrupted process (the sharded optimizer state restored on each rank)."""
+    the losses of one uninterrupted process (the sharded optimizer state restored on each rank). The ranks save
+    their state as fairseq2 does on GPUs (``ShardedTensor`` shards of the model and the optimizer state), which the
+    resume check passes."""
     import os
     import signal
     import subprocess
@@ -134,6 +136,9 @@ def test_an_fsdp_run_killed_with_sigkill_resumes_as_one_process_trains(tiny_asse
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
     proc.wait()
     assert [p.name for p in (two / "checkpoints").glob("step_*")] == ["step_4"]
+    for rank in (0, 1):
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(two / "checkpoints" / "step_4" / f"rank_{rank}.pt")
+        assert "torch.distributed._shard.sharded_tensor.api.ShardedTensor" in unsafe, unsafe
     proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(OMP_NUM_THREADS="1"), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     a, b = metrics(one), metrics(two)

@@ -8,6 +8,11 @@ large model costs no read): a file that needs more than tensors and plain data i
 with the step to resume from instead. A file that passes refers to nothing but what the restricted unpickler
 allows, so fairseq2's own load of it runs no other code.
 
+FSDP's sharded state (fairseq2's setting on GPUs: ``rank_N.pt`` holds the model's and the optimizer's shards as
+``ShardedTensor`` objects) is checked too: the unpickler also allows the plain data classes a ``ShardedTensor`` is
+made of and the one ``getattr`` its pickle needs (``ShardedTensor.ProcessGroupState``), and builds a stand-in for
+the ``ShardedTensor`` itself, which needs no process group (:func:`_sharded_tensor_globals`).
+
 The run's metrics are made to match the step it resumes from (:func:`forget_redone_metrics`).
 """
 
@@ -31,13 +36,51 @@ def step_dirs(checkpoint_dir: Path) -> list[tuple[int, Path]]:
     return [(step, path) for step, path in numbered(checkpoint_dir) if path.is_dir()]
 
 
-def _load(path: Path) -> None:
+class _ShardedTensorStandIn(torch.Tensor):
+    """What the check builds where a file holds a ``ShardedTensor``: the same pickled state, kept as it is (the real
+    class attaches it to the current process group, which the check has none of)."""
+
+    @classmethod
+    def __torch_dispatch__(cls, func: object, types: object, args: object = (), kwargs: object = None) -> object:
+        raise TypeError("a checkpoint check's stand-in for a ShardedTensor has no data to compute with")
+
+    def __setstate__(self, state: object) -> None:
+        self.sharded_state = state
+
+
+def _sharded_tensor_globals() -> list[object]:
+    """The globals a ``ShardedTensor`` pickle refers to, for ``torch.serialization.safe_globals`` (none when this
+    torch has no ``torch.distributed``)."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as ex:
-        if "mmap" not in str(ex):
-            raise
-        torch.load(path, map_location="cpu", weights_only=True)  # a file in torch's old (not zip) format
+        from torch.distributed.remote_device import _remote_device
+        from torch.distributed._shard.metadata import ShardMetadata
+        from torch.distributed._shard.sharded_tensor.api import ShardedTensor
+        from torch.distributed._shard.sharded_tensor.metadata import (MEM_FORMAT_ENCODING, ShardedTensorMetadata,
+                                                                      TensorProperties)
+        from torch.distributed._shard.sharded_tensor.shard import Shard
+        from torch.distributed._shard.sharding_spec import ChunkShardingSpec, EnumerableShardingSpec
+    except ImportError:
+        return []
+    process_group_state = ShardedTensor.ProcessGroupState
+
+    def restricted_getattr(owner: object, name: object) -> object:
+        if owner is _ShardedTensorStandIn and name == "ProcessGroupState":
+            return process_group_state
+        raise pickle.UnpicklingError(f"Unsupported global: GLOBAL builtins.getattr of {name!r} (weights only)")
+
+    return [(_ShardedTensorStandIn, "torch.distributed._shard.sharded_tensor.api.ShardedTensor"),
+            (restricted_getattr, "builtins.getattr"), process_group_state, Shard, ShardMetadata, _remote_device,
+            ShardedTensorMetadata, TensorProperties, MEM_FORMAT_ENCODING, EnumerableShardingSpec, ChunkShardingSpec]
+
+
+def _load(path: Path) -> None:
+    with torch.serialization.safe_globals(_sharded_tensor_globals()):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as ex:
+            if "mmap" not in str(ex):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)  # a file in torch's old (not zip) format
 
 
 def check_file(path: Path, consequence: str, instead: str) -> None:
