@@ -83,12 +83,13 @@ DEMO = Plan(users_per_pole=6, rows_per_user=60, test_rows_per_user=20, shots=1, 
 one shot within minutes (not mood: which of 12 words is used), one shot per episode; see docs/studies.md."""
 
 
-SMOLLM2_DEMO = Plan(users_per_pole=6, rows_per_user=16, test_rows_per_user=6, shots=2, batch_size=4, sft_steps=0,
+SMOLLM2_DEMO = Plan(users_per_pole=6, rows_per_user=16, test_rows_per_user=12, shots=2, batch_size=4, sft_steps=0,
                    sft_lr=0.0, ipo_steps=40, ipo_lr=3e-6, ipo_beta=0.01, passes=None, bootstrap=1000, rationale=False,
                    full_ablation=False, curve_every=40, properties=("case", "length"), test_users_per_pole=3,
                    ipo_warmup=3, ipo_seconds_per_step=5.0, generate_tokens=40)
 """The quick start's plan on SmolLM2-135M-Instruct (``--model smollm2``): IPO from the pretrained chat model itself
-(no SFT; the model is its own reference), two shots per episode, the prompts in its chat template."""
+(no SFT; the model is its own reference), two shots per episode, the prompts in its chat template; 12 held-out users
+with 12 rows each (about 280 pairs: the accuracy without shots, which should be near chance, is otherwise noisy)."""
 
 
 MODEL = "syn_tiny"
@@ -105,9 +106,10 @@ START = 8.0
 GPO_EMBEDDINGS = {"sft": "GPO, SFT-model embeddings", "untrained": "GPO, untrained-model embeddings"}
 
 
-SMOLLM2_STUDY = dataclasses.replace(SMOLLM2_DEMO, generate_examples=24, gpo_steps=1000, test_users_per_pole=2)
-"""The study on SmolLM2-135M-Instruct (``python -m fspo_recipe.study --model smollm2``): the quick start's users,
-episodes and IPO, for every row of the paper's comparison that runs on a CPU (fspo_recipe/study/real.py); 24 held-out
+SMOLLM2_STUDY = dataclasses.replace(SMOLLM2_DEMO, generate_examples=24, gpo_steps=1000, test_users_per_pole=2,
+                                    test_rows_per_user=6)
+"""The study on SmolLM2-135M-Instruct (``python -m fspo_recipe.study --model smollm2``): the quick start's training
+users, episodes and IPO (8 held-out users with 6 rows each: every row is evaluated on them), for every row of the paper's comparison that runs on a CPU (fspo_recipe/study/real.py); 24 held-out
 queries (three per user) answered by each system for the win rates."""
 
 SMOLLM2_QUICK = dataclasses.replace(SMOLLM2_DEMO, users_per_pole=1, rows_per_user=8, test_rows_per_user=3, ipo_steps=2,
