@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from fspo_recipe.models.hf_tokenizer import HfImportError, HfTokenizer
 
@@ -75,6 +75,29 @@ def vocab_fields(config: Mapping[str, Any], where: Path, tokenizer: HfTokenizer)
     info = tokenizer.vocab_info
     return {"size": size, "unk_idx": info.unk_idx, "bos_idx": info.bos_idx, "eos_idx": info.eos_idx,
             "pad_idx": info.pad_idx}
+
+
+# The tensor names of a llama-style decoder (llama, mistral, qwen3; the q/k norms are Qwen3's): Qwen3's checkpoint
+# conversion reads them one way, fspo-export-hf writes them the other.
+HF_DECODER_NAMES: Final = {
+    # Hugging Face name (after "model.") -> fairseq2 name, outside the layers
+    "embed_tokens.weight": "decoder_frontend.embed.weight",
+    "norm.weight": "decoder.layer_norm.weight",
+}
+HF_LAYER_NAMES: Final = {
+    # Hugging Face name -> fairseq2 name, in every layer (after "model.layers.N." / "decoder.layers.N.")
+    "self_attn.q_proj.weight": "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight": "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight": "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight": "self_attn.output_proj.weight",
+    "self_attn.q_norm.weight": "self_attn.q_proj.norm.weight",
+    "self_attn.k_norm.weight": "self_attn.k_proj.norm.weight",
+    "mlp.gate_proj.weight": "ffn.gate_proj.weight",
+    "mlp.up_proj.weight": "ffn.inner_proj.weight",
+    "mlp.down_proj.weight": "ffn.output_proj.weight",
+    "input_layernorm.weight": "self_attn_layer_norm.weight",
+    "post_attention_layernorm.weight": "ffn_layer_norm.weight",
+}
 
 
 def decoder_tensors(model_config: Mapping[str, Any], *, qk_norm: bool) -> dict[str, tuple[int, ...]]:

@@ -38,7 +38,7 @@ from torch import Tensor
 from fspo_recipe.cli import run_command
 from fspo_recipe.files import atomic_directory
 from fspo_recipe.lock import OutputInUseError, OutputLock
-from fspo_recipe.models.hf_config import rotary_halves_from_pairs
+from fspo_recipe.models.hf_config import HF_DECODER_NAMES, HF_LAYER_NAMES, rotary_halves_from_pairs
 
 EXPORT_MARK: Final = "fspo_export.json"
 """The file that says a directory was written by this command (``--overwrite`` replaces only such)."""
@@ -53,24 +53,9 @@ class ExportError(ValueError):
 
 
 # fairseq2 name -> Hugging Face name, per layer and outside the layers (llama, mistral and qwen3 share them).
-_LAYER_NAMES: Final = {
-    "self_attn.q_proj.weight": "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight": "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight": "self_attn.v_proj.weight",
-    "self_attn.output_proj.weight": "self_attn.o_proj.weight",
-    "self_attn.q_proj.norm.weight": "self_attn.q_norm.weight",
-    "self_attn.k_proj.norm.weight": "self_attn.k_norm.weight",
-    "self_attn_layer_norm.weight": "input_layernorm.weight",
-    "ffn_layer_norm.weight": "post_attention_layernorm.weight",
-    "ffn.gate_proj.weight": "mlp.gate_proj.weight",
-    "ffn.inner_proj.weight": "mlp.up_proj.weight",
-    "ffn.output_proj.weight": "mlp.down_proj.weight",
-}
-_TOP_NAMES: Final = {
-    "decoder_frontend.embed.weight": "model.embed_tokens.weight",
-    "decoder.layer_norm.weight": "model.norm.weight",
-    "final_proj.weight": "lm_head.weight",
-}
+_LAYER_NAMES: Final = {fs2: hf for hf, fs2 in HF_LAYER_NAMES.items()}
+_TOP_NAMES: Final = {**{fs2: f"model.{hf}" for hf, fs2 in HF_DECODER_NAMES.items()},
+                     "final_proj.weight": "lm_head.weight"}
 _LAYER = re.compile(r"^decoder\.layers\.([0-9]+)\.(.+)$")
 
 

@@ -44,8 +44,8 @@ from fairseq2.typing import DataType
 from fairseq2.utils.file import StandardTensorLoader
 
 from fspo_recipe.models.family import ModelFamily, TinyShape
-from fspo_recipe.models.hf_config import (decoder_tensors, hf_decoder_fields, refuse, require, rope_settings,
-                                          rotary_pairs_from_halves, vocab_fields)
+from fspo_recipe.models.hf_config import (HF_DECODER_NAMES, HF_LAYER_NAMES, decoder_tensors, hf_decoder_fields, refuse,
+                                          require, rope_settings, rotary_pairs_from_halves, vocab_fields)
 from fspo_recipe.models.hf_tokenizer import HfImportError, HfTokenizer
 from fspo_recipe.models.hub import HubModelHandler
 from fspo_recipe.models.transformer import FspoDecoderModel, FspoTransformerDecoder, PackedMultiheadAttention
@@ -178,26 +178,6 @@ class Qwen3Factory:
         return RMSNorm(model_dim, bias=False, eps=self._config.layer_norm_eps, device=device, dtype=dtype)
 
 
-_QWEN3_KEYS: Final = {
-    # Hugging Face name (after "model.") -> fairseq2 name
-    "embed_tokens.weight": "decoder_frontend.embed.weight",
-    "norm.weight": "decoder.layer_norm.weight",
-}
-_QWEN3_LAYER_KEYS: Final = {
-    "self_attn.q_proj.weight": "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight": "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight": "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight": "self_attn.output_proj.weight",
-    "self_attn.q_norm.weight": "self_attn.q_proj.norm.weight",
-    "self_attn.k_norm.weight": "self_attn.k_proj.norm.weight",
-    "mlp.gate_proj.weight": "ffn.gate_proj.weight",
-    "mlp.up_proj.weight": "ffn.inner_proj.weight",
-    "mlp.down_proj.weight": "ffn.output_proj.weight",
-    "input_layernorm.weight": "self_attn_layer_norm.weight",
-    "post_attention_layernorm.weight": "ffn_layer_norm.weight",
-}
-
-
 def convert_qwen3_checkpoint(checkpoint: dict[str, object], config: Qwen3Config) -> dict[str, object]:
     """Hugging Face Qwen3 tensors -> ``{"model": fairseq2 state dict}``.
 
@@ -205,9 +185,9 @@ def convert_qwen3_checkpoint(checkpoint: dict[str, object], config: Qwen3Config)
     (another architecture) raises ``ValueError`` naming it; nothing is invented except the tied output projection,
     which *is* the embedding.
     """
-    expected = {f"model.{k}": v for k, v in _QWEN3_KEYS.items()}
+    expected = {f"model.{k}": v for k, v in HF_DECODER_NAMES.items()}
     for i in range(config.num_layers):
-        expected |= {f"model.layers.{i}.{k}": f"decoder.layers.{i}.{v}" for k, v in _QWEN3_LAYER_KEYS.items()}
+        expected |= {f"model.layers.{i}.{k}": f"decoder.layers.{i}.{v}" for k, v in HF_LAYER_NAMES.items()}
     if not config.tied_embeddings:
         expected["lm_head.weight"] = "final_proj.weight"
     tensors = {k: v for k, v in checkpoint.items() if isinstance(v, Tensor)}
