@@ -31,7 +31,7 @@ from typing import Any
 
 from fspo_recipe.cli import run_command
 from fspo_recipe.eval.config import EvalError
-from fspo_recipe.eval.generation import answer_record, generation_prompts, spread_over_users
+from fspo_recipe.eval.generation import answer_record, generation_prompts, length_batches, spread_over_users
 from fspo_recipe.files import atomic_file, complete_lines
 from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.openai_client import (ClientInputError, ClientSettings, OpenAIClient, Reply, ServerRefusedError,
@@ -117,9 +117,7 @@ class TransformersBackend:
 
         torch.manual_seed(sampling.seed)
         encoded = [self.ids(p.text) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # batches of similar length: less padding
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        for rows in length_batches([len(e) for e in encoded], self.batch_size):
             batch = [encoded[i] for i in rows]
             width = max(map(len, batch))
             seqs = torch.tensor([[self.pad] * (width - len(b)) + b for b in batch], device=self.device)

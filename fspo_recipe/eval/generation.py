@@ -110,6 +110,14 @@ def answer_record(example: Mapping[str, Any], *, question: str, shots: int | Non
     return record
 
 
+def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices of prompts in batches of at most ``batch_size``, shortest prompts first: batches of similar length pad
+    (transformers) or feed one step at a time (fairseq2) few tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
 class Fairseq2Answers:
     """fairseq2's sampling generator as ``preference_eval`` runs it: greedy (top-k 1) or top-p sampling, the prompt
     encoded by ``encoder`` (:class:`fspo_recipe.scoring.pairs.PairEncoder`: plain, or the user turn of the chat
@@ -150,9 +158,7 @@ class Fairseq2Answers:
         from fairseq2.nn.padding import pad_seqs
 
         encoded = [self.encoder.prompt(p) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        for batch in length_batches([len(e) for e in encoded], batch_size):
             seqs, padding = pad_seqs([encoded[i].to(device) for i in batch])
             output = self.generator(seqs, padding)
             for i, hypotheses in zip(batch, output.hypotheses):
