@@ -19,13 +19,13 @@ files only (it also holds the survey, utterances and metadata files).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from fspo_recipe.data.sources.base import (PreferenceRow, RowContext, SourceOption, SourceSchemaError, SourceSpec,
                                            accept_pair, at_least, one_of, register_source, text)
+from fspo_recipe.data.sources.reading import load_hub, read_json_records
 
 HUB_NAME: Final = "HannahRoseKirk/prism-alignment"
 
@@ -45,21 +45,9 @@ def read_survey(where: str) -> dict[str, dict[str, str]]:
     path = Path(where)
     rows: list[tuple[str, Any]] = []
     if path.is_file():
-        with path.open(encoding="utf-8") as fp:
-            head = fp.read(1)
-            fp.seek(0)
-            if head == "[":
-                rows = [(f"{path}, record {i}", r) for i, r in enumerate(json.load(fp), 1)]
-            else:
-                for lineno, line in enumerate(fp, 1):
-                    if line.strip():
-                        try:
-                            rows.append((f"{path}, line {lineno}", json.loads(line)))
-                        except json.JSONDecodeError as ex:
-                            raise SourceSchemaError(f"{path}, line {lineno}: not valid JSON ({ex.msg}).") from None
+        records, lines = read_json_records(path)
+        rows = [(f"{path}, line {lines[i]}" if lines else f"{path}, record {i + 1}", r) for i, r in enumerate(records)]
     else:
-        from fspo_recipe.data.sources.reading import load_hub
-
         columns = load_hub(where, None, "survey").get("train", {})
         rows = [(f"{where} [survey], row {i}", dict(zip(columns, values)))
                 for i, values in enumerate(zip(*columns.values()), 1)]

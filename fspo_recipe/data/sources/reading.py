@@ -43,7 +43,7 @@ def _decode(path: Path, data: bytes, lineno: int | None = None) -> str:
         ) from None
 
 
-def _read_json(path: Path) -> tuple[list[Any], list[int] | None]:
+def read_json_records(path: Path) -> tuple[list[Any], list[int] | None]:
     """The records of a JSON array file or of a JSONL file (one object per line), errors named by line; and the line
     of each record of a JSONL file (None for an array)."""
     with path.open("rb") as fp:
@@ -85,7 +85,7 @@ def _read_file(path: Path) -> tuple[dict[str, list[Any]], list[int] | None]:
         if not columns or not len(next(iter(columns.values()))):
             raise SourceSchemaError(f"{path}: the file has no rows.")
         return columns, None
-    records, lines = _read_json(path)
+    records, lines = read_json_records(path)
     if not records:
         raise SourceSchemaError(f"{path}: the file has no records (only blank lines).")
     bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
