@@ -18,8 +18,8 @@ works around, its scope, and the test that fails without it:
   handling is not public. The ``fspo_preference`` reader. Test: test_reader.py.
 - :func:`activate_fspo_workarounds` replaces ``init_process_group`` and ``ProcessGroupGang.barrier`` /
   ``all_gather`` for the CPU case: torch 2.6 and gloo reject what fairseq2 passes there; and, for a CPU module,
-  the ``to_fsdp`` that ``wrap_fsdp`` calls (torch 2.6 refuses ``sync_module_states`` on CPU; the optimizer state is
-  saved whole) and ``FileCheckpointManager.save_model`` (the consolidated state is gathered without an "offload"
+  the ``to_fsdp`` that ``wrap_fsdp`` calls (torch 2.6 refuses ``sync_module_states`` on CPU: rank 0's states are
+  broadcast instead) and ``FileCheckpointManager.save_model`` (the consolidated state is gathered without an "offload"
   that on CPU points into freed memory) (:func:`_cpu_process_group_fixes`). FSPO training processes only.
   Tests: test_distributed.py::test_two_processes_give_the_loss_trajectory_of_one (eager, compiled, fsdp),
   test_distributed.py::test_an_fsdp_run_killed_with_sigkill_resumes_as_one_process_trains.

@@ -75,7 +75,7 @@ def run_real_seed(out: Path, plan: Plan, seed: int, model: str) -> dict:
     stage("users and episodes")
     make_sources(sources, plan, seed, log=logs / "users.log")
     for name, (shots, rationale) in DATASETS.items():
-        for split, suffix in (("heldout", ""), ("interpolated", "int")):
+        for split, suffix in SPLITS:
             sh(bin_path("fspo-prepare"), "elix", "--input", sources / split, "--out", assets, "--name",
                f"{name}{suffix}", "--shots", plan.shots if shots is None else shots, "--rationale", rationale,
                "--split-mode", "source", "--seed", seed, "--no-progress", log=logs / f"prepare_{name}{suffix}.log",
@@ -124,8 +124,8 @@ def run_real_seed(out: Path, plan: Plan, seed: int, model: str) -> dict:
     stage("fspo-judge --judge exact: each system's answers against the base model's few-shot answers")
     t0 = time.time()
     judged = out / "judge"
-    files = [f"{key}={out / 'eval' / f'{key}_heldout' / 'generations.jsonl'}" for key in (BASELINE, *JUDGED)]
-    sh(bin_path("fspo-judge"), judged, "--generations", *files, "--baseline", BASELINE, "--judge", "exact",
+    generations = [f"{key}={out / 'eval' / f'{key}_heldout' / 'generations.jsonl'}" for key in (BASELINE, *JUDGED)]
+    sh(bin_path("fspo-judge"), judged, "--generations", *generations, "--baseline", BASELINE, "--judge", "exact",
        "--bootstrap", plan.bootstrap, "--no-progress", log=logs / "judge.log", echo=False)
     wins = {key: json.loads((judged / "win_rates.json").read_text())["systems"][key]["overall"] for key in JUDGED}
     times["judge"] = time.time() - t0

@@ -149,14 +149,20 @@ def sh(*cmd: object, log: Path | None = None, echo: bool = True) -> None:
         raise SystemExit(f"study: command failed ({proc.returncode}): {' '.join(args)}\n{tail}")
 
 
+def cpu_run(assets: Path, dataset: str, plan: Plan) -> list[str]:
+    """The configuration every training run of a study has: its card directory, data set and batch size, steps
+    instead of epochs, float32 policy and reference without activation checkpointing (CPU runs)."""
+    return [f"common.assets.extra_path={assets}", f"dataset.name={dataset}", f"dataset.batch_size={plan.batch_size}",
+            "regime.num_data_epochs=null", "trainer.dtype=float32", "trainer.activation_checkpointing=false",
+            "criterion.config.reference_dtype=float32"]
+
+
 def train(out: Path, assets: Path, name: str, dataset: str, plan: Plan, logs: Path, *,
           runs: tuple[Path, Path] | None = None, stages: Stages | None = None) -> tuple[Path, Path]:
     """SFT then IPO of variant ``name`` on ``dataset`` (into ``runs``, default OUT/runs/NAME_{sft,ipo}); return the
     two run directories. With ``stages``, each is a stage and its metrics are printed as they are published."""
     sft, ipo = runs or (out / "runs" / f"{name}_sft", out / "runs" / f"{name}_ipo")
-    common = [f"common.assets.extra_path={assets}", f"dataset.name={dataset}", f"dataset.batch_size={plan.batch_size}",
-              "regime.num_data_epochs=null", "trainer.dtype=float32", "trainer.activation_checkpointing=false",
-              "regime.publish_metrics_every_n_steps=10", "criterion.config.reference_dtype=float32"]
+    common = [*cpu_run(assets, dataset, plan), "regime.publish_metrics_every_n_steps=10"]
     for run, preset, steps, extra in (
         (sft, "fspo_sft", plan.sft_steps, [f"model.name={MODEL}", f"optimizer.config.lr={plan.sft_lr}",
                            f"regime.num_steps={plan.sft_steps}", f"regime.checkpoint_every_n_steps={plan.sft_steps}",
@@ -191,10 +197,7 @@ def ipo_from_model(run: Path, assets: Path, dataset: str, plan: Plan, logs: Path
     if run.exists():
         shutil.rmtree(run)  # fairseq2 would resume an old run
     sh(bin_path("fairseq2"), "lm", "preference_finetune", run, "--preset", "fspo_ipo", "--no-sweep-dir",
-       "--config", f"common.assets.extra_path={assets}", f"dataset.name={dataset}",
-       f"dataset.batch_size={plan.batch_size}", "dataset.extras={chat_template: true}",
-       "regime.num_data_epochs=null", "trainer.dtype=float32", "trainer.activation_checkpointing=false",
-       "criterion.config.reference_dtype=float32", f"model.name={model}",
+       "--config", *cpu_run(assets, dataset, plan), "dataset.extras={chat_template: true}", f"model.name={model}",
        f"criterion.config.reference_model={{name: {model}}}", f"optimizer.config.lr={plan.ipo_lr}",
        f"regime.num_steps={plan.ipo_steps}", f"regime.checkpoint_every_n_steps={plan.ipo_steps}",
        f"regime.publish_metrics_every_n_steps={publish_every}",
