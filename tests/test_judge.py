@@ -317,3 +317,48 @@ def test_the_exact_judge_through_the_command(tmp_path) -> None:
     assert rates["systems"]["fspo"]["per_user"]["Ben who likes short answers"]["win_rate"] == 0.0
     assert rates["systems"]["fspo"]["overall"]["win_rate"] == 0.5
     assert not (tmp_path / "out" / "judge_cache.jsonl").exists()
+
+
+def test_answer_flags_end_clean_loop_and_follow() -> None:
+    from fspo_recipe.judge.answers import answer_flags, is_clean, loops
+
+    upper = {"user": "Ada who likes answers in upper case", "user_description": "The user is Ada who likes answers "
+             "in upper case."}
+    good = answer_flags({**upper, "generated": "## Preferred Response \nRAIN IS GREAT.\n", "response": "RAIN IS GREAT.",
+                         "ended": True})
+    assert good == {"ended": True, "clean": True, "loops": False, "follows": True, "follows_upper": True}
+    run_on = answer_flags({**upper, "generated": "## Preferred Response \nRAIN IS GREAT.\n\n## Example 3\n## Question",
+                           "response": "RAIN IS GREAT.", "ended": False})
+    assert (run_on["clean"], run_on["ended"], run_on["follows"]) == (False, False, True)  # the judge reads the cut
+    assert not is_clean("## Question \nWhat is ice?\n## Preferred Response \nIce is cold.")
+    assert not is_clean("## Preferred Response \n")  # nothing written
+    assert is_clean("## User Description\nThe user likes short answers.\n## Preferred Response \nRain is great.")
+    assert not is_clean("Rain is great.\n## Dispreferred Response \nrain.")
+    assert loops("A bell is a bell is a bell is a bell.") and not loops("A bell is a bell. It rings a bell.")
+    lower_long = answer_flags({"user": "Eva50", "user_description": "The user is Eva50 who likes answers in lower case "
+                               "and long answers.", "generated": "rain is great."})
+    assert lower_long["ended"] is None  # a file that does not say
+    assert (lower_long["follows"], lower_long["follows_lower"], lower_long["follows_long"]) == (False, True, False)
+    assert "follows" not in answer_flags({"user": "a child", "generated": "Hi."})  # not a synthetic user
+
+
+def test_the_judge_reports_answer_figures_of_every_system(tmp_path) -> None:
+    from fspo_recipe.judge.answers import answer_figures
+
+    rows = [("1", "Ada who likes answers in upper case", "RAIN IS GREAT.", True),
+            ("2", "Ben who likes short answers", "Snow is bad. I like it. Snow is bad. I like it. Snow is bad. I like "
+             "it.", False)]
+    figures = answer_figures([{"id": i, "user": u, "generated": t, "ended": e} for i, u, t, e in rows], samples=200)
+    assert figures["follows"]["share"] == 0.5 and figures["follows"]["answers"] == 2
+    assert figures["loops"]["count"] == 1 and figures["ended"]["share"] == 0.5
+    assert figures["follows_upper"]["share"] == 1.0 and figures["follows_short"]["share"] == 0.0
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for path, system, texts in ((a, "fspo", [t for _, _, t, _ in rows]), (b, "base", ["rain.", "snow is bad."])):
+        path.write_text("".join(json.dumps({"id": i, "user": u, "question": "q", "response": t, "generated": t,
+                                            "ended": e, "system": system}) + "\n"
+                                for (i, u, _, e), t in zip(rows, texts)))
+    assert judge_main([str(tmp_path / "out"), "--generations", str(a), str(b), "--baseline", "base",
+                       "--judge", "exact", "--no-progress"]) == 0
+    answers = json.loads((tmp_path / "out" / "win_rates.json").read_text())["answers"]
+    assert answers["fspo"]["follows"]["share"] == 0.5 and answers["fspo"]["loops"]["share"] == 0.5
+    assert answers["base"]["follows"]["share"] == 0.5 and answers["base"]["follows_upper"]["share"] == 0.0

@@ -112,7 +112,8 @@ class TransformersBackend:
                                                            add_generation_prompt=True, return_dict=True)["input_ids"])
         return list(self.tokenizer(text)["input_ids"])
 
-    def generate(self, prompts: Sequence[Prompt], sampling: Sampling, done: Callable[[int, str, int], None]) -> None:
+    def generate(self, prompts: Sequence[Prompt], sampling: Sampling,
+                 done: Callable[[int, str, int, bool | None], None]) -> None:
         import torch
 
         torch.manual_seed(sampling.seed)
@@ -128,8 +129,9 @@ class TransformersBackend:
                 out = self.model.generate(input_ids=seqs, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
                                           eos_token_id=self.stop, pad_token_id=self.pad, **options)
             for i, row in zip(rows, out[:, width:].tolist()):
-                ids = row[: next((j for j, t in enumerate(row) if t in self.stop), len(row))]
-                done(i, self.tokenizer.decode(ids, skip_special_tokens=True), len(ids))
+                end = next((j for j, t in enumerate(row) if t in self.stop), None)
+                ids = row[:end]
+                done(i, self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), end is not None)
 
 
 class OpenAIBackend:
@@ -151,14 +153,15 @@ class OpenAIBackend:
             body["prompt"] = prompt.text
         return body
 
-    def generate(self, prompts: Sequence[Prompt], sampling: Sampling, done: Callable[[int, str, int], None]) -> None:
+    def generate(self, prompts: Sequence[Prompt], sampling: Sampling,
+                 done: Callable[[int, str, int, bool | None], None]) -> None:
         failed: list[str] = []
 
         def finished(index: int, reply: Reply) -> None:
             if reply.error is not None or reply.text is None:
                 failed.append(f"{prompts[index].example['id']}: {reply.error}")
                 return
-            done(index, reply.text, -1)
+            done(index, reply.text, -1, None)  # whether the server stopped early is not known here
 
         self.client.run_all([(self.api, self.body(p, sampling)) for p in prompts], finished)  # type: ignore[misc]
         if failed:
@@ -250,11 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             started, tokens = time.time(), 0
             with answers.open("a", encoding="utf-8") as fp, \
                     ProgressBar(not args.no_progress, f"answering ({system})", len(todo)) as tick:
-                def write(index: int, text: str, count: int) -> None:
+                def write(index: int, text: str, count: int, ended: bool | None) -> None:
                     nonlocal tokens
                     p = todo[index]
                     rec = answer_record(p.example, question=p.question, shots=p.shots, system=system,
-                                        prompt=p.text, generated=text, tokens=count if count >= 0 else None)
+                                        prompt=p.text, generated=text, tokens=count if count >= 0 else None,
+                                        ended=ended)
                     fp.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     fp.flush()
                     tokens += max(count, 0)

@@ -92,17 +92,19 @@ def generation_prompts(examples: Sequence[Mapping[str, Any]], shots: int | None
 
 
 def answer_record(example: Mapping[str, Any], *, question: str, shots: int | None, system: str, prompt: str,
-                  generated: str, tokens: int | None, baseline: Mapping[str, str] | None = None) -> dict[str, Any]:
+                  generated: str, tokens: int | None, ended: bool | None = None,
+                  baseline: Mapping[str, str] | None = None) -> dict[str, Any]:
     """One line of ``generations.jsonl`` as ``preference_eval`` and ``fspo-generate`` write it: what ``fspo-judge``
     reads (``question``, ``response``: the answer under the response header, ``user``, ``user_description``,
-    ``system``), the raw continuation (``generated``), the description it wrote first (rationale variant), the
+    ``system``), the raw continuation (``generated``), whether the model ended it by itself before the token limit
+    (``ended``; None where the backend does not say), the description it wrote first (rationale variant), the
     data's preferred answer (``reference_chosen``) and a baseline's answer when one was given."""
     from fspo_recipe.data.episodes import split_completion
     from fspo_recipe.data.jsonl import example_answers
 
     parts = split_completion(generated)
     record = {"id": example["id"], "user": example["user"], "user_description": example.get("user_description"),
-              "question": question, "shots": shots, "system": system, "tokens": tokens, "response": parts.response,
+              "question": question, "shots": shots, "system": system, "tokens": tokens, "ended": ended, "response": parts.response,
               "description": parts.description, "generated": generated, "prompt": prompt,
               "reference_chosen": example_answers(dict(example))[0]}
     if baseline and str(example["id"]) in baseline:
@@ -150,8 +152,8 @@ class Fairseq2Answers:
                                                    temperature=1.0 if greedy else temperature,
                                                    step_processors=processors)
 
-    def generate(self, prompts: Sequence[str], batch_size: int, device: Any) -> Iterator[tuple[int, str, int]]:
-        """(index, answer text, its token count) of every prompt, ``batch_size`` prompts per call, in batches of
+    def generate(self, prompts: Sequence[str], batch_size: int, device: Any) -> Iterator[tuple[int, str, int, bool]]:
+        """(index, answer text, its token count, whether the model ended it before the limit) of every prompt, ``batch_size`` prompts per call, in batches of
         prompts of similar length: fairseq2's generator starts every row of a batch at its shortest prompt and feeds
         the longer prompts' remaining tokens one step at a time (measured: 8 prompts of mixed lengths per batch were
         slower than one prompt at a time). Yielded as each batch ends, shortest prompts first."""
@@ -165,6 +167,7 @@ class Fairseq2Answers:
                 # fairseq2 lets a batch's shorter prompts run to the longest prompt + max_gen_len: cut to
                 # max_new_tokens, the documented limit of every answer.
                 ids = hypotheses[0].seq.tolist()[: self.max_new_tokens]
+                ended = bool(ids) and (ids[-1] == self.eos or ids[-1] in self.stop)
                 while ids and (ids[-1] == self.eos or ids[-1] in self.stop):
                     ids.pop()
-                yield i, self.decoder(torch.tensor(ids, dtype=torch.int64)), len(ids)
+                yield i, self.decoder(torch.tensor(ids, dtype=torch.int64)), len(ids), ended

@@ -38,7 +38,7 @@ from fspo_recipe.eval.generation import (Fairseq2Answers, answer_record, generat
 from fspo_recipe.eval.metrics import METRICS, pair_metrics, summarize
 from fspo_recipe.files import atomic_file
 from fspo_recipe.models.families import packed_model_families
-from fspo_recipe.runs import register_run_cards
+from fspo_recipe.runs import add_run_card_directories, register_run_cards
 from fspo_recipe.scoring.pairs import PairEncoder, PairScores, default_device, encode_pairs, score_pairs
 
 
@@ -109,6 +109,9 @@ class PreferenceEvaluator:
         """Cards for the checkpoints of ``model.run_dir`` / ``reference.run_dir``; the names to load."""
         config = self._config
         card_dir = self._out / "cards"
+        for run_dir in (config.model.run_dir, config.reference.run_dir):
+            if run_dir is not None:  # its base model's and tokenizer's cards, wherever the run was trained
+                add_run_card_directories(self._context, run_dir)
         if config.model.run_dir is not None:
             steps = register_run_cards(self._context, config.model.run_dir, "policy", card_dir)
             if not config.all_checkpoints:
@@ -240,9 +243,10 @@ class PreferenceEvaluator:
         task = progress.create_task(f"generating ({system})", total=len(chosen))
         try:
             records: dict[int, dict[str, Any]] = {}
-            for i, text, count in answers.generate(prompts, self._config.batch_size, self._device):
+            for i, text, count, ended in answers.generate(prompts, self._config.batch_size, self._device):
                 records[i] = answer_record(chosen[i], question=questions[i], shots=shots[i], system=system,
-                                           prompt=prompts[i], generated=text, tokens=count, baseline=baseline)
+                                           prompt=prompts[i], generated=text, tokens=count, ended=ended,
+                                           baseline=baseline)
                 task.step(1)
             with atomic_file(self._out / "generations.jsonl") as fp:  # in the split's order
                 fp.writelines(json.dumps(records[i], ensure_ascii=False) + "\n" for i in sorted(records))

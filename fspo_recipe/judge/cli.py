@@ -19,16 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fspo_recipe.cli import run_command
 from fspo_recipe.files import atomic_file
+from fspo_recipe.judge.answers import answer_figures, figure_cell
 from fspo_recipe.judge.chat import (DEFAULT_TEMPLATE, ChatJudge, ChatSettings, JudgeCache, JudgeServerError,
                                     api_key_from_env, read_template)
 from fspo_recipe.judge.exact import ExactJudge
-from fspo_recipe.judge.matchups import JudgeInputError, build_matchups, load_systems, read_descriptions
+from fspo_recipe.judge.matchups import JudgeInputError, System, build_matchups, load_systems, read_descriptions
 from fspo_recipe.judge.verdicts import JudgeQuery, Verdict, outcome_name, system_score
 from fspo_recipe.judge.winrates import win_rates, write_outputs
 from fspo_recipe.lock import OutputInUseError, OutputLock
@@ -145,7 +146,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }, ensure_ascii=False) + "\n")
     result = {"judge": judge_name, "baseline": args.baseline,
               "template": None if args.judge == "exact" else str(args.template),
-              "systems": win_rates(matchups, scores, samples=args.bootstrap, seed=args.seed)}
+              "systems": win_rates(matchups, scores, samples=args.bootstrap, seed=args.seed),
+              "answers": system_answers(systems, descriptions, args)}
     if args.judge == "chat":
         result["usage"] = vars(judge.usage)
     write_outputs(args.out, result)
@@ -155,6 +157,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def system_answers(systems: Mapping[str, System], descriptions: Mapping[str, str] | None,
+                   args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """:func:`~fspo_recipe.judge.answers.answer_figures` of every system's answers (the first ``--max-per-system``)."""
+    out = {}
+    for name, system in systems.items():
+        records = [{"generated": a.generated, "response": a.text, "ended": a.ended, "user": a.user,
+                    "user_description": (descriptions or {}).get(a.user) or a.description}
+                   for a in list(system.answers.values())[: args.max_per_system]]
+        out[name] = answer_figures(records, samples=args.bootstrap, seed=args.seed)
+    return out
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [f"win rate against {result['baseline']} ({result['judge']} judge; ties count half)"]
     for system, r in result["systems"].items():
@@ -162,7 +176,17 @@ def table(result: dict[str, Any]) -> str:
         rate = "n/a" if o["win_rate"] != o["win_rate"] else f"{o['win_rate']:.3f} [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}]"
         lines.append(f"  {system:<16} {rate}  {o['wins']} wins, {o['ties']} ties, {o['losses']} losses, "
                      f"{o['failures']} failures; {o['users']} users")
+    answers = result.get("answers") or {}
+    flags = [f for f in ("follows", "ended", "clean", "loops") if any(f in a for a in answers.values())]
+    if flags:
+        lines.append("share of answers [95% interval]: " + ", ".join(ANSWER_FLAGS[f] for f in flags))
+        for system, figures in answers.items():
+            lines.append(f"  {system:<16} " + "  ".join(f"{f} {figure_cell(figures.get(f))}" for f in flags))
     return "\n".join(lines)
+
+
+ANSWER_FLAGS = {"follows": "follows: has every pole its user prefers", "ended": "ended: stopped before the limit",
+                "clean": "clean: no template text", "loops": "loops: a 4-word sequence 3+ times"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,11 @@ class Answer:
     description: str | None
     question: str
     text: str
+    generated: str | None = None
+    """The raw continuation the answer was cut from (``generated``), when the file has it."""
+
+    ended: bool | None = None
+    """Whether the model ended the answer by itself before the token limit (``ended``), when the file says."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,9 @@ def read_generations(spec: str) -> tuple[System, System | None]:
         question = _field(rec, "question", where)
         response = _field(rec, "response", where)
         assert question is not None and response is not None
-        answers[id_] = Answer(id_, user, description, question, response)
+        generated = rec.get("generated") if isinstance(rec.get("generated"), str) else None
+        ended = rec.get("ended") if isinstance(rec.get("ended"), bool) else None
+        answers[id_] = Answer(id_, user, description, question, response, generated, ended)
         if rec.get("system") is not None:
             names.add(str(rec["system"]))
         if isinstance(rec.get("reference_chosen"), str):
