@@ -31,7 +31,7 @@ PAIR = dict(pc=[-3.0], pr=[-7.0], rc=[-4.0], rr=[-5.0])
 
 
 def test_builtin_names() -> None:
-    assert {"dpo", "ipo", "simpo", "sft"} <= set(criterion_names())
+    assert {"dpo", "ipo", "simpo", "sft", "rpo"} <= set(criterion_names())
 
 
 def test_dpo_matches_eq7() -> None:
@@ -75,10 +75,28 @@ def test_sft_is_nll_of_responses() -> None:
     assert chosen.loss(logps(pc=[-8.0], pr=[-6.0])).item() == pytest.approx(8.0)
 
 
+def test_rpo_is_the_preference_loss_plus_the_chosen_nll() -> None:
+    ipo = get_criterion("ipo", beta=0.01).loss(logps(**PAIR)).item()
+    assert get_criterion("rpo", beta=0.01, alpha=2.0).loss(logps(**PAIR)).item() == pytest.approx(ipo + 2.0 * 3.0)
+    dpo = get_criterion("dpo", beta=0.1).loss(logps(**PAIR)).item()
+    rpo_dpo = get_criterion("rpo", preference="dpo", beta=0.1, alpha=0.5)
+    assert rpo_dpo.loss(logps(**PAIR)).item() == pytest.approx(dpo + 0.5 * 3.0)
+    assert get_criterion("rpo", alpha=0.0).loss(logps(**PAIR)).item() == pytest.approx(ipo)
+    # The NLL term's gradient holds the chosen answer up: with the preference loss at its target it alone moves it.
+    pc = torch.tensor([-3.0], dtype=torch.float64, requires_grad=True)
+    at_target = PairLogps(pc, torch.tensor([-53.0], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64),
+                          torch.tensor([0.0], dtype=torch.float64), torch.tensor([4.0], dtype=torch.float64),
+                          torch.tensor([2.0], dtype=torch.float64))
+    get_criterion("rpo", beta=0.01, alpha=3.0).loss(at_target).sum().backward()
+    assert pc.grad.item() == pytest.approx(-3.0)
+    # The rewards are the preference loss's (the DPO reward of beta).
+    assert get_criterion("rpo", beta=0.01).rewards(logps(**PAIR))[0].item() == pytest.approx(0.01 * 1.0)
+
+
 def test_losses_are_per_pair() -> None:
     p = logps(pc=[-3.0, -1.0, -2.0], pr=[-7.0, -1.0, -9.0], rc=[-4.0, -1.0, -2.0], rr=[-5.0, -1.0, -2.0],
               lc=[1.0, 1.0, 1.0], lr=[1.0, 1.0, 1.0])
-    for name in ("dpo", "ipo", "simpo", "sft"):
+    for name in ("dpo", "ipo", "simpo", "sft", "rpo"):
         assert get_criterion(name).loss(p).shape == (3,)
 
 
@@ -101,6 +119,9 @@ def test_missing_reference_is_a_clear_error() -> None:
         ("dpo", {"label_smoothing": 0.5}, r"\[0, 0.5\)"),
         ("dpo", {"label_smoothing": -0.1}, r"\[0, 0.5\)"),
         ("ipo", {"betta": 0.1}, "no hyper-parameter 'betta'"),
+        ("rpo", {"preference": "simpo"}, "preference must be 'ipo' or 'dpo'"),
+        ("rpo", {"alpha": -1.0}, "alpha must be >= 0"),
+        ("rpo", {"beta": 0.0}, "beta must be > 0"),
     ],
 )
 def test_bad_hyper_parameters(name, params, match) -> None:

@@ -23,6 +23,8 @@ from fspo_recipe.criteria.builtin import (
     DpoCriterion as DpoCriterion,
     IpoConfig as IpoConfig,
     IpoCriterion as IpoCriterion,
+    RpoConfig as RpoConfig,
+    RpoCriterion as RpoCriterion,
     SftConfig as SftConfig,
     SftCriterion as SftCriterion,
     SimpoConfig as SimpoConfig,

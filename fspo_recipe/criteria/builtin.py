@@ -164,3 +164,44 @@ class SftCriterion(PreferenceCriterion):
 def chosen_nll(logps: PairLogps) -> Tensor:
     """Per-token NLL of the chosen response, [batch]: the extra term any criterion gets with ``nll_scale``."""
     return -logps.policy_chosen / torch.clamp(logps.chosen_lengths, min=1.0)
+
+
+@dataclass(kw_only=True)
+class RpoConfig(CriterionConfig):
+    preference: str = "ipo"
+    """The preference loss the NLL term is added to: ``ipo`` or ``dpo`` (as registered, with this ``beta``)."""
+
+    beta: float = 0.01
+    """The preference loss's beta (IPO's 0.01 as in the FSPO paper; use about 0.1 with ``dpo``)."""
+
+    alpha: float = 1.0
+    """Weight of the chosen response's NLL, summed over its tokens (nats); 0 is the plain preference loss."""
+
+    def validate(self) -> None:
+        if self.preference not in ("ipo", "dpo"):
+            raise CriterionError(f"Criterion 'rpo': preference must be 'ipo' or 'dpo', got {self.preference!r}.")
+        _check_beta("rpo", self.beta)
+        if not self.alpha >= 0.0:
+            raise CriterionError(f"Criterion 'rpo': alpha must be >= 0, got {self.alpha}.")
+
+
+@register_criterion("rpo", RpoConfig)
+class RpoCriterion(PreferenceCriterion):
+    """A preference loss that keeps the chosen response likely: IPO or DPO plus the chosen response's NLL (Pang et al.
+    2024, arXiv 2404.19733, Eq. 1, "DPO + NLL"; Liu et al. 2024, arXiv 2405.16436, RPO).
+
+    loss = preference_loss(h) + alpha * (-log pi(yw)), log-probs summed over response tokens. Preference losses
+    alone only widen the gap between the two responses and may lower both (the chosen response's NLL rises while
+    the ranking improves: the model forgets how to write); the NLL term holds the chosen response up. Summed, not
+    per token, so that it stays in the preference loss's scale (IPO's loss is in squared nats of summed log-probs).
+    """
+
+    config: RpoConfig
+
+    def __init__(self, config: RpoConfig) -> None:
+        super().__init__(config)
+        inner = IpoConfig(beta=config.beta) if config.preference == "ipo" else DpoConfig(beta=config.beta)
+        self._preference: PreferenceCriterion = (IpoCriterion if config.preference == "ipo" else DpoCriterion)(inner)
+
+    def loss(self, logps: PairLogps) -> Tensor:
+        return self._preference.loss(logps) - self.config.alpha * logps.policy_chosen

@@ -61,6 +61,7 @@ PAPER_LOSS_PARAMS: Final[dict[str, dict[str, object]]] = {
     "ipo": {"beta": 0.01},
     "dpo": {"beta": 0.1, "label_smoothing": 0.0},
     "simpo": {"beta": 2.0, "gamma": 0.5},
+    "rpo": {"preference": "ipo", "beta": 0.01, "alpha": 1.0},
 }
 
 
