@@ -129,7 +129,8 @@ def atomic_directory(final: Path, commit: Commit | None = None) -> Iterator[Path
     contents or the new, and ``commit`` (when given) says which. A SIGKILL between the renames leaves the old
     contents in ``.NAME.old-PID``, which the next run puts back (:func:`recover_stale`); the temporary name carries
     the process id, so a later run can tell the debris of a killed process from the work of one still running.
-    Whether ``final`` may be replaced at all is the caller's decision; a file there is never replaced.
+    Whether ``final`` may be replaced at all is the caller's decision; a file there is never replaced. What ends up
+    in ``final`` has the modes the umask gives (for a group sharing the output on a cluster).
     """
     commit = commit if commit is not None else Commit()
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +140,9 @@ def atomic_directory(final: Path, commit: Commit | None = None) -> Iterator[Path
     try:
         honour_umask(tmp, directory=True)
         yield tmp
+        for path in tmp.rglob("*"):  # some writers (safetensors) create their files 0600 whatever the umask
+            if not path.is_symlink():
+                honour_umask(path, directory=path.is_dir())
         old = final.parent / f".{final.name}.old-{os.getpid()}"
         with _signals_held():
             if final.exists():

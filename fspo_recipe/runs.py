@@ -1,16 +1,20 @@
 """A training run's output directory as something to load from: its checkpoints as model cards (beside other runs'),
-and the card directory it was trained with."""
+and the card directories it was trained with."""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 import yaml
 
 from fairseq2.context import RuntimeContext
 
 from fspo_recipe.assets import add_card_directory
-from fspo_recipe.files import numbered
+from fspo_recipe.files import atomic_file, numbered
 from fspo_recipe.train.checkpoints import check_model_file
 
 
@@ -63,11 +67,17 @@ def register_run(context: RuntimeContext, run_dir: Path, alias: str, *, known: P
     the cards written to a temporary directory (they are read into memory on registration); step -> card name."""
     import tempfile
 
-    run_assets = run_asset_path(run_dir)
-    if run_assets is not None and run_assets.is_dir() and run_assets != known:
-        add_card_directory(context, run_assets)
+    add_run_card_directories(context, run_dir, known=known)
     with tempfile.TemporaryDirectory() as card_dir:
         return register_run_cards(context, run_dir, alias, Path(card_dir))
+
+
+def add_run_card_directories(context: RuntimeContext, run_dir: Path, *, known: Path | None = None) -> None:
+    """Register the card directories ``run_dir`` was trained with (recorded, and its ``common.assets.extra_path``)
+    that exist, except ``known`` (registered already)."""
+    for directory in dict.fromkeys([*recorded_card_directories(run_dir), run_asset_path(run_dir)]):
+        if directory is not None and directory.is_dir() and directory != known:
+            add_card_directory(context, directory)
 
 
 def run_asset_path(run_dir: Path) -> Path | None:
@@ -79,3 +89,39 @@ def run_asset_path(run_dir: Path) -> Path | None:
     assets = (config or {}).get("common", {}).get("assets", {}) if isinstance(config, dict) else {}
     value = (assets.get("_set_") or assets).get("extra_path") if isinstance(assets, dict) else None
     return Path(value) if value else None
+
+
+CARD_DIRECTORIES_FILE: Final = "fspo_card_directories.json"
+"""Written into an FSPO training run's OUTPUT_DIR: the card directories it was started with, so that the commands
+that load the run later (export, evaluation, GPO, reference scoring) find its base model's and tokenizer's cards
+without the environment it was trained in."""
+
+CARD_DIRECTORY_VARIABLES: Final = ("FAIRSEQ2_USER_ASSET_DIR", "FAIRSEQ2_ASSET_DIR")
+
+
+def record_card_directories(output_dir: Path, extra_path: object, base_run: Path | None,
+                            environ: Mapping[str, str] = os.environ) -> list[Path]:
+    """Write OUTPUT_DIR/:data:`CARD_DIRECTORIES_FILE`: the directories of ``FAIRSEQ2_USER_ASSET_DIR``,
+    ``FAIRSEQ2_ASSET_DIR``, ``common.assets.extra_path`` (``extra_path``) and those recorded by the run this one starts
+    from (``base_run``), as absolute paths; return them."""
+    found: list[Path] = [Path(environ[v]).resolve() for v in CARD_DIRECTORY_VARIABLES if environ.get(v)]
+    if isinstance(extra_path, (str, os.PathLike)) and str(extra_path):
+        found.append(Path(extra_path).resolve())
+    if base_run is not None:
+        found += recorded_card_directories(base_run)
+    found += recorded_card_directories(output_dir)  # a resumed run keeps what its first start recorded
+    directories = list(dict.fromkeys(found))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(output_dir / CARD_DIRECTORIES_FILE) as fp:
+        fp.write(json.dumps({"card_directories": [str(d) for d in directories]}, indent=1) + "\n")
+    return directories
+
+
+def recorded_card_directories(run_dir: Path) -> list[Path]:
+    """The card directories a run recorded (:func:`record_card_directories`); none for a run that recorded none or
+    whose record cannot be read (then the commands name the flag that adds a card directory)."""
+    try:
+        value = json.loads((run_dir / CARD_DIRECTORIES_FILE).read_text(encoding="utf-8"))
+        return [Path(d) for d in value["card_directories"] if isinstance(d, str)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []

@@ -45,9 +45,17 @@ def read_tensors(directory: Path) -> dict[str, torch.Tensor]:
 def test_a_card_exports_to_the_tensors_and_config_it_was_imported_from(name, models, tmp_path) -> None:
     from fspo_recipe.models.hf_export import main
 
+    import os
+
     dirs, cards = models
     out = tmp_path / "export"
-    assert main(["--card", f"x_{name}", "--assets-dir", str(cards), str(out), "--max-shard-size", "100KB"]) == 0
+    before = os.umask(0o002)  # a group sharing the export (a group-mate's vLLM server reads it)
+    try:
+        assert main(["--card", f"x_{name}", "--assets-dir", str(cards), str(out), "--max-shard-size", "100KB"]) == 0
+    finally:
+        os.umask(before)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [out, *out.iterdir()]}
+    assert modes == {n: 0o775 if n == "export" else 0o664 for n in modes}, modes  # safetensors alone makes 0600
     original, exported = read_tensors(dirs[name]), read_tensors(out)
     assert set(exported) == set(original)
     for key, tensor in original.items():
@@ -74,6 +82,12 @@ def test_a_card_exports_to_the_tensors_and_config_it_was_imported_from(name, mod
 def test_refusals_are_one_line(models, tmp_path, capsys) -> None:
     from fspo_recipe.models.hf_export import main
 
+    for size in ("0", "0KB", "0.0001KB", "-5MB", "lots"):  # 0 would write one file per tensor
+        with pytest.raises(SystemExit):
+            main(["--card", "x_llama_tied", str(tmp_path / "sized"), "--max-shard-size", size])
+        assert "--max-shard-size" in capsys.readouterr().err
+    assert not (tmp_path / "sized").exists()
+
     dirs, cards = models
     occupied = tmp_path / "occupied"
     occupied.mkdir()
@@ -99,6 +113,16 @@ def test_refusals_are_one_line(models, tmp_path, capsys) -> None:
     assert main(["--card", "x_llama_tied", "--assets-dir", str(cards), str(out)]) == 0
     assert main(["--card", "x_qwen3_tied", "--assets-dir", str(cards), str(out), "--overwrite"]) == 0  # its own
     assert json.loads((out / "config.json").read_text())["model_type"] == "qwen3"
+    # --overwrite replaces what an export wrote, nothing else: a source kept inside it, or a file of someone else's.
+    run = out / "runs" / "sft"
+    run.mkdir(parents=True)
+    (run / "keep.txt").write_text("a run")
+    assert main([str(run), str(out), "--overwrite"]) == 1
+    assert "is inside the output" in capsys.readouterr().err
+    assert main(["--card", "x_llama_tied", "--assets-dir", str(cards), str(out), "--overwrite"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "runs" in err and "did not write" in err and len(err.splitlines()) == 1, err
+    assert (run / "keep.txt").read_text() == "a run"
 
 
 @pytest.mark.slow
@@ -149,6 +173,42 @@ def test_after_training_transformers_reads_the_export_as_fairseq2_reads_the_chec
     generator = SamplingSequenceGenerator(generation_view(ours), TopKSampler(k=1), max_gen_len=13, temperature=1.0)
     got_ids = generator(ids, None).hypotheses[0][0].seq.tolist()
     assert got_ids[: len(want_ids)] == want_ids and want_ids
+
+
+@pytest.mark.slow
+def test_a_run_exports_without_the_environment_it_was_trained_in(models, tmp_path) -> None:
+    """A run whose base model's card came from FAIRSEQ2_USER_ASSET_DIR (as the quick start's) records that directory
+    (fspo_card_directories.json), so a later fspo-export-hf (another process, without the variable) needs no extra
+    knowledge; without the record it refuses in one line naming --assets-dir, and with --assets-dir it exports."""
+    import subprocess
+
+    from conftest import cli_env
+    from test_cli import FAIRSEQ2
+
+    from fspo_recipe.runs import CARD_DIRECTORIES_FILE
+
+    _, cards = models
+    run = tmp_path / "sft"
+    proc = subprocess.run([FAIRSEQ2, "lm", "preference_finetune", str(run), "--preset", "fspo_sft", "--no-sweep-dir",
+                           "--config", "model.name=x_llama_tied", "optimizer.config.lr=1e-2", *CPU], capture_output=True,
+                          text=True, env=cli_env(FAIRSEQ2_USER_ASSET_DIR=str(cards)), cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / CARD_DIRECTORIES_FILE).read_text())["card_directories"] == [str(cards.resolve())]
+
+    def export(*args: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in cli_env().items() if not k.startswith("FAIRSEQ2_") or k == "FAIRSEQ2_EXTENSION_TRACE"}
+        return subprocess.run([str(Path(FAIRSEQ2).with_name("fspo-export-hf")), str(run), *args], capture_output=True,
+                              text=True, env=env, cwd=REPO, timeout=600)
+
+    done = export(str(tmp_path / "export"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "export" / "config.json").is_file()
+    (run / CARD_DIRECTORIES_FILE).unlink()  # a run of an older version
+    refused = export(str(tmp_path / "export2"))
+    err = refused.stderr.strip()
+    assert refused.returncode == 1 and len(err.splitlines()) == 1 and "--assets-dir" in err, err
+    assert not (tmp_path / "export2").exists()
+    assert export(str(tmp_path / "export2"), "--assets-dir", str(cards)).returncode == 0
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral"])

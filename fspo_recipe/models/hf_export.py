@@ -116,7 +116,7 @@ def load_source(run_dir: Path | None, card: str | None, step: int | None, assets
     from fairseq2.recipes.common import load_reference_model
     from fairseq2.utils.structured import unstructure
 
-    from fspo_recipe.assets import add_card_directory
+    from fspo_recipe.assets import add_card_directory, describe_load_error, load_error_types
     from fspo_recipe.models.families import packed_model_families
     from fspo_recipe.runs import RunDirError, checkpoint_steps, register_run
 
@@ -150,7 +150,8 @@ def load_source(run_dir: Path | None, card: str | None, step: int | None, assets
     try:
         model_card = context.asset_store.retrieve_card(name)
     except Exception as ex:  # fairseq2's AssetCardNotFoundError and kin
-        raise ExportError(f"no model card named {name!r} ({ex}).") from None
+        raise ExportError(f"no model card named {name!r} ({ex}); give the directory that holds it as --assets-dir "
+                          "DIR.") from None
     family = model_card.field("model_family").as_(str)
     from fspo_recipe.models.families import FAMILIES
 
@@ -158,13 +159,17 @@ def load_source(run_dir: Path | None, card: str | None, step: int | None, assets
         exportable = [n for n, f in FAMILIES.items() if f.hf_export is not None]
         raise ExportError(f"model family {family!r} of {name!r} has no Hugging Face export; exportable: "
                           f"{', '.join(exportable)}.")
-    with packed_model_families(context):
-        handler = context.get_registry(ModelHandler).get(family)
-        config = unstructure(handler.load_config(model_card))
-        model = load_reference_model(DecoderModel, context, name, fake_gangs(torch.device("cpu")), torch.float32,
-                                     mp=False)
+    try:
+        with packed_model_families(context):
+            handler = context.get_registry(ModelHandler).get(family)
+            config = unstructure(handler.load_config(model_card))
+            model = load_reference_model(DecoderModel, context, name, fake_gangs(torch.device("cpu")), torch.float32,
+                                         mp=False)
+        tokenizer_dir = _tokenizer_dir(context, model_card)
+    except load_error_types() as ex:  # a card the run names (its base model's, its tokenizer's) is not found
+        raise ExportError(f"{name!r} cannot be loaded ({describe_load_error(ex)}); give the directory of the cards "
+                          "it was trained with as --assets-dir DIR.") from None
     state = dict(model.state_dict())
-    tokenizer_dir = _tokenizer_dir(context, model_card)
     read_from = [p for p in (_checkpoint_dir(model_card), tokenizer_dir) if p is not None]
     base = provenance.get("base model")
     return Source(name=str(base or name), family=family, config=config, state=state, tokenizer_dir=tokenizer_dir,
@@ -243,7 +248,10 @@ def parse_size(text: str) -> int:
     if not match:
         raise argparse.ArgumentTypeError(f"expected a size such as 5GB, 500MB or a number of bytes, got {text!r}")
     unit = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9}[match.group(2)]
-    return int(float(match.group(1)) * unit)
+    size = int(float(match.group(1)) * unit)
+    if size < 1:  # 0 would put every tensor in a file of its own
+        raise argparse.ArgumentTypeError(f"expected a size of at least 1 byte, got {text!r}")
+    return size
 
 
 def shard(tensors: Mapping[str, Tensor], max_bytes: int) -> list[dict[str, Tensor]]:
@@ -333,9 +341,9 @@ def export(source: Source, out: Path, *, dtype: torch.dtype | None, max_shard_by
                     written.append(name)
         (tmp / "README.md").write_text(model_card_text(source, family.hf_architecture or family.name,
                                                        source.tokenizer_dir is not None))
-        (tmp / EXPORT_MARK).write_text(json.dumps({"written_by": "fspo-export-hf", **source.provenance}, indent=1,
-                                                  default=str) + "\n")
         written += ["README.md", EXPORT_MARK]
+        (tmp / EXPORT_MARK).write_text(json.dumps({"written_by": "fspo-export-hf", **source.provenance,
+                                                   "files": written}, indent=1, default=str) + "\n")
     return written
 
 
@@ -347,6 +355,9 @@ def check_output(out: Path, sources: Sequence[Path], overwrite: bool) -> None:
         src = source.expanduser().resolve()
         if resolved == src or src in resolved.parents:
             raise ExportError(f"the output {out} is inside the source {source}; choose a directory outside it.")
+        if resolved in src.parents:
+            raise ExportError(f"the source {source} is inside the output {out}, which an export replaces as a whole; "
+                              "choose an output directory outside it.")
     if resolved.exists() and not resolved.is_dir():
         raise ExportError(f"the output {out} is a file, not a directory.")
     if resolved.is_dir() and any(resolved.iterdir()):
@@ -355,6 +366,24 @@ def check_output(out: Path, sources: Sequence[Path], overwrite: bool) -> None:
         if not (resolved / EXPORT_MARK).is_file():
             raise ExportError(f"the output {out} was not written by fspo-export-hf (no {EXPORT_MARK}); not replacing "
                               "it.")
+        foreign = sorted(p.name for p in resolved.iterdir() if p.name not in _export_files(resolved))
+        if foreign:
+            raise ExportError(f"the output {out} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
+                              "which fspo-export-hf did not write; move it away or choose another output directory.")
+
+
+def _export_files(directory: Path) -> set[str]:
+    """The names an earlier export wrote into ``directory`` (its mark's list; an export of a version before the list:
+    every name an export writes)."""
+    try:
+        files = json.loads((directory / EXPORT_MARK).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        files = None
+    if isinstance(files, list):
+        return {str(f) for f in files} | {EXPORT_MARK}
+    return {p.name for p in directory.iterdir() if p.name in (*TOKENIZER_FILES, "config.json", "generation_config.json",
+            "README.md", "model.safetensors", "model.safetensors.index.json", EXPORT_MARK)
+            or (p.name.startswith("model-") and p.name.endswith(".safetensors"))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

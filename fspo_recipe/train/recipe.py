@@ -7,7 +7,9 @@ For ``criterion.name=fspo`` it
 2. loads the policy and the reference with the llama/mistral factories that implement the packed-pairs interface
    (:func:`fspo_recipe.models.families.packed_model_families`);
 3. turns a model, tokenizer or data file that cannot be found into a one-line :class:`FspoLoadError`;
-4. checks the checkpoint a resumed run starts from (:func:`fspo_recipe.train.checkpoints.check_resume_checkpoint`:
+4. records the card directories the run was started with (:func:`fspo_recipe.runs.record_card_directories`), so
+   that exporting or evaluating it later needs no environment variable;
+5. checks the checkpoint a resumed run starts from (:func:`fspo_recipe.train.checkpoints.check_resume_checkpoint`:
    no code in a pickle runs, a damaged file is named with the step to resume from instead), and drops the metrics
    lines of the steps the resumed run redoes (:func:`fspo_recipe.train.checkpoints.forget_redone_metrics`).
 
@@ -27,6 +29,7 @@ from fairseq2.utils.env import get_rank
 from fspo_recipe.assets import describe_load_error, load_error_types
 from fspo_recipe.fairseq2_compat import activate_fspo_workarounds
 from fspo_recipe.models.families import packed_model_families
+from fspo_recipe.runs import record_card_directories
 from fspo_recipe.train.checkpoints import check_model_file, check_resume_checkpoint, forget_redone_metrics, step_dirs
 from fspo_recipe.train.unit import FSPO_UNIT
 
@@ -52,6 +55,9 @@ def load_preference_finetuner(context: RuntimeContext, config: object, output_di
         steps = step_dirs(Path(str(base)))
         if steps and (steps[-1][1] / "model.pt").is_file():
             check_model_file(steps[-1][1] / "model.pt")
+    if get_rank(os.environ) == 0:
+        record_card_directories(output_dir, _flat(config).get("common.assets.extra_path"),
+                                Path(str(base)).parent if base else None)
     activate_fspo_workarounds()
     try:
         with packed_model_families(context):
