@@ -119,18 +119,17 @@ def _retry_after(response: Any) -> float | None:
 
 
 def reply_text(response: Any, endpoint: Endpoint = "chat") -> str | None:
-    """The text of a chat or text completion; None when ``response`` is not one (a server answering 200 with an
-    HTML page gives a str, one with another JSON object gives no ``choices``)."""
+    """The text of a chat or text completion; None when ``response`` is not one: a server answering 200 with an HTML
+    page (a str), with another JSON object (no ``choices``), with no choice at all, or with a choice whose text is
+    missing or not a string. Such a reply is a failed request (retried, then counted), never an empty answer."""
     choices = getattr(response, "choices", None)
-    if not isinstance(choices, list):
+    if not isinstance(choices, list) or not choices:
         return None
-    if not choices:
-        return ""
     if endpoint == "completions":
         text = getattr(choices[0], "text", None)
     else:
         text = getattr(getattr(choices[0], "message", None), "content", None)
-    return text if isinstance(text, str) else ""
+    return text if isinstance(text, str) else None
 
 
 def short(ex: object) -> str:

@@ -44,14 +44,18 @@ def test_a_hostile_pickle_is_refused_before_it_runs(tmp_path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("damage", ["empty", "truncated"])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "random"])
 def test_a_damaged_file_is_named_with_the_step_to_resume_from_instead(tmp_path, damage) -> None:
+    import random
+
     run = run_with_steps(tmp_path, 8)
     model = run / "checkpoints" / "step_8" / "model.pt"
-    model.write_bytes(b"" if damage == "empty" else model.read_bytes()[:40])
-    with pytest.raises(CheckpointCheckError, match=f"{model} is damaged .*move .*step_8 away to start the run from the "
-                                                   "beginning"):
+    garbage = random.Random(0).randbytes(4096)  # a file of random bytes: damaged, not a security risk
+    model.write_bytes({"empty": b"", "truncated": model.read_bytes()[:40], "random": garbage}[damage])
+    with pytest.raises(CheckpointCheckError, match=f"{model} is (not a PyTorch checkpoint or is )?damaged .*move "
+                                                   ".*step_8 away to start the run from the beginning") as info:
         check_resume_checkpoint(run)
+    assert "run code" not in str(info.value) and "Weights only load failed" not in str(info.value)
     with pytest.raises(CheckpointCheckError, match="its model cannot be loaded"):
         check_model_file(model)
 

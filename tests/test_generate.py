@@ -153,3 +153,43 @@ def test_bad_input_is_one_line(tmp_path, capsys) -> None:
         assert main([str(tmp_path / "out"), *data, *extra, "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err
+
+
+class EmptyReplies(LoopbackServer):
+    """Answers 200 without an answer, by the order prompts first arrive: no choices for the first, a choice whose
+    content is null for the second, a number for the third (its retry gets a real answer); the others answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[str, int] = {}
+
+    def respond(self, body: dict, auth: str) -> tuple[int, dict[str, str], dict, float]:
+        prompt = body["messages"][0]["content"]
+        kind = list(self.seen).index(prompt) if prompt in self.seen else len(self.seen)
+        self.seen[prompt] = self.seen.get(prompt, 0) + 1
+        message: dict = {"role": "assistant", "content": "An answer."}
+        choices = [{"index": 0, "finish_reason": "stop", "message": message}]
+        if kind == 0:
+            choices = []
+        elif kind == 1:
+            message["content"] = None
+        elif kind == 2 and self.seen[prompt] == 1:
+            message["content"] = 7
+        return 200, {}, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                         "choices": choices}, 0.0
+
+
+def test_a_reply_without_an_answer_is_a_failed_request_not_an_empty_answer(tmp_path, capsys) -> None:
+    from fspo_recipe.eval.generate_cli import main
+
+    with EmptyReplies() as server:
+        out = tmp_path / "out"
+        code = main([str(out), "--data", str(SAMPLE), "--max-examples", "4", "--chat-template", "--backend", "openai",
+                     "--base-url", server.url, "--model", "m", "--max-retries", "1", "--backoff", "0",
+                     "--concurrency", "1", "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "2 prompt(s) got no answer" in err and "not a completion" in err, err
+    records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["generated"] == "An answer." for r in records)  # no "" saved as an answer
+    assert sorted(server.seen.values()) == [1, 2, 2, 2]  # each reply without an answer was asked again

@@ -179,6 +179,18 @@ def test_personalllm_bad_input_is_named(tmp_path, capsys) -> None:
     assert "train.jsonl: missing score column(s) response_2_beaver_7b" in err and len(err.splitlines()) == 1
 
 
+def test_personalllm_holds_users_out_by_default(tmp_path) -> None:
+    """Its own train/test splits hold the same simulated users: without --split-mode the test users are others."""
+    out = tmp_path / "data"
+    assert prepare_main(["personalllm", "--input", str(SAMPLES / "personalllm"), "--out", str(out), "--users", "10",
+                         "--prompts-per-user", "8", "--shots", "2", "--test-users", "3", "--no-progress"]) == 0
+    summary = json.loads((out / "personalllm" / "summary.json").read_text())
+    assert summary["split_mode"] == "heldout_users"
+    users = {split: {json.loads(line)["user"] for line in (out / "personalllm" / f"{split}.jsonl").read_text()
+                     .splitlines()} for split in ("train", "test")}
+    assert len(users["test"]) == 3 and users["train"] and not users["train"] & users["test"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("source, extra", [
     ("prism", ["--split-mode", "heldout_users", "--test-users", "3"]),

@@ -332,10 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
         per_user("--passes", type=at_least(1), default=None,
                  help="reshuffling passes per user (default: 2*(shots+1))")
         p.add_argument("--seed", type=int, default=0, help="seed of shuffles and user splits (default: 0)")
-        per_user("--split-mode", choices=["source", "heldout_users", "interpolated"], default="source",
+        per_user("--split-mode", choices=["source", "heldout_users", "interpolated"], default=spec.default_split_mode,
                  help="source: the data set's own splits; heldout_users: whole users for valid/test; "
                  "interpolated (sources with attribute users, i.e. review): single-attribute users train, "
-                 "combinations test")
+                 f"combinations test (default: {spec.default_split_mode})")
         p.add_argument("--valid-fraction", type=fraction, default=0.0,
                        help="source/interpolated: fraction of each user's train rows for valid, in [0, 1) "
                        "(default: 0)")

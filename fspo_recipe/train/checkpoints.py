@@ -89,8 +89,9 @@ def check_file(path: Path, consequence: str, instead: str) -> None:
     try:
         _load(path)
     except pickle.UnpicklingError as ex:
-        if "weights only" not in str(ex).lower():
-            raise CheckpointCheckError(f"{path} is damaged ({_first_line(ex)}); {consequence}: {instead}.") from None
+        if "GLOBAL" not in str(ex):  # bytes the unpickler cannot read at all, not a reference it refused
+            raise CheckpointCheckError(f"{path} is not a PyTorch checkpoint or is damaged ({_unpickler_reason(ex)}); "
+                                       f"{consequence}: {instead}.") from None
         raise CheckpointCheckError(
             f"{path} holds Python objects besides tensors and plain data ({_unsafe_name(ex)}); loading it could run "
             f"code, so it is not loaded. If you did not write it yourself, {instead}."
@@ -125,6 +126,13 @@ def check_model_file(path: Path) -> None:
 def _first_line(ex: BaseException) -> str:
     text = str(ex).strip().splitlines()
     return text[0][:200] if text else "the file ends too early"
+
+
+def _unpickler_reason(ex: BaseException) -> str:
+    """The line of torch's weights-only message that says what it could not read ("Unsupported operand 179"), not
+    its advice to load with ``weights_only=False``."""
+    found = re.search(r"WeightsUnpickler error: ([^\n]+)", str(ex))
+    return found.group(1).strip() if found else _first_line(ex)
 
 
 def _unsafe_name(ex: BaseException) -> str:

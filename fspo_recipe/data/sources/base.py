@@ -223,6 +223,11 @@ class SourceSpec:
     """Command-line options of this source (``fspo-prepare NAME --help`` lists them); their values reach the row
     mapping as ``ctx.options`` and :attr:`after_reading` as its ``options``, and are recorded in the summary."""
 
+    default_split_mode: str = "source"
+    """``--split-mode`` when none is given: ``source`` (the data set's own splits) where those hold other users or
+    other questions apart; ``heldout_users`` where the source's splits share the same users (simulated populations),
+    so that by default a personalization data set is tested on users never trained on."""
+
     after_reading: Callable[[dict[str, list[PreferenceRow]], Mapping[str, Any], ReadReport, int],
                             dict[str, list[PreferenceRow]]] | None = None
     """What the source does to its rows once read, by split: (rows, option values, report, seed) -> rows (plain

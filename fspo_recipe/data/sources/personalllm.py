@@ -12,8 +12,9 @@ Prompts are shared across users on purpose: each user answers ``--prompts-per-us
 split's first ``--prompt-pool`` prompts (in a seeded order), so the same question appears for many users, with
 opposite preferences when their weights disagree. A prompt gives a user one pair: two of its responses drawn at
 random, the one with the higher weighted score preferred (``--pair best-worst``: the user's best and worst
-response). Held-out users come from the split options (``--split-mode heldout_users``); held-out prompts from the data
-set's own splits (``--split-mode source``: the train split's prompts train, the test split's test, the same users).
+response). Held-out users come from the split options (``--split-mode heldout_users``, the default for this source);
+held-out prompts from the data set's own splits (``--split-mode source``: the train split's prompts train, the test
+split's test, the same users).
 The user description (rationale) names the user's three largest weights.
 """
 
@@ -133,6 +134,7 @@ register_source(SourceSpec(
     {"prompt": "the prompt", **{f"response_{i}": f"response {i} of 8" for i in range(1, RESPONSES + 1)}},
     4,
     personalllm_rows,
+    default_split_mode="heldout_users",  # its own splits hold the same simulated users: test on unseen ones
     options=(
         SourceOption("--users", at_least(2), 100, "simulated users (default: 100)"),
         SourceOption("--alpha", positive, 0.05, "Dirichlet concentration of the users' weights over the ten reward "
