@@ -193,3 +193,26 @@ def test_a_reply_without_an_answer_is_a_failed_request_not_an_empty_answer(tmp_p
     records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["generated"] == "An answer." for r in records)  # no "" saved as an answer
     assert sorted(server.seen.values()) == [1, 2, 2, 2]  # each reply without an answer was asked again
+
+
+def test_a_resume_after_the_model_changed_at_the_same_path_is_refused(exported, tmp_path, capsys) -> None:
+    """Answers of two models are never mixed: the model directory's files are part of what a resume must match."""
+    import os
+    import shutil
+
+    from fspo_recipe.eval.generate_cli import main
+
+    _, export = exported
+    model = tmp_path / "model"
+    shutil.copytree(export, model)
+    args = [str(tmp_path / "out"), "--model", str(model), "--data", str(SAMPLE), "--max-examples", "2",
+            "--max-new-tokens", "3", "--chat-template", "--no-progress"]
+    assert main(args) == 0
+    assert main(args) == 0  # the same model: a resume (nothing left to answer)
+    weights = model / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # written again
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "another model at the same path" in err and len(err.splitlines()) == 1, err
+    assert len((tmp_path / "out" / "generations.jsonl").read_text().splitlines()) == 2

@@ -170,10 +170,22 @@ class OpenAIBackend:
 
 
 def settings_record(args: argparse.Namespace, sampling: Sampling, chat_template: bool) -> dict[str, Any]:
-    return {"backend": args.backend, "model": str(args.model), "base_url": args.base_url, "data": args.data,
-            "shots": args.shots,
-            "max_examples": args.max_examples, "chat_template": chat_template, "system": args.system,
-            "sampling": asdict(sampling)}
+    """What the answers depend on; a resume with anything else is refused. For the transformers backend that
+    includes the model directory's files (name, size, modification time): an export written again at the same path
+    is another model."""
+    record = {"backend": args.backend, "model": str(args.model), "base_url": args.base_url, "data": args.data,
+              "shots": args.shots, "max_examples": args.max_examples, "chat_template": chat_template,
+              "system": args.system, "sampling": asdict(sampling), "dtype": args.dtype}
+    if args.backend == "transformers":
+        record["model_files"] = model_files(Path(args.model))
+    return record
+
+
+def model_files(directory: Path) -> dict[str, list[int]]:
+    """{file name: [size, modification time in ns]} of the files of a model directory (weights, config, tokenizer)."""
+    if not directory.is_dir():
+        return {}
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(directory.iterdir()) if p.is_file()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -231,8 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 before = json.loads(meta.read_text(encoding="utf-8")).get("settings")
                 if before != record:
                     changed = sorted(k for k in record if (before or {}).get(k) != record[k])
-                    raise EvalError(f"{out} holds answers made with other settings ({', '.join(changed)}); give "
-                                    "another output directory.")
+                    what = ("another model at the same path (its files changed)" if changed == ["model_files"]
+                            else f"other settings ({', '.join(changed)})")
+                    raise EvalError(f"{out} holds answers made with {what}; give another output directory, or "
+                                    "remove it to start over.")
             elif answers.exists():
                 raise EvalError(f"{answers} exists without its generation.json: not written by fspo-generate; "
                                 "give another output directory.")
