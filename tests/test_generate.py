@@ -216,3 +216,22 @@ def test_a_resume_after_the_model_changed_at_the_same_path_is_refused(exported, 
     err = capsys.readouterr().err.strip()
     assert "another model at the same path" in err and len(err.splitlines()) == 1, err
     assert len((tmp_path / "out" / "generations.jsonl").read_text().splitlines()) == 2
+
+
+def test_prompts_longer_than_the_context_are_refused_before_any_work(exported, tmp_path, capsys) -> None:
+    import shutil
+
+    from fspo_recipe.eval.generate_cli import main
+
+    _, export = exported
+    model = tmp_path / "model"
+    shutil.copytree(export, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 64}))
+    out = tmp_path / "out"
+    assert main([str(out), "--model", str(model), "--data", str(SAMPLE), "--max-examples", "3", "--chat-template",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (transformers prints its loading bar before)
+    assert err.startswith("fspo-generate: ") and "exceed the model's context of 64 tokens" in err
+    assert "prompt tokens" in err and "Traceback" not in err
+    assert not (out / "generations.jsonl").exists() or not (out / "generations.jsonl").read_text()

@@ -118,6 +118,15 @@ class TransformersBackend:
 
         torch.manual_seed(sampling.seed)
         encoded = [self.ids(p.text) for p in prompts]
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context:  # before any work: such a prompt would run for minutes and answer nonsense
+            long = [(p.example["id"], len(e)) for p, e in zip(prompts, encoded)
+                    if len(e) + sampling.max_new_tokens > context]
+            if long:
+                raise EvalError(
+                    f"{len(long)} prompt(s) with their {sampling.max_new_tokens} new tokens exceed the model's context "
+                    f"of {context} tokens (e.g. {long[0][0]!r}: {long[0][1]} prompt tokens); give fewer shots (--shots "
+                    "K) or fewer --max-new-tokens.")
         for rows in length_batches([len(e) for e in encoded], self.batch_size):
             batch = [encoded[i] for i in rows]
             width = max(map(len, batch))
