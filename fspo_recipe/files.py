@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -111,6 +112,30 @@ def _signals_held() -> Iterator[None]:
             signal.raise_signal(pending[0])
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived while an :func:`atomic_directory` was being written (in a process that had left SIGTERM to
+    Python's default, which ends the process at once): raised instead, so that the partial directory is removed and
+    the command's locks are released on the way out. Commands report it as one line and exit 143."""
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` while the block runs, where nothing else handles it."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated("terminated (SIGTERM) while writing; the partial output was removed")
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @dataclass
 class Commit:
     """Whether an :func:`atomic_directory` has put its new contents in place (a signal may still arrive after)."""
@@ -127,19 +152,22 @@ def atomic_directory(final: Path, commit: Commit | None = None) -> Iterator[Path
     At every moment ``final`` holds either what it held before or the complete new contents: the two renames of a
     replacement run with SIGINT and SIGTERM held (they arrive just after), so an interrupted command leaves the old
     contents or the new, and ``commit`` (when given) says which. A SIGKILL between the renames leaves the old
-    contents in ``.NAME.old-PID``, which the next run puts back (:func:`recover_stale`); the temporary name carries
+    contents in ``.NAME.old-PID``, which the next run puts back (:func:`recover_stale`, also called here first); the temporary name carries
     the process id, so a later run can tell the debris of a killed process from the work of one still running.
     Whether ``final`` may be replaced at all is the caller's decision; a file there is never replaced. What ends up
     in ``final`` has the modes the umask gives (for a group sharing the output on a cluster).
     """
     commit = commit if commit is not None else Commit()
     final.parent.mkdir(parents=True, exist_ok=True)
+    for line in recover_stale(final.parent, final.name):  # what a killed writer of the same output left
+        print(line, file=sys.stderr, flush=True)
     if final.exists() and not final.is_dir():
         raise FileExistsError(f"{final} exists and is not a directory; not replacing it.")
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{_partial_prefix(final.name)}{os.getpid()}-"))
     try:
         honour_umask(tmp, directory=True)
-        yield tmp
+        with _sigterm_unwinds():
+            yield tmp
         for path in tmp.rglob("*"):  # some writers (safetensors) create their files 0600 whatever the umask
             if not path.is_symlink():
                 honour_umask(path, directory=path.is_dir())

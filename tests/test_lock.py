@@ -103,3 +103,30 @@ def test_judge_and_gpo_refuse_a_locked_output(tmp_path, capsys) -> None:
         holder.kill()
         holder.wait()
     assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # the killed holder's lock file only: nothing written
+
+
+def test_sigterm_while_an_atomic_directory_is_written_removes_it_and_a_killed_writers_debris_goes(tmp_path) -> None:
+    """fspo-export-hf and fspo-gguf-card (fspo-fetch-smollm2) write through atomic_directory: a SIGTERM unwinds (the
+    partial directory removed, the old output intact, Terminated raised for the command's one-line exit 143), and
+    the next writer of the same output removes what a SIGKILLed one left (a partial directory of a dead process)."""
+    import os
+    import signal
+
+    from fspo_recipe.files import Terminated, atomic_directory
+
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "config.json").write_text("old")
+    with pytest.raises(Terminated):
+        with atomic_directory(out) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"x" * 1000)
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"] and (out / "config.json").read_text() == "old"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+    dead = tmp_path / ".export.partial-999999999-abc"  # what a SIGKILL during an export leaves
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"x" * 1000)
+    with atomic_directory(out) as tmp:
+        (tmp / "config.json").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"] and (out / "config.json").read_text() == "new"

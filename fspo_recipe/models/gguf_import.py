@@ -27,7 +27,7 @@ from typing import Any, Final
 import numpy as np
 
 from fspo_recipe.cli import run_command
-from fspo_recipe.files import atomic_directory, atomic_file
+from fspo_recipe.files import Terminated, atomic_directory, atomic_file
 from fspo_recipe.models.families import gguf_families
 from fspo_recipe.models.family import ModelFamily
 from fspo_recipe.models.hf import hf_card
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"model.name={args.name}")
         return 0
 
-    return run_command("fspo-gguf-card", body, {(HfImportError, OSError): 1})
+    return run_command("fspo-gguf-card", body, {(HfImportError, OSError): 1, Terminated: 143})
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from fspo_recipe.cli import run_command
-from fspo_recipe.files import atomic_directory
+from fspo_recipe.files import Terminated, atomic_directory
 from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.models.hf_config import HF_DECODER_NAMES, HF_LAYER_NAMES, rotary_halves_from_pairs
 
@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "one)"))
         return 0
 
-    return run_command("fspo-export-hf", body, {(ExportError, OutputInUseError, OSError): 1})
+    return run_command("fspo-export-hf", body, {(ExportError, OutputInUseError, OSError): 1, Terminated: 143})
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from fspo_recipe.cli import run_command
+from fspo_recipe.files import Terminated
 from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.models.gguf_import import current_import, import_gguf
 from fspo_recipe.models.hf_tokenizer import HfImportError
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(fetch_smollm2(args.cache, say=lambda line: print(line, file=sys.stderr)))
         return 0
 
-    return run_command("fspo-fetch-smollm2", body, {(FetchError, HfImportError, OSError): 1})
+    return run_command("fspo-fetch-smollm2", body, {(FetchError, HfImportError, OSError): 1, Terminated: 143})
 
 
 if __name__ == "__main__":
