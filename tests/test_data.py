@@ -309,3 +309,26 @@ def test_a_field_of_the_wrong_type_is_reported_as_such(tmp_path) -> None:
     summary = prepare("elix", [str(data)], tmp_path / "out", options=EpisodeOptions(num_shots=2), progress=False)
     assert summary["rows_skipped"] == {"field 'prompt' is a list, not text": 1,
                                        "field 'response_y' is a number, not text": 1}
+
+
+@pytest.mark.parametrize("source, field", [("stackexchange", "pm_score"), ("oasst2", "rank")])
+def test_every_scored_source_refuses_a_score_that_is_not_finite(source, field, tmp_path, capsys) -> None:
+    """The promise of docs/reliability.md for each source with scores (shp above; prism and personalllm in
+    tests/test_population_sources.py): a NaN or infinite score is an error naming the file and line."""
+    sample = REPO / "datasets" / "samples" / source
+    records = [json.loads(line) for line in (sample / "train.jsonl").read_text().splitlines()]
+    if source == "stackexchange":
+        line = 1
+        records[0]["answers"][1]["pm_score"] = float("inf")
+    else:
+        line = next(i for i, r in enumerate(records) if r.get("rank") is not None) + 1
+        records[line - 1]["rank"] = float("nan")
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    for other in sample.iterdir():
+        if other.name != "train.jsonl":
+            (data / other.name).write_bytes(other.read_bytes())
+    assert prepare_main([source, "--input", str(data), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"train.jsonl, line {line}: {field} is" in err and "expected a finite number" in err, err

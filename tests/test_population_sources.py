@@ -223,3 +223,55 @@ def test_each_sample_trains_and_evaluates_end_to_end(source, extra, tmp_path) ->
     test = (data / source / "test.jsonl").read_text().splitlines()
     assert result["overall"]["pairs"] == len(test) and len(result["per_user"]) == len({json.loads(t)["user"]
                                                                                         for t in test}) >= 3
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "85"])
+def test_prism_ratings_that_are_not_finite_numbers_are_refused_or_counted(bad, tmp_path, capsys) -> None:
+    """A NaN or infinite rating is an error naming the file and line (docs/reliability.md); a rating that is text is
+    counted as such, never as a response without a rating."""
+    data = tmp_path / "prism"
+    shutil.copytree(SAMPLES / "prism", data)
+    records = conversations()
+    line = next(n for n, c in enumerate(records) if any(h["role"] == "model" and h["score"] is not None
+                                                         for h in c["conversation_history"]))
+    response = next(h for h in records[line]["conversation_history"] if h["role"] == "model" and h["score"] is not None)
+    response["score"] = bad
+    (data / "conversations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if isinstance(bad, str):
+        _, report = rows_of("prism", [str(data)])
+        assert report.skipped["rating that is str, not a number"] == 1
+        assert report.skipped.get("response without a rating", 0) == rows_of("prism", [str(SAMPLES / "prism")])[1] \
+            .skipped.get("response without a rating", 0)
+        return
+    assert prepare_main(["prism", "--input", str(data), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"conversations.jsonl, line {line + 1}: the score of a response in turn" in err, err
+    assert "expected a finite number" in err and len(err.splitlines()) == 1
+
+
+def test_a_personalllm_score_that_is_not_finite_is_refused_naming_the_line(tmp_path, capsys) -> None:
+    records = [json.loads(line) for line in (SAMPLES / "personalllm" / "train.jsonl").read_text().splitlines()[:6]]
+    records[4]["response_3_gemma_7b"] = float("nan")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert prepare_main(["personalllm", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--users",
+                         "2", "--prompts-per-user", "3", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "train.jsonl, line 5: response_3_gemma_7b is nan; expected a finite number" in err, err
+
+
+def test_a_source_whose_every_row_is_dropped_says_why(tmp_path, capsys) -> None:
+    """Every rated pair of the PRISM sample made a tie: the message names the reason, not only 'no training user'."""
+    data = tmp_path / "prism"
+    shutil.copytree(SAMPLES / "prism", data)
+    records = conversations()
+    for record in records:
+        for h in record["conversation_history"]:
+            if h["role"] == "model" and h["score"] is not None:
+                h["score"] = 50
+    (data / "conversations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert prepare_main(["prism", "--input", str(data), "--out", str(tmp_path / "out"), "--split-mode",
+                         "heldout_users", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "every row was skipped" in err and "equal ratings (a tie)" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out" / "prism").exists()

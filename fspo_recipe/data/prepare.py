@@ -158,6 +158,11 @@ def prepare(
             by_source_split = spec.after_reading(by_source_split, values, report, options.seed)
         _say(log, f"read {report.rows_read} rows in {time.perf_counter() - started:.1f} s"
              + "".join(f"; {line}" for line in report.lines()))
+        if not any(by_source_split.values()):  # say why, before a split says only that no user is left
+            reasons = sorted(report.skipped.items(), key=lambda kv: -kv[1])
+            raise ValueError(f"no usable row in {', '.join(inputs)}: every row was skipped ("
+                             + ("; ".join(f"{n} {why}" for why, n in reasons[:4]) or "none read")
+                             + "). Nothing was written.")
         splits = assign_splits(
             by_source_split,
             split_mode,  # type: ignore[arg-type]

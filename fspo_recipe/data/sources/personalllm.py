@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from fspo_recipe.data.sources.base import (PreferenceRow, RowContext, SourceOption, SourceSchemaError, SourceSpec,
-                                           accept_pair, at_least, one_of, positive, register_source, text)
+                                           accept_pair, at_least, finite, one_of, positive, register_source, text)
 
 HUB_NAME: Final = "namkoong-lab/PersonalLLM"
 
@@ -83,11 +83,9 @@ def personalllm_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: R
         responses = [text(data[f"response_{k}"][i]) for k in range(1, RESPONSES + 1)]
         scores: list[list[float]] = []
         for k in range(1, RESPONSES + 1):
-            row = [data[f"response_{k}_{m}"][i] for m in REWARD_MODELS]
-            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v != v for v in row):
-                scores.append([])
-            else:
-                scores.append([float(v) for v in row])
+            # A NaN or infinite score is an error naming the line (finite); a missing one leaves the response out.
+            row = [finite(ctx, i, f"response_{k}_{m}", data[f"response_{k}_{m}"][i]) for m in REWARD_MODELS]
+            scores.append([] if any(v is None for v in row) else [float(v) for v in row])
         usable = [k for k in range(RESPONSES) if responses[k] and scores[k]]
         if not text(prompt) or len(usable) < 2:
             ctx.report.skip("prompt with fewer than two responses scored by every reward model", ctx.locate(i))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from fspo_recipe.data.sources.base import (PreferenceRow, RowContext, SourceOption, SourceSchemaError, SourceSpec,
-                                           accept_pair, at_least, one_of, register_source, text)
+                                           accept_pair, at_least, finite, one_of, register_source, text)
 from fspo_recipe.data.sources.reading import load_hub, read_json_records
 
 HUB_NAME: Final = "HannahRoseKirk/prism-alignment"
@@ -98,12 +98,6 @@ def transcript(turns: Sequence[tuple[str, str]]) -> str:
     return "\n\n".join(f"{'User' if role == 'user' else 'Assistant'}: {content}" for role, content in turns)
 
 
-def _score(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        return None
-    return float(value)
-
-
 def prism_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowContext) -> list[PreferenceRow]:
     """Rated responses of each conversation turn -> pairs of the participant (see the module docstring)."""
     survey = read_survey(survey_location(ctx))
@@ -142,9 +136,13 @@ def prism_rows(spec: SourceSpec, data: Mapping[str, Sequence[Any]], ctx: RowCont
             question = transcript(so_far)
             rated = []
             for response in turn["model"]:
-                score, content = _score(response.get("score")), text(response.get("content"))
-                if score is None:
+                raw, content = response.get("score"), text(response.get("content"))
+                # A NaN or infinite rating is an error naming the line (finite); text or a list is counted as that.
+                score = finite(ctx, i, f"the score of a response in turn {number}", raw)
+                if raw is None:
                     ctx.report.skip("response without a rating", f"{conversation}/{number}")
+                elif score is None:
+                    ctx.report.skip(f"rating that is {type(raw).__name__}, not a number", f"{conversation}/{number}")
                 elif content:
                     rated.append((score, response.get("within_turn_id"), content))
             for a in range(len(rated)):
