@@ -210,6 +210,23 @@ def test_a_run_exports_without_the_environment_it_was_trained_in(models, tmp_pat
     assert not (tmp_path / "export2").exists()
     assert export(str(tmp_path / "export2"), "--assets-dir", str(cards)).returncode == 0
 
+    # Damaged inputs are one line each, never a traceback: a truncated model.pt, a config.yaml that is not YAML.
+    import shutil
+
+    for damage, expected in (("model", "is damaged"), ("config", "cannot be read as the run's configuration")):
+        broken = tmp_path / f"broken_{damage}"
+        shutil.copytree(run, broken)
+        if damage == "model":
+            model = broken / "checkpoints" / "step_2" / "model.pt"
+            model.write_bytes(model.read_bytes()[:100])
+        else:
+            (broken / "config.yaml").write_text("model: [unclosed\n  - {")
+        done = subprocess.run([str(Path(FAIRSEQ2).with_name("fspo-export-hf")), str(broken), str(tmp_path / "x"),
+                               "--assets-dir", str(cards)], capture_output=True, text=True, env=cli_env(), cwd=REPO,
+                              timeout=600)
+        err = done.stderr.strip()
+        assert done.returncode == 1 and expected in err and len(err.splitlines()) == 1, err
+
 
 @pytest.mark.parametrize("family", ["llama", "mistral"])
 def test_a_tiny_model_of_fairseq2s_families_exports_with_equal_logits(family, tmp_path, capsys) -> None:

