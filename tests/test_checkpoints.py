@@ -105,3 +105,20 @@ def test_fsdp_sharded_state_passes_and_other_getattrs_are_refused(tmp_path) -> N
     torch.save({"_step_nr": 8, "reach": _Reach()}, rank_file)
     with pytest.raises(CheckpointCheckError, match="holds Python objects besides tensors.*getattr"):
         check_resume_checkpoint(run)
+
+
+def test_a_resume_with_another_number_of_processes_is_refused_in_one_line(tmp_path) -> None:
+    """fairseq2 loads a missing rank_N.pt as empty state: a run written by 2 processes (FSDP shards, DDP reader
+    states) resumed by 1, or by 4, would silently lose or invent state."""
+    from fspo_recipe.train.checkpoints import check_process_count
+
+    step = tmp_path / "step_8"
+    step.mkdir()
+    for rank in (0, 1):
+        torch.save({"_step_nr": 8}, step / f"rank_{rank}.pt")
+    check_process_count(step, 8, {"WORLD_SIZE": "2"})
+    for world in ("1", "4"):
+        with pytest.raises(CheckpointCheckError, match=f"written by 2 process.*this run has {world}.*--nproc-per-node 2"):
+            check_process_count(step, 8, {"WORLD_SIZE": world})
+    with pytest.raises(CheckpointCheckError, match="this run has 1"):
+        check_process_count(step, 8, {})  # a plain, single-process start

@@ -114,7 +114,27 @@ def check_resume_checkpoint(output_dir: Path) -> int | None:
         instead = f"move {directory} away to start the run from the beginning"
     for path in sorted(directory.glob("*.pt")):
         check_file(path, f"the run cannot resume from step {step}", instead)
+    check_process_count(directory, step)
     return step
+
+
+def check_process_count(directory: Path, step: int, environ: dict[str, str] | None = None) -> None:
+    """Refuse a resume with another number of processes than wrote ``directory`` (one ``rank_N.pt`` per
+    data-parallel process: trainer, optimizer, data-reader and, with FSDP, model shards). fairseq2 0.4.6 loads a
+    missing rank's file as empty state and ignores extra ones, so such a resume would silently start fresh ranks or
+    drop shards."""
+    import os
+
+    environ = dict(os.environ) if environ is None else environ
+    ranks = {int(m.group(1)) for p in directory.glob("rank_*.pt") if (m := re.fullmatch(r"rank_(\d+)(\..*)?\.pt", p.name))}
+    if not ranks:
+        return
+    written, world = max(ranks) + 1, int(environ.get("WORLD_SIZE", "1") or 1)
+    if written != world:
+        raise CheckpointCheckError(
+            f"{directory} was written by {written} process(es) and this run has {world}; resume step {step} with "
+            f"{written} (torchrun --nproc-per-node {written}, or the same number of GPUs), or start it afresh in "
+            "another output directory.")
 
 
 def check_model_file(path: Path) -> None:
