@@ -4,7 +4,7 @@
     bash example_training_scripts/synthetic_study.sh [--quick]          (the same, setting up .venv first)
 """
 
-from fspo_recipe.study.run import main
+from fspo_recipe.study.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -175,9 +175,9 @@ def load_study_script():
     """The study's parts, as one namespace (plans, runner, report)."""
     from types import SimpleNamespace
 
-    from fspo_recipe.study import plan, report, run
+    from fspo_recipe.study import cli, plan, report, run
 
-    return SimpleNamespace(**{**vars(plan), **vars(report), **vars(run)})
+    return SimpleNamespace(**{**vars(plan), **vars(report), **vars(run), **vars(cli)})
 
 
 def test_multi_seed_summary_gives_mean_spread_and_an_interval_over_seeds_and_pairs(tmp_path) -> None:

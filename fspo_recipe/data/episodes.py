@@ -198,10 +198,6 @@ class PromptParts:
                            bool(record.get("rationale", False)), description)
 
 
-ParsedPrompt = PromptParts
-"""The former name of :class:`PromptParts` (what :func:`parse_prompt` returns)."""
-
-
 class PromptParseError(ValueError):
     """A prompt is not in the FSPO template."""
 

@@ -1,5 +1,5 @@
 """``python -m fspo_recipe.study``: the synthetic-users study."""
 
-from fspo_recipe.study.run import main
+from fspo_recipe.study.cli import main
 
 raise SystemExit(main())
