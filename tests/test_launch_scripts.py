@@ -143,17 +143,28 @@ def test_the_quick_start_script_runs_end_to_end(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_the_quick_start_trains_smollm2_and_shows_answers(tmp_path) -> None:
-    """--check (default model): SmolLM2 fetched (cached in $FSPO_CACHE or ~/.cache/fspo), two IPO steps, the table
-    with 0 and 2 shots, and the trained and untrained answers of two held-out users with opposite preferences."""
+    """--check (default model): SmolLM2 fetched (cached in $FSPO_CACHE or ~/.cache/fspo), two SFT steps, two IPO + NLL
+    steps from the SFT model (its reference), the table with 0 and 2 shots, the answers' table (trained against
+    untrained with the same shots) and one trained and untrained answer per pole."""
     out = tmp_path / "qs"
     proc = subprocess.run([sys.executable, str(SCRIPTS / "quickstart.py"), "--out", str(out), "--check"],
                           capture_output=True, text=True, cwd=REPO, env=env(), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for stage in ("[1/4] the model", "[2/4] fspo_ipo", "[3/4] preference_eval", "[4/4] the trained and the untrained"):
+    for stage in ("[1/5] the model", "[2/5] fspo_sft", "[3/5] fspo_ipo", "[4/5] preference_eval",
+                  "[5/5] the untrained model answers"):
         assert stage in proc.stdout
     assert "step 2/2  loss" in proc.stdout
     assert re.search(r"^\| 0 \| [01]\.\d{3} \|", proc.stdout, re.M)
     assert re.search(r"^\| 2 \| [01]\.\d{3} \|", proc.stdout, re.M)
+    for row in ("follows the user", "clean (no template text)", "ends by itself", "loops", "win rate against the "
+                "untrained model"):
+        assert re.search(rf"^\| {re.escape(row)}.* \| [01]\.\d{{3}} \[", proc.stdout, re.M), row
     assert re.search(r"who likes answers in upper case, asked: ", proc.stdout)
     assert re.search(r"who likes answers in lower case, asked: ", proc.stdout)
-    assert proc.stdout.count("  untrained: ") == 2 and proc.stdout.count("    trained: ") == 2
+    assert proc.stdout.count("  untrained: ") >= 2 and proc.stdout.count("    trained: ") >= 2
+    # The stages chain: IPO starts from the SFT run, which is its reference; the evaluation's reference too.
+    config = (out / "ipo" / "config.yaml").read_text()
+    assert f"{out / 'sft'}/checkpoints" in config and "loss: rpo" in config
+    judged = json.loads((out / "judge" / "win_rates.json").read_text())
+    assert judged["judge"] == "exact" and set(judged["answers"]) == {"trained", "untrained"}
+    assert judged["systems"]["trained"]["overall"]["judged"] == 4

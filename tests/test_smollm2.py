@@ -125,10 +125,22 @@ def test_the_paper_comparison_study_runs_every_row_on_smollm2(smollm2, tmp_path)
             for stat in splits[split].values():
                 assert 0.0 <= stat["mean"] <= 1.0, (label, split)
     seed = summary["per_seed"]["0"]
-    assert set(seed["win_rates"]) == set(JUDGED) and all(w["judged"] > 0 for w in seed["win_rates"].values())
-    # Every row without shots answers the FSPO episodes' own queries: the same ids, users and answers.
-    ids = {key: [json.loads(line)["id"] for line in
-                 (tmp_path / "study" / "seed_0" / "eval" / f"{key}_heldout" / "generations.jsonl").read_text().splitlines()]
-           for key in ("base", *JUDGED)}
-    assert len({tuple(v) for v in ids.values()}) == 1
-    assert "| FSPO |" in (tmp_path / "study" / "table.md").read_text()
+    for split in ("heldout", "interpolated"):  # every judged row's answers on both kinds of users
+        assert set(seed["win_rates"][split]) == set(JUDGED)
+        assert all(w["judged"] > 0 for w in seed["win_rates"][split].values())
+        assert set(seed["answers"][split]) == {"base", *JUDGED}
+        assert all({"follows", "clean", "ended", "loops"} <= set(a) for a in seed["answers"][split].values())
+        # Every row answers the FSPO episodes' own queries: the same ids, users and answers.
+        ids = {key: [json.loads(line)["id"] for line in (tmp_path / "study" / "seed_0" / "eval" / f"{key}_{split}" /
+                                                         "generations.jsonl").read_text().splitlines()]
+               for key in ("base", *JUDGED)}
+        assert len({tuple(v) for v in ids.values()}) == 1
+    # The stages chain: IPO and IPO + NLL start from the SFT run, which is their reference.
+    runs = tmp_path / "study" / "seed_0" / "runs"
+    for run in ("fspo", "fspo_nll"):
+        config = (runs / run / "config.yaml").read_text()
+        assert f"{runs / 'sft'}/checkpoints" in config and "last_checkpoint@" in config
+    assert "loss: rpo" in (runs / "fspo_nll" / "config.yaml").read_text()
+    table = (tmp_path / "study" / "table.md").read_text()
+    assert "| FSPO (SFT, then IPO) |" in table and "| FSPO (SFT, then IPO + NLL) |" in table
+    assert "held-out: follows" in table

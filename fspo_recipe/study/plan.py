@@ -64,6 +64,12 @@ class Plan:
     eval_examples: int | None = None
     """Held-out pairs evaluated (the first of the split; None: all)."""
 
+    sft_rejected: bool = False
+    """SFT also on the rejected answers (the FSPO authors' SFT; ``include_rejected``); False: the chosen ones only."""
+
+    nll_alpha: float = 0.0
+    """Stage 2 with the ``rpo`` criterion (IPO plus this weight times the chosen answer's summed NLL); 0: plain IPO."""
+
 
 FULL = Plan(users_per_pole=6, rows_per_user=80, test_rows_per_user=30, shots=2, batch_size=16, sft_steps=500,
             sft_lr=3e-3, ipo_steps=4000, ipo_lr=1e-3, ipo_beta=0.1, passes=None, bootstrap=1000, rationale=True,
@@ -83,13 +89,18 @@ DEMO = Plan(users_per_pole=6, rows_per_user=60, test_rows_per_user=20, shots=1, 
 one shot within minutes (not mood: which of 12 words is used), one shot per episode; see docs/studies.md."""
 
 
-SMOLLM2_DEMO = Plan(users_per_pole=6, rows_per_user=16, test_rows_per_user=12, shots=2, batch_size=4, sft_steps=0,
-                   sft_lr=0.0, ipo_steps=40, ipo_lr=3e-6, ipo_beta=0.01, passes=None, bootstrap=1000, rationale=False,
-                   full_ablation=False, curve_every=40, properties=("case", "length"), test_users_per_pole=3,
-                   ipo_warmup=3, ipo_seconds_per_step=5.0, generate_tokens=40)
-"""The quick start's plan on SmolLM2-135M-Instruct (``--model smollm2``): IPO from the pretrained chat model itself
-(no SFT; the model is its own reference), two shots per episode, the prompts in its chat template; 12 held-out users
-with 12 rows each (about 280 pairs: the accuracy without shots, which should be near chance, is otherwise noisy)."""
+SMOLLM2_DEMO = Plan(users_per_pole=6, rows_per_user=16, test_rows_per_user=5, shots=2, batch_size=4, sft_steps=30,
+                   sft_lr=1e-5, ipo_steps=20, ipo_lr=3e-6, ipo_beta=0.01, passes=None, bootstrap=1000, rationale=False,
+                   full_ablation=False, curve_every=20, properties=("case", "length"), test_users_per_pole=3,
+                   sft_warmup=3, ipo_warmup=3, sft_seconds_per_step=6.2, ipo_seconds_per_step=8.5, generate_tokens=32,
+                   generate_examples=36, nll_alpha=50.0)
+"""The quick start's plan on SmolLM2-135M-Instruct (``--model smollm2``): the paper's two stages from the pretrained
+chat model, the prompts in its chat template, two shots per episode: SFT on the episodes' preferred answers (30
+steps), then IPO plus the preferred answer's NLL (the ``rpo`` criterion, alpha 50: plain IPO raised the preferred
+answers' NLL and garbled the answers; see docs/studies.md) from the SFT model, its reference (20 steps); 12 held-out
+users with 5 rows each (about 64 pairs, as many per user, so that a model leaning to one pole without the shots
+scores about half on them), 36 of their questions (3 per user) answered by the trained and the untrained model.
+(24 SFT steps instead of 30 left 3 of 12 upper-case answers with the question's word in lower case.)"""
 
 
 MODEL = "syn_tiny"
@@ -109,11 +120,12 @@ GPO_EMBEDDINGS = {"sft": "GPO, SFT-model embeddings", "untrained": "GPO, untrain
 SMOLLM2_STUDY = dataclasses.replace(SMOLLM2_DEMO, generate_examples=24, gpo_steps=1000, test_users_per_pole=2,
                                     test_rows_per_user=6)
 """The study on SmolLM2-135M-Instruct (``python -m fspo_recipe.study --model smollm2``): the quick start's training
-users, episodes and IPO (8 held-out users with 6 rows each: every row is evaluated on them), for every row of the paper's comparison that runs on a CPU (fspo_recipe/study/real.py); 24 held-out
-queries (three per user) answered by each system for the win rates."""
+users, episodes and two stages (8 held-out users with 6 rows each: every row is evaluated on them), for every row of
+the paper's comparison that runs on a CPU (fspo_recipe/study/real.py); 24 held-out queries (three per user) and as
+many of the interpolated users answered by each system."""
 
-SMOLLM2_QUICK = dataclasses.replace(SMOLLM2_DEMO, users_per_pole=1, rows_per_user=8, test_rows_per_user=3, ipo_steps=2,
-                                    curve_every=2, bootstrap=100, generate_tokens=8, test_users_per_pole=1,
-                                    generate_examples=4, gpo_steps=10)
+SMOLLM2_QUICK = dataclasses.replace(SMOLLM2_DEMO, users_per_pole=1, rows_per_user=8, test_rows_per_user=3, sft_steps=2,
+                                    ipo_steps=2, curve_every=2, bootstrap=100, generate_tokens=8,
+                                    test_users_per_pole=1, generate_examples=4, gpo_steps=10)
 """Its pipeline check (``--quick``): a few pairs and steps; checks that every stage runs, not that anything is
 learned."""

@@ -16,6 +16,7 @@ Effective Personalization to Real Users" (arXiv 2502.19312), and its released tr
 | trainer.max_gradient_norm             | 10.0                       | the paper's gradient clipping                  |
 | criterion.name                        | fspo                       | this plugin's unit                             |
 | criterion.config.loss                 | sft / ipo / dpo            | stage 1 SFT, then IPO (or DPO)                 |
+| ...loss_params.sft.include_rejected   | false                      | SFT on the preferred answers (the paper's code: both; measured worse for answers) |
 | criterion.config.loss_params.ipo.beta | 0.01                       | the paper's IPO beta                           |
 | criterion.config.loss_params.dpo.beta | 0.1                        | DPO's usual beta (the paper reports IPO's only)|
 | criterion.config.reference_model.name | last_checkpoint@           | reference = the SFT model                      |
@@ -57,7 +58,7 @@ SAMPLE_DATASET: Final = "fspo_sample"
 
 # Hyper-parameters of every built-in criterion, so that `criterion.config.loss=<name>` alone switches the loss.
 PAPER_LOSS_PARAMS: Final[dict[str, dict[str, object]]] = {
-    "sft": {"include_rejected": True, "length_normalized": True},
+    "sft": {"include_rejected": False, "length_normalized": True},
     "ipo": {"beta": 0.01},
     "dpo": {"beta": 0.1, "label_smoothing": 0.0},
     "simpo": {"beta": 2.0, "gamma": 0.5},
