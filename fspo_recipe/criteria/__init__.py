@@ -12,6 +12,7 @@ from fspo_recipe.criteria._base import (
     PreferenceCriterion as PreferenceCriterion,
     check_same_vocabulary as check_same_vocabulary,
     criterion_names as criterion_names,
+    default_loss_params as default_loss_params,
     get_criterion as get_criterion,
     get_criterion_entry as get_criterion_entry,
     make_criterion_config as make_criterion_config,

@@ -193,6 +193,13 @@ def make_criterion_config(name: str, params: Mapping[str, Any] | None = None) ->
     return config
 
 
+def default_loss_params() -> dict[str, dict[str, Any]]:
+    """Every registered criterion's hyper-parameters at their defaults, by name: the ``loss_params`` of the presets
+    (training and evaluation), so that ``criterion.config.loss=<name>`` alone switches the loss. The defaults live in
+    each criterion's config class, nowhere else."""
+    return {name: dataclasses.asdict(_REGISTRY[name].config_kls()) for name in criterion_names()}
+
+
 def get_criterion(name: str, **params: Any) -> PreferenceCriterion:
     """Build the criterion registered as ``name`` (``module:name`` accepted) with hyper-parameters ``params``.
 

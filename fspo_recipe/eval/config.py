@@ -13,8 +13,7 @@ from fairseq2.recipes.config import CommonSection
 from fairseq2.typing import DataType
 from fairseq2.utils.validation import ValidationError, ValidationResult
 
-from fspo_recipe.criteria import CriterionChoice
-from fspo_recipe.train.presets import PAPER_LOSS_PARAMS
+from fspo_recipe.criteria import CriterionChoice, default_loss_params
 
 PREFERENCE_EVAL: Final = "preference_eval"
 
@@ -161,7 +160,7 @@ def register_eval_presets(context: RuntimeContext) -> None:
 
         def fspo_eval() -> PreferenceEvalConfig:
             config = PreferenceEvalConfig()
-            config.criterion.loss_params = {k: dict(v) for k, v in PAPER_LOSS_PARAMS.items()}
+            config.criterion.loss_params = default_loss_params()
             return config
 
         registry.register("fspo_eval", fspo_eval)

@@ -11,7 +11,9 @@ Every other system is compared with the baseline on the questions both answered,
 orders are a tie, half a win). Writes OUT/judgments.jsonl (one line per question and system: both verdicts and
 the outcome), OUT/win_rates.json and OUT/win_rates.csv (overall and per user, 95% bootstrap intervals, wins, ties,
 losses, failures) and OUT/win_rates.png; the chat judge's answers are cached in OUT/judge_cache.jsonl (--cache),
-so running again sends only what was not answered.
+so running again sends only what was not answered. win_rates.json also gives, per system, the shares of answers that
+end by themselves, are clean of the prompt's template, loop, and (synthetic users) follow the user
+(fspo_recipe/judge/answers.py).
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from fairseq2.recipes.config import (
 )
 from fairseq2.recipes.lm import POCriterionSection, POFinetuneConfig
 
+from fspo_recipe.criteria import default_loss_params
 from fspo_recipe.train.optim import RMSPROP_OPTIMIZER, RMSpropConfig
 from fspo_recipe.train.reader import FSPO_PREFERENCE_FAMILY
 from fspo_recipe.train.unit import FSPO_UNIT, FspoUnitConfig
@@ -55,16 +56,6 @@ from fspo_recipe.train.unit import FSPO_UNIT, FspoUnitConfig
 PAPER_MODEL: Final = "llama3_2_3b_instruct"
 SFT_CHECKPOINT: Final = "last_checkpoint@"
 SAMPLE_DATASET: Final = "fspo_sample"
-
-# Hyper-parameters of every built-in criterion, so that `criterion.config.loss=<name>` alone switches the loss.
-PAPER_LOSS_PARAMS: Final[dict[str, dict[str, object]]] = {
-    "sft": {"include_rejected": False, "length_normalized": True},
-    "ipo": {"beta": 0.01},
-    "dpo": {"beta": 0.1, "label_smoothing": 0.0},
-    "simpo": {"beta": 2.0, "gamma": 0.5},
-    "rpo": {"preference": "ipo", "beta": 0.01, "alpha": 1.0},
-}
-
 
 @dataclass(kw_only=True)
 class NoDropout:
@@ -91,7 +82,7 @@ def fspo_config(loss: str, *, lr: float, model: str, reference: str | None) -> P
         name=FSPO_UNIT,
         config=FspoUnitConfig(
             loss=loss,
-            loss_params={name: dict(params) for name, params in PAPER_LOSS_PARAMS.items()},
+            loss_params=default_loss_params(),  # every criterion's defaults: `loss=<name>` alone switches
             reference_model=None if reference is None else ReferenceModelSection(name=reference),
             reference_dtype=torch.bfloat16,
         ),
