@@ -105,6 +105,7 @@ def test_two_training_steps_and_an_evaluation(smollm2, tmp_path) -> None:
     assert os.path.isfile(tmp_path / "run" / "checkpoints" / "step_2" / "model.pt")
 
 
+@pytest.mark.timeout(1800)  # 7 trainings, 14 evaluations with answers, GPO: about 12 min alone on the 2-core machine
 def test_the_paper_comparison_study_runs_every_row_on_smollm2(smollm2, tmp_path) -> None:
     """``python -m fspo_recipe.study --model smollm2 --quick``: every row of the comparison, its win rates and GPO
     on a few pairs (the pipeline, not the learning: two IPO steps)."""
@@ -115,7 +116,7 @@ def test_the_paper_comparison_study_runs_every_row_on_smollm2(smollm2, tmp_path)
     cards, _, _ = smollm2
     proc = subprocess.run([sys.executable, "-m", "fspo_recipe.study", "--model", "smollm2", "--quick", "--out",
                            tmp_path / "study", "--cache", cards.parent], capture_output=True, text=True, cwd=REPO,
-                          env=env(), timeout=1200)
+                          env=env(), timeout=1700)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "study" / "study.json").read_text())
     table = summary["table"]

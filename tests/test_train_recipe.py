@@ -41,8 +41,13 @@ def test_score_reference_checks_its_output_first_and_finds_a_runs_cards(tiny_ass
     assert score(out).returncode == 0
     assert len(out.read_text().splitlines()) == len(sample.read_text().splitlines())
 
-    # Without a way to find the card, one line that says what to pass.
+    # The card directories the run recorded are enough without its config.yaml (fspo_card_directories.json)...
+    from fspo_recipe.runs import CARD_DIRECTORIES_FILE
+
     (sft / "config.yaml").unlink()
+    assert score(tmp_path / "w.jsonl").returncode == 0
+    # ... and without either, one line that says what to pass.
+    (sft / CARD_DIRECTORIES_FILE).unlink()
     proc = score(tmp_path / "x.jsonl")
     assert proc.returncode == 1
     assert "--assets-dir" in proc.stderr and "Traceback" not in proc.stderr
